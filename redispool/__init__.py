@@ -1,0 +1,18 @@
+"""redispool: a small, fast, fair connection pool for redis-py."""
+
+from __future__ import annotations
+
+from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from .pool import ObjectPool
+from .stats import PoolStats
+
+__all__ = [
+    "ObjectPool",
+    "PoolClosed",
+    "PoolError",
+    "PoolStats",
+    "PoolTimeout",
+    "TooManyWaiters",
+]
+
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,981 @@
+"""A bounded, fair, thread-safe (and gevent-friendly) generic object pool.
+
+How it works, in short:
+
+* One lock guards the bookkeeping; the factory, ``check``, ``reset`` and
+  ``destroy`` always run outside it.
+* Waiters queue FIFO, each on a lock of its own. A released object goes straight
+  to the oldest waiter (direct hand-off: nobody can barge past a waiter); a freed
+  slot is handed over the same way, and the waiter creates the object itself.
+* One background thread per pool refills to ``min_size``, evicts idle objects,
+  retires old ones and, while the factory fails, probes with capped exponential
+  backoff and full jitter.
+* After ``os.fork()`` the child forgets (but never closes) what the parent had.
+
+Built on :mod:`threading` primitives looked up at call time, so gevent's
+monkey-patching makes it cooperative, even when the patch comes after the fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from .backoff import full_jitter
+from .errors import PoolClosed, PoolTimeout, TooManyWaiters
+from .stats import PoolStats
+
+__all__ = ["ObjectPool"]
+
+T = TypeVar("T")
+log = logging.getLogger("redispool.pool")
+
+_INF = float("inf")
+_SLOT = object()  # handed to a waiter instead of an object: "a slot is yours, create"
+
+# Bumped in every child process: pools compare it on each call (a global load,
+# much cheaper than os.getpid()) and start afresh when it changed.
+_fork_gen = 0
+_fork_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_gen, _fork_lock
+    _fork_gen += 1
+    _fork_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+KeepOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool] | None
+
+
+class _Entry:
+    __slots__ = (
+        "obj",
+        "created_at",
+        "expires_at",
+        "last_used",
+        "recheck_at",
+        "borrowed_at",
+        "uses",
+        "stack",
+        "leak_logged",
+    )
+
+    def __init__(self, obj: Any, now: float, expires_at: float) -> None:
+        self.obj = obj
+        self.created_at = now
+        self.expires_at = expires_at
+        self.last_used = now
+        self.recheck_at = expires_at
+        self.borrowed_at = now
+        self.uses = 1
+        self.stack: list[str] | None = None
+        self.leak_logged = False
+
+
+class _Waiter:
+    __slots__ = ("lock", "result")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.result: object = None  # an _Entry, _SLOT, or an exception to raise
+
+
+def _number(
+    name: str, value: Any, *, minimum: float, integer: bool = False, none_ok: bool = False
+) -> Any:
+    """Validate a numeric option; the error names the option and the value."""
+    if value is None and none_ok:
+        return None
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+    if not value >= minimum:  # also rejects NaN
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if value == _INF and integer:
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def _acquire_anyway(lock: Any) -> BaseException | None:
+    """Take ``lock`` even if an async exception (gevent.Timeout, Ctrl-C) lands
+    while waiting for it; return that exception so the caller can re-raise it
+    once its bookkeeping is done."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            return pending
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+            pending = exc
+
+
+class _Lease(Generic[T]):
+    """The context manager ``ObjectPool.acquire()`` returns."""
+
+    __slots__ = ("_pool", "_timeout", "_keep_on", "obj")
+
+    def __init__(self, pool: ObjectPool[T], timeout: float | None, keep_on: KeepOn) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._keep_on = keep_on
+
+    def __enter__(self) -> T:
+        self.obj = self._pool.borrow(self._timeout)
+        return self.obj
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool = self._pool
+        if ev is None:
+            pool.release(self.obj)
+        else:
+            pool.release(self.obj, discard=not pool._is_harmless(ev, self._keep_on))
+
+
+class ObjectPool(Generic[T]):
+    """A bounded pool of objects made by ``factory``.
+
+    ``timeout``: how long ``borrow()`` waits by default (``None``: forever, ``0``:
+    not at all). For ``max_waiting``, ``max_idle_time``, ``max_lifetime``,
+    ``max_uses`` and ``leak_timeout``, 0 means no limit. ``check(obj)`` runs on
+    borrow when the object was idle for ``check_interval`` seconds or more (0:
+    every borrow); a falsy result or an exception discards the object.
+    ``reset(obj)`` runs on release; an exception discards the object.
+    ``keep_on``: exception types (or a predicate) that do *not* discard the
+    object when raised inside ``with pool.acquire()``. ``background=False``
+    runs no upkeep thread: call ``run_upkeep()`` yourself.
+    """
+
+    timeout_error: type[PoolTimeout] = PoolTimeout
+    too_many_waiters_error: type[TooManyWaiters] = TooManyWaiters
+    closed_error: type[PoolClosed] = PoolClosed
+    noun = "object"
+
+    def __init__(
+        self,
+        factory: Callable[[], T],
+        *,
+        destroy: Callable[[T], object] | None = None,
+        check: Callable[[T], object] | None = None,
+        reset: Callable[[T], object] | None = None,
+        min_size: int = 0,
+        max_size: int = 10,
+        timeout: float | None = 30.0,
+        max_waiting: int = 0,
+        max_idle_time: float = 600.0,
+        max_lifetime: float = 3600.0,
+        lifetime_jitter: float = 0.1,
+        check_interval: float = 0.0,
+        max_uses: int = 0,
+        leak_timeout: float = 0.0,
+        keep_on: KeepOn = None,
+        fail_fast_after: int = 3,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 10.0,
+        name: str | None = None,
+        clock: Callable[[], float] | None = None,
+        background: bool = True,
+    ) -> None:
+        for label, fn in (("factory", factory), ("destroy", destroy), ("check", check)):
+            if (fn is not None or label == "factory") and not callable(fn):
+                raise TypeError(f"{label} must be callable, got {fn!r}")
+        if reset is not None and not callable(reset):
+            raise TypeError(f"reset must be callable, got {reset!r}")
+        if keep_on is not None and not callable(keep_on):
+            if not isinstance(keep_on, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in keep_on
+            ):
+                raise TypeError(
+                    f"keep_on must be a tuple of exception types or a callable, got {keep_on!r}"
+                )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {name!r}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        self._factory = factory
+        self._destroy = destroy
+        self._check = check
+        self._reset = reset
+        self._min_size, self._max_size = self._sizes(min_size, max_size)
+        self._timeout = _number("timeout", timeout, minimum=0, none_ok=True)
+        self._max_waiting = _number("max_waiting", max_waiting, minimum=0, integer=True)
+        self._max_idle_time = _number("max_idle_time", max_idle_time, minimum=0)
+        self._max_lifetime = _number("max_lifetime", max_lifetime, minimum=0)
+        self._lifetime_jitter = _number("lifetime_jitter", lifetime_jitter, minimum=0)
+        if self._lifetime_jitter > 1:
+            raise ValueError(f"lifetime_jitter must be <= 1, got {lifetime_jitter!r}")
+        self._check_interval = _number("check_interval", check_interval, minimum=0)
+        self._max_uses = _number("max_uses", max_uses, minimum=0, integer=True)
+        self._leak_timeout = _number("leak_timeout", leak_timeout, minimum=0)
+        self._keep_on = keep_on
+        self._fail_fast_after = _number("fail_fast_after", fail_fast_after, minimum=0, integer=True)
+        self._backoff_base = _number("backoff_base", backoff_base, minimum=0)
+        self._backoff_cap = _number("backoff_cap", backoff_cap, minimum=0)
+        self.name = name or f"pool-{id(self):x}"
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._background = bool(background)
+        self._closed = False
+        self._orphans: list[Any] = []  # objects inherited across a fork: kept, never closed
+        self._orphan_ids: set[int] = set()
+        self._init_state()
+
+    # -- state -------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        self._gen = _fork_gen
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._idle: deque[_Entry] = deque()  # LIFO at the right; the left is least recent
+        self._in_use: dict[int, _Entry] = {}
+        self._waiters: deque[_Waiter] = deque()
+        self._size = 0  # idle + in use + creating + closing
+        self._creating = 0
+        self._closing = 0
+        self._upkeep: threading.Thread | None = None
+        self._upkeep_claimed = False
+        self._wake: threading.Event | None = None
+        self._fail_streak = 0
+        self._last_error: BaseException | None = None
+        self._next_retry = 0.0
+        self._borrows = self._timeouts = self._created = self._create_errors = 0
+        self._destroyed: dict[str, int] = {}
+        self._wait_total = self._wait_max = self._create_total = self._use_total = 0.0
+
+    @staticmethod
+    def _sizes(min_size: Any, max_size: Any) -> tuple[int, int]:
+        min_size = _number("min_size", min_size, minimum=0, integer=True)
+        max_size = _number("max_size", max_size, minimum=1, integer=True)
+        if min_size > max_size:
+            raise ValueError(f"min_size ({min_size}) must be <= max_size ({max_size})")
+        return min_size, max_size
+
+    def _after_fork(self) -> None:
+        """In a child process: keep the parent's objects untouched, start afresh."""
+        with _fork_lock:
+            if self._gen == _fork_gen and self._pid == os.getpid():
+                return
+            for entry in (*self._idle, *self._in_use.values()):
+                self._orphans.append(entry.obj)
+                self._orphan_ids.add(id(entry.obj))
+            self._init_state()
+
+    def _check_fork(self) -> None:
+        if self._gen != _fork_gen or self._pid != os.getpid():
+            self._after_fork()
+
+    # -- borrowing ---------------------------------------------------------
+
+    def acquire(self, timeout: float | None = None, *, keep_on: KeepOn = None) -> _Lease[T]:
+        """``with pool.acquire() as obj:`` borrow, then release (discard on error).
+
+        ``keep_on`` (exception types or a predicate) overrides the pool's rule
+        of which exceptions leave the object fit for reuse.
+        """
+        if timeout is not None:
+            _number("timeout", timeout, minimum=0)
+        return _Lease(self, timeout, keep_on)
+
+    def borrow(self, timeout: float | None = None) -> T:
+        """Borrow an object; wait at most ``timeout`` seconds (pool default if None)."""
+        if timeout is not None:
+            _number("timeout", timeout, minimum=0)
+        if self._gen != _fork_gen:
+            self._after_fork()
+        with self._lock:
+            idle = self._idle
+            if idle:  # idle objects exist only while nobody waits: no barging
+                entry = idle.pop()
+                now = self._clock()
+                entry.borrowed_at = now
+                entry.uses += 1
+                self._in_use[id(entry.obj)] = entry
+                self._borrows += 1
+                if now < entry.recheck_at:
+                    return entry.obj  # type: ignore[no-any-return]
+            else:
+                entry = None
+        if entry is not None and self._vet(entry, now):
+            return entry.obj  # type: ignore[no-any-return]
+        return self._borrow_slow(timeout).obj  # type: ignore[no-any-return]
+
+    def _borrow_slow(self, timeout: float | None) -> _Entry:
+        self._check_fork()
+        if timeout is None:
+            timeout = self._timeout
+        start = time.monotonic()
+        deadline = _INF if timeout is None else start + timeout
+        while True:
+            entry, fresh = self._obtain(start, deadline)
+            if entry is None:
+                continue
+            if not fresh:
+                if self._vet(entry, self._clock()):
+                    return entry
+            else:
+                if self._leak_timeout:
+                    entry.stack = traceback.format_stack()[:-3]
+                return entry
+
+    def _obtain(self, start: float, deadline: float) -> tuple[_Entry | None, bool]:
+        """One attempt: an idle object, a new one, or a place in the queue."""
+        waiter = None
+        start_upkeep = False
+        with self._lock:
+            if self._closed:
+                raise self.closed_error(f"pool {self.name!r} is closed")
+            if not self._upkeep_claimed and self._background:
+                self._upkeep_claimed = start_upkeep = True
+            if self._idle and not self._waiters:
+                entry = self._take_idle()
+                self._note_wait(start)
+            elif self._size < self._max_size and not self._waiters and not self._fail_streak:
+                self._size += 1
+                self._creating += 1
+                entry = None
+            elif (
+                self._fail_streak >= self._fail_fast_after > 0
+                and self._size < self._max_size
+                and not self._idle
+            ):
+                self._timeouts += 1
+                raise self._timeout_exc(start, fail_fast=True)
+            else:
+                if self._max_waiting and len(self._waiters) >= self._max_waiting:
+                    self._timeouts += 1
+                    raise self.too_many_waiters_error(
+                        f"pool {self.name!r}: {len(self._waiters)} callers already waiting "
+                        f"(max_waiting={self._max_waiting}); {len(self._in_use)} of "
+                        f"{self._max_size} {self.noun}s in use"
+                    )
+                if time.monotonic() >= deadline:
+                    self._timeouts += 1
+                    raise self._timeout_exc(start)
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+                entry = None
+        if start_upkeep:
+            self._start_upkeep()
+        if waiter is None:
+            if entry is not None:
+                return entry, False
+            return self._create_reserved(start, deadline), True
+        result = self._wait(waiter, start, deadline)
+        if result is _SLOT:
+            return self._create_reserved(start, deadline), True
+        assert isinstance(result, _Entry)
+        return result, False
+
+    def _take_idle(self) -> _Entry:
+        entry = self._idle.pop()
+        entry.borrowed_at = self._clock()
+        entry.uses += 1
+        self._in_use[id(entry.obj)] = entry
+        self._borrows += 1
+        return entry
+
+    def _note_wait(self, start: float) -> None:
+        waited = time.monotonic() - start
+        self._wait_total += waited
+        if waited > self._wait_max:
+            self._wait_max = waited
+
+    def _wait(self, waiter: _Waiter, start: float, deadline: float) -> object:
+        """Block until handed an object or a slot; the lock is not held."""
+        try:
+            if deadline == _INF:
+                got = waiter.lock.acquire()
+            else:
+                got = waiter.lock.acquire(True, max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            # Interrupted (gevent.Timeout, Ctrl-C): leave the queue, or give back
+            # whatever was handed over meanwhile, then let it propagate.
+            pending = _acquire_anyway(self._lock)
+            try:
+                result = waiter.result
+                if result is None:
+                    self._waiters.remove(waiter)
+            finally:
+                self._lock.release()
+            self._give_back(result)
+            if pending is not None:
+                raise pending from None
+            raise
+        with self._lock:
+            result = waiter.result
+            if result is None:  # timed out and nothing was handed over
+                self._waiters.remove(waiter)
+                self._timeouts += 1
+                raise self._timeout_exc(start)
+            if not isinstance(result, BaseException):
+                self._note_wait(start)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _give_back(self, result: object) -> None:
+        """Return what a waiter was handed but will not use."""
+        if isinstance(result, _Entry):
+            self.release(result.obj)
+        elif result is _SLOT:
+            with self._lock:
+                self._size -= 1
+                self._creating -= 1
+                self._capacity_freed()
+
+    def _create_reserved(self, start: float, deadline: float) -> _Entry | None:
+        """Create an object in a slot already counted in ``size``.
+
+        Returns None when the create failed but the caller may keep waiting.
+        """
+        t0 = time.monotonic()
+        try:
+            obj = self._factory()
+        except Exception as exc:
+            with self._lock:
+                self._size -= 1
+                self._creating -= 1
+                fail_fast = self._create_failed(exc)
+                streak = self._fail_streak
+                err = None
+                if fail_fast or time.monotonic() >= deadline:
+                    self._timeouts += 1
+                    err = self._timeout_exc(start, fail_fast=fail_fast)
+            self._log_create_failure(exc, streak)
+            if err is not None:
+                raise err from exc
+            return None
+        except BaseException:
+            with self._lock:
+                self._size -= 1
+                self._creating -= 1
+                self._capacity_freed()
+            raise
+        now = self._clock()
+        entry = _Entry(obj, now, self._expiry(now))
+        with self._lock:
+            self._creating -= 1
+            self._created += 1
+            self._create_total += time.monotonic() - t0
+            self._in_use[id(obj)] = entry
+            self._borrows += 1
+            self._note_wait(start)
+            if self._fail_streak:
+                self._fail_streak = 0
+                self._last_error = None
+                self._capacity_freed()
+            closed = self._closed
+        if closed:  # closed while we were connecting
+            self.release(obj, discard=True)
+            raise self.closed_error(f"pool {self.name!r} is closed")
+        return entry
+
+    def _expiry(self, now: float) -> float:
+        if not self._max_lifetime:
+            return _INF
+        jitter = self._lifetime_jitter * random.random()
+        return now + self._max_lifetime * (1.0 - jitter)
+
+    def _create_failed(self, exc: BaseException) -> bool:
+        """Bookkeeping of a failed create (lock held). True: fail fast now."""
+        self._create_errors += 1
+        self._fail_streak += 1
+        self._last_error = exc
+        self._next_retry = self._clock() + full_jitter(
+            self._fail_streak, self._backoff_base, self._backoff_cap
+        )
+        self._wake_upkeep()
+        if self._fail_streak >= self._fail_fast_after > 0:
+            # Nobody will get a new object soon: fail the queue at once rather
+            # than let every caller sit out its whole timeout.
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                self._timeouts += 1
+                err = self._timeout_exc(time.monotonic(), fail_fast=True)
+                err.__cause__ = exc
+                waiter.result = err
+                waiter.lock.release()
+            return True
+        return False
+
+    def _log_create_failure(self, exc: BaseException, streak: int) -> None:
+        log.warning(
+            "pool %r: creating a %s failed (%d in a row): %r", self.name, self.noun, streak, exc
+        )
+
+    def _timeout_exc(self, start: float, *, fail_fast: bool = False) -> PoolTimeout:
+        waited = max(0.0, time.monotonic() - start)
+        busy = len(self._in_use)
+        if fail_fast:
+            msg = (
+                f"pool {self.name!r}: creating a {self.noun} failed "
+                f"{self._fail_streak} times in a row, failing fast"
+            )
+        else:
+            msg = f"pool {self.name!r}: no {self.noun} available after {waited:.3f}s"
+        msg += f" ({busy} of {self._max_size} in use, {len(self._waiters)} waiting)"
+        if self._last_error is not None:
+            msg += f"; last create error: {self._last_error!r}"
+        err = self.timeout_error(msg)
+        err.__cause__ = self._last_error
+        return err
+
+    def _vet(self, entry: _Entry, now: float) -> bool:
+        """Slow part of a borrow: lifetime, check, leak tracking. False: discarded."""
+        if now >= entry.expires_at:
+            self._discard(entry, "lifetime")
+            return False
+        if self._check is not None and now - entry.last_used >= self._check_interval:
+            try:
+                ok = self._check(entry.obj)
+            except Exception as exc:
+                log.debug("pool %r: check failed: %r", self.name, exc)
+                ok = False
+            except BaseException:
+                self._discard(entry, "check")
+                raise
+            if not ok:
+                self._discard(entry, "check")
+                return False
+        if self._leak_timeout:
+            entry.stack = traceback.format_stack()[:-3]
+            entry.leak_logged = False
+        return True
+
+    # -- returning ---------------------------------------------------------
+
+    def release(self, obj: T, discard: bool = False) -> None:
+        """Give back a borrowed object (``discard=True``: destroy it instead)."""
+        if self._gen != _fork_gen:
+            self._after_fork()
+        if self._reset is not None and not discard:
+            try:
+                self._reset(obj)
+            except Exception as exc:
+                log.debug("pool %r: reset failed, discarding: %r", self.name, exc)
+                discard = True
+        lock = self._lock
+        pending = None
+        try:
+            lock.acquire()
+        except BaseException:  # noqa: BLE001 - finish the release, then re-raise
+            pending = _acquire_anyway(lock)
+        reason = None
+        try:
+            entry = self._in_use.pop(id(obj), None)
+            if entry is not None:
+                now = self._clock()
+                self._use_total += now - entry.borrowed_at
+                if (
+                    discard
+                    or now >= entry.expires_at
+                    or self._closed
+                    or self._size > self._max_size
+                    or (self._max_uses and entry.uses >= self._max_uses)
+                ):
+                    reason = self._retire_reason(entry, discard, now)
+                    self._closing += 1
+                else:
+                    entry.last_used = now
+                    if self._leak_timeout:
+                        entry.recheck_at = -_INF
+                    elif self._check is not None:
+                        recheck = now + self._check_interval
+                        entry.recheck_at = min(recheck, entry.expires_at)
+                    waiters = self._waiters
+                    if waiters:  # direct hand-off to the oldest waiter
+                        waiter = waiters.popleft()
+                        entry.borrowed_at = now
+                        entry.uses += 1
+                        self._in_use[id(obj)] = entry
+                        self._borrows += 1
+                        waiter.result = entry
+                        waiter.lock.release()
+                    else:
+                        self._idle.append(entry)
+        finally:
+            lock.release()
+        if entry is None:
+            self._release_unknown(obj)
+        elif reason is not None:
+            self._destroy_entries([entry], reason)
+        if pending is not None:
+            raise pending
+
+    def _retire_reason(self, entry: _Entry, discard: bool, now: float) -> str:
+        if discard:
+            return "error"
+        if self._closed:
+            return "closed"
+        if self._size > self._max_size:
+            return "resize"
+        return "lifetime"
+
+    def _release_unknown(self, obj: Any) -> None:
+        if id(obj) in self._orphan_ids:
+            return  # borrowed in the parent before a fork: leave it alone
+        raise ValueError(
+            f"{obj!r} is not borrowed from pool {self.name!r} (released twice, "
+            "or it belongs to another pool)"
+        )
+
+    def _discard(self, entry: _Entry, reason: str) -> None:
+        with self._lock:
+            self._in_use.pop(id(entry.obj), None)
+            self._closing += 1
+        self._destroy_entries([entry], reason)
+
+    def _destroy_entries(self, entries: list[_Entry], reason: str) -> None:
+        """Destroy entries already counted in ``closing``, then free their slots.
+
+        The slot is freed only after ``destroy`` returns, so the resource (a
+        server connection) is gone before a replacement can be made.
+        """
+        pending: BaseException | None = None
+        if self._destroy is not None:
+            for entry in entries:
+                try:
+                    self._destroy(entry.obj)
+                except Exception as exc:
+                    log.debug("pool %r: destroy failed: %r", self.name, exc)
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    pending = exc
+        pending = _acquire_anyway(self._lock) or pending
+        try:
+            n = len(entries)
+            self._closing -= n
+            self._size -= n
+            self._destroyed[reason] = self._destroyed.get(reason, 0) + n
+            self._capacity_freed()
+        finally:
+            self._lock.release()
+        if pending is not None:
+            raise pending
+
+    def _capacity_freed(self) -> None:
+        """Hand free slots to the oldest waiters (lock held)."""
+        if self._closed:
+            return
+        waiters = self._waiters
+        while waiters and self._size < self._max_size and not self._fail_streak:
+            waiter = waiters.popleft()
+            self._size += 1
+            self._creating += 1
+            waiter.result = _SLOT
+            waiter.lock.release()
+        if self._size < self._min_size or (waiters and self._fail_streak):
+            self._wake_upkeep()
+
+    def _is_harmless(self, exc: BaseException, keep_on: KeepOn) -> bool:
+        rule = keep_on if keep_on is not None else self._keep_on
+        if rule is None:
+            return False
+        if isinstance(rule, tuple):
+            return isinstance(exc, rule)
+        try:
+            return bool(rule(exc))
+        except Exception:
+            return False
+
+    # -- upkeep ------------------------------------------------------------
+
+    def _start_upkeep(self) -> None:
+        wake = threading.Event()
+        thread = threading.Thread(
+            target=_upkeep_loop,
+            args=(weakref.ref(self), wake, self._gen),
+            name=f"redispool-upkeep-{self.name}",
+            daemon=True,
+        )
+        with self._lock:
+            self._wake = wake
+            self._upkeep = thread
+        thread.start()
+
+    def _wake_upkeep(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def run_upkeep(self) -> float:
+        """Do one round of upkeep now; return the seconds until the next is due.
+
+        The background thread calls this; with ``background=False`` you do.
+        """
+        self._check_fork()
+        now = self._clock()
+        self._report_leaks(now)
+        victims: list[tuple[_Entry, str]] = []
+        with self._lock:
+            if self._closed:
+                return _INF
+            keep = self._size - self._min_size
+            for entry in list(self._idle):  # least recently used first
+                if now >= entry.expires_at:
+                    victims.append((entry, "lifetime"))
+                elif self._max_idle_time and now - entry.last_used >= self._max_idle_time:
+                    if keep - len(victims) > 0:
+                        victims.append((entry, "idle"))
+            for entry, _ in victims:
+                self._idle.remove(entry)
+            self._closing += len(victims)
+        for entry, reason in victims:
+            self._destroy_entries([entry], reason)
+        while self._refill_one():
+            pass
+        return self._next_upkeep_delay()
+
+    def _refill_one(self) -> bool:
+        """Create one object if below ``min_size``, or probe while failing."""
+        with self._lock:
+            if self._closed or self._size >= self._max_size:
+                return False
+            if self._fail_streak:
+                if self._clock() < self._next_retry:
+                    return False
+            elif self._size >= self._min_size:
+                return False
+            self._size += 1
+            self._creating += 1
+        t0 = time.monotonic()
+        try:
+            obj = self._factory()
+        except Exception as exc:
+            with self._lock:
+                self._size -= 1
+                self._creating -= 1
+                self._create_failed(exc)
+                streak = self._fail_streak
+            self._log_create_failure(exc, streak)
+            return False
+        except BaseException:
+            with self._lock:
+                self._size -= 1
+                self._creating -= 1
+            raise
+        now = self._clock()
+        entry = _Entry(obj, now, self._expiry(now))
+        entry.uses = 0
+        with self._lock:
+            self._creating -= 1
+            self._created += 1
+            self._create_total += time.monotonic() - t0
+            self._fail_streak = 0
+            self._last_error = None
+            if self._closed:
+                self._closing += 1
+                closed = True
+            else:
+                closed = False
+                if self._waiters:
+                    waiter = self._waiters.popleft()
+                    entry.uses = 1
+                    self._in_use[id(obj)] = entry
+                    self._borrows += 1
+                    waiter.result = entry
+                    waiter.lock.release()
+                else:
+                    if self._check is not None:
+                        entry.recheck_at = min(now + self._check_interval, entry.expires_at)
+                    self._idle.append(entry)
+                self._capacity_freed()
+        if closed:
+            self._destroy_entries([entry], "closed")
+            return False
+        return True
+
+    def _next_upkeep_delay(self) -> float:
+        now = self._clock()
+        due = now + 60.0
+        with self._lock:
+            if self._fail_streak:
+                due = min(due, self._next_retry)
+            elif self._size < self._min_size:
+                return 0.0
+            spare = self._size > self._min_size
+            for entry in self._idle:
+                due = min(due, entry.expires_at)
+                if spare and self._max_idle_time:
+                    due = min(due, entry.last_used + self._max_idle_time)
+            if self._leak_timeout and self._in_use:
+                due = min(due, now + self._leak_timeout / 2)
+        return max(0.0, due - now)
+
+    def _report_leaks(self, now: float) -> None:
+        if not self._leak_timeout:
+            return
+        with self._lock:
+            leaked = [
+                e
+                for e in self._in_use.values()
+                if not e.leak_logged and now - e.borrowed_at >= self._leak_timeout
+            ]
+            for entry in leaked:
+                entry.leak_logged = True
+        for entry in leaked:
+            log.warning(
+                "pool %r: %s %r borrowed %.1fs ago and not returned; borrowed at:\n%s",
+                self.name,
+                self.noun,
+                entry.obj,
+                now - entry.borrowed_at,
+                "".join(entry.stack or ["  (stack not recorded)\n"]),
+            )
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Start upkeep; with ``wait``, block until ``min_size`` objects are ready."""
+        self._check_fork()
+        with self._lock:
+            if self._closed:
+                raise self.closed_error(f"pool {self.name!r} is closed")
+            start_upkeep = not self._upkeep_claimed and self._background
+            if start_upkeep:
+                self._upkeep_claimed = True
+        if start_upkeep:
+            self._start_upkeep()
+        if not wait:
+            return
+        start = time.monotonic()
+        deadline = start + (timeout if timeout is not None else (self._timeout or _INF))
+        while True:
+            if not self._background:
+                self.run_upkeep()
+            with self._lock:
+                if self._closed:
+                    raise self.closed_error(f"pool {self.name!r} is closed")
+                if len(self._idle) + len(self._in_use) >= self._min_size:
+                    return
+                if time.monotonic() >= deadline:
+                    raise self._timeout_exc(start)
+            time.sleep(0.005)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close: fail the waiters, destroy idle objects now and borrowed ones as
+        they come back (waiting up to ``timeout`` seconds for them)."""
+        self._check_fork()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            victims = list(self._idle)
+            self._idle.clear()
+            self._closing += len(victims)
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.result = self.closed_error(f"pool {self.name!r} was closed")
+                waiter.lock.release()
+            upkeep = self._upkeep
+            self._wake_upkeep()
+        if victims:
+            self._destroy_entries(victims, "closed")
+        deadline = time.monotonic() + timeout
+        while self._in_use and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if self._in_use:
+            log.warning(
+                "pool %r closed with %d %ss still borrowed; they are destroyed when returned",
+                self.name,
+                len(self._in_use),
+                self.noun,
+            )
+        if upkeep is not None and upkeep is not threading.current_thread() and upkeep.ident:
+            upkeep.join(max(0.0, min(1.0, deadline - time.monotonic())))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        """Change the bounds; extra idle objects go now, extra borrowed ones on release."""
+        self._check_fork()
+        with self._lock:
+            new_min, new_max = self._sizes(
+                self._min_size if min_size is None else min_size,
+                self._max_size if max_size is None else max_size,
+            )
+            self._min_size, self._max_size = new_min, new_max
+            victims = []
+            while self._idle and self._size - len(victims) > new_max:
+                victims.append(self._idle.popleft())
+            self._closing += len(victims)
+            self._capacity_freed()
+            self._wake_upkeep()
+        if victims:
+            self._destroy_entries(victims, "resize")
+
+    def stats(self) -> PoolStats:
+        """A consistent snapshot of the pool's numbers."""
+        self._check_fork()
+        with self._lock:
+            return PoolStats(
+                name=self.name,
+                size=self._size,
+                idle=len(self._idle),
+                in_use=len(self._in_use),
+                creating=self._creating,
+                closing=self._closing,
+                waiting=len(self._waiters),
+                min_size=self._min_size,
+                max_size=self._max_size,
+                borrows=self._borrows,
+                timeouts=self._timeouts,
+                created=self._created,
+                create_errors=self._create_errors,
+                destroyed=sum(self._destroyed.values()),
+                destroyed_by_reason=dict(self._destroyed),
+                wait_time_total=self._wait_total,
+                wait_time_max=self._wait_max,
+                create_time_total=self._create_total,
+                use_time_total=self._use_total,
+                consecutive_create_errors=self._fail_streak,
+                last_create_error=None if self._last_error is None else repr(self._last_error),
+                closed=self._closed,
+            )
+
+    def __enter__(self) -> ObjectPool[T]:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.name!r} size={self._size} idle={len(self._idle)} "
+            f"in_use={len(self._in_use)} max_size={self._max_size}"
+            f"{' closed' if self._closed else ''}>"
+        )
+
+
+def _upkeep_loop(ref: weakref.ref[ObjectPool[Any]], wake: threading.Event, gen: int) -> None:
+    """The body of a pool's upkeep thread; holds the pool only weakly."""
+    while True:
+        pool = ref()
+        if pool is None or pool._closed or pool._gen != gen or _fork_gen != gen:
+            return
+        try:
+            delay = pool.run_upkeep()
+        except Exception:
+            log.exception("pool %r: upkeep failed", pool.name)
+            delay = 1.0
+        del pool
+        wake.wait(min(delay, 60.0))
+        wake.clear()
