@@ -637,8 +637,10 @@ class ObjectPool(Generic[T]):
         )
 
     def _discard(self, entry: _Entry, reason: str) -> None:
+        """Destroy an object that failed its borrow-time vetting."""
         with self._lock:
             self._in_use.pop(id(entry.obj), None)
+            self._borrows -= 1  # that borrow did not happen after all
             self._closing += 1
         self._destroy_entries([entry], reason)
 
