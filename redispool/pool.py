@@ -28,7 +28,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .backoff import full_jitter
 from .errors import PoolClosed, PoolTimeout, TooManyWaiters
@@ -61,15 +61,15 @@ KeepOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool] | Non
 
 class _Entry:
     __slots__ = (
-        "obj",
+        "borrowed_at",
         "created_at",
         "expires_at",
         "last_used",
-        "recheck_at",
-        "borrowed_at",
-        "uses",
-        "stack",
         "leak_logged",
+        "obj",
+        "recheck_at",
+        "stack",
+        "uses",
     )
 
     def __init__(self, obj: Any, now: float, expires_at: float) -> None:
@@ -103,7 +103,7 @@ def _number(
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an int" if integer else "a number"
         raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
-    if not value >= minimum:  # also rejects NaN
+    if not cast(float, value) >= minimum:  # also rejects NaN
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     if value == _INF and integer:
         raise ValueError(f"{name} must be finite, got {value!r}")
@@ -119,14 +119,14 @@ def _acquire_anyway(lock: Any) -> BaseException | None:
         try:
             lock.acquire()
             return pending
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+        except BaseException as exc:
             pending = exc
 
 
 class _Lease(Generic[T]):
     """The context manager ``ObjectPool.acquire()`` returns."""
 
-    __slots__ = ("_pool", "_timeout", "_keep_on", "obj")
+    __slots__ = ("_keep_on", "_pool", "_timeout", "obj")
 
     def __init__(self, pool: ObjectPool[T], timeout: float | None, keep_on: KeepOn) -> None:
         self._pool = pool
@@ -199,13 +199,17 @@ class ObjectPool(Generic[T]):
                 raise TypeError(f"{label} must be callable, got {fn!r}")
         if reset is not None and not callable(reset):
             raise TypeError(f"reset must be callable, got {reset!r}")
-        if keep_on is not None and not callable(keep_on):
-            if not isinstance(keep_on, tuple) or not all(
-                isinstance(t, type) and issubclass(t, BaseException) for t in keep_on
-            ):
-                raise TypeError(
-                    f"keep_on must be a tuple of exception types or a callable, got {keep_on!r}"
-                )
+        if (
+            keep_on is not None
+            and not callable(keep_on)
+            and (
+                not isinstance(keep_on, tuple)
+                or not all(isinstance(t, type) and issubclass(t, BaseException) for t in keep_on)
+            )
+        ):
+            raise TypeError(
+                f"keep_on must be a tuple of exception types or a callable, got {keep_on!r}"
+            )
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
         if clock is not None and not callable(clock):
@@ -401,9 +405,9 @@ class ObjectPool(Generic[T]):
         """Block until handed an object or a slot; the lock is not held."""
         try:
             if deadline == _INF:
-                got = waiter.lock.acquire()
+                waiter.lock.acquire()
             else:
-                got = waiter.lock.acquire(True, max(0.0, deadline - time.monotonic()))
+                waiter.lock.acquire(True, max(0.0, deadline - time.monotonic()))
         except BaseException:
             # Interrupted (gevent.Timeout, Ctrl-C): leave the queue, or give back
             # whatever was handed over meanwhile, then let it propagate.
@@ -490,8 +494,8 @@ class ObjectPool(Generic[T]):
     def _expiry(self, now: float) -> float:
         if not self._max_lifetime:
             return _INF
-        jitter = self._lifetime_jitter * random.random()
-        return now + self._max_lifetime * (1.0 - jitter)
+        jitter: float = self._lifetime_jitter * random.random()
+        return now + float(self._max_lifetime) * (1.0 - jitter)
 
     def _create_failed(self, exc: BaseException) -> bool:
         """Bookkeeping of a failed create (lock held). True: fail fast now."""
@@ -575,7 +579,7 @@ class ObjectPool(Generic[T]):
         pending = None
         try:
             lock.acquire()
-        except BaseException:  # noqa: BLE001 - finish the release, then re-raise
+        except BaseException:
             pending = _acquire_anyway(lock)
         reason = None
         try:
@@ -657,7 +661,7 @@ class ObjectPool(Generic[T]):
                     self._destroy(entry.obj)
                 except Exception as exc:
                     log.debug("pool %r: destroy failed: %r", self.name, exc)
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                except BaseException as exc:
                     pending = exc
         pending = _acquire_anyway(self._lock) or pending
         try:
@@ -731,9 +735,12 @@ class ObjectPool(Generic[T]):
             for entry in list(self._idle):  # least recently used first
                 if now >= entry.expires_at:
                     victims.append((entry, "lifetime"))
-                elif self._max_idle_time and now - entry.last_used >= self._max_idle_time:
-                    if keep - len(victims) > 0:
-                        victims.append((entry, "idle"))
+                elif (
+                    self._max_idle_time
+                    and now - entry.last_used >= self._max_idle_time
+                    and keep - len(victims) > 0
+                ):
+                    victims.append((entry, "idle"))
             for entry, _ in victims:
                 self._idle.remove(entry)
             self._closing += len(victims)
@@ -914,7 +921,7 @@ class ObjectPool(Generic[T]):
                 self._max_size if max_size is None else max_size,
             )
             self._min_size, self._max_size = new_min, new_max
-            victims = []
+            victims: list[_Entry] = []
             while self._idle and self._size - len(victims) > new_max:
                 victims.append(self._idle.popleft())
             self._closing += len(victims)

@@ -404,7 +404,7 @@ def test_close_fails_waiters_destroys_idle_and_later_returns() -> None:
     def waiter() -> None:
         try:
             pool.borrow()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=waiter)

@@ -23,9 +23,7 @@ from .helpers import Factory, FakeClock, Resource
 
 def test_thread_stress_never_lends_twice_and_leaks_nothing() -> None:
     factory = Factory()
-    pool = ObjectPool(
-        factory, destroy=Factory.destroy, check=Factory.check, max_size=8, timeout=10
-    )
+    pool = ObjectPool(factory, destroy=Factory.destroy, check=Factory.check, max_size=8, timeout=10)
     errors: list[BaseException] = []
     peak = [0]
     peak_lock = threading.Lock()
@@ -50,7 +48,7 @@ def test_thread_stress_never_lends_twice_and_leaks_nothing() -> None:
                             r.healthy = False  # the next borrower's check drops it
                 except KeyError:
                     pass
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(64)]

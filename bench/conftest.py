@@ -1,0 +1,3 @@
+"""Benchmarks share the tests' real redis-server fixtures."""
+
+pytest_plugins = ["redispool.testing"]
