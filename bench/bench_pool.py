@@ -6,6 +6,8 @@ Run: ``pytest bench/bench_pool.py --benchmark-columns=median,mean,ops``
 from __future__ import annotations
 
 import queue
+import threading
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +41,21 @@ def test_objectpool_acquire_with(benchmark: Any, warm_pool: ObjectPool[object]) 
     def run() -> None:
         with acquire():
             pass
+
+    benchmark.group = "borrow+release"
+    benchmark(run)
+
+
+def test_lock_deque_floor(benchmark: Any) -> None:
+    """The floor: two lock round trips around a deque pop/append."""
+    lock = threading.Lock()
+    dq: deque[object] = deque([object()])
+
+    def run() -> None:
+        with lock:
+            obj = dq.pop()
+        with lock:
+            dq.append(obj)
 
     benchmark.group = "borrow+release"
     benchmark(run)
