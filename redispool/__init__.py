@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from .pool import ObjectPool
+from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
+from .redis_pool import RedisPool, RedisPoolStats
 from .stats import PoolStats
 
 __all__ = [
@@ -12,6 +14,11 @@ __all__ = [
     "PoolError",
     "PoolStats",
     "PoolTimeout",
+    "RedisPool",
+    "RedisPoolClosed",
+    "RedisPoolStats",
+    "RedisPoolTimeout",
+    "RedisTooManyWaiters",
     "TooManyWaiters",
 ]
 

@@ -63,6 +63,7 @@ class _Entry:
     __slots__ = (
         "borrowed_at",
         "created_at",
+        "epoch",
         "expires_at",
         "last_used",
         "leak_logged",
@@ -72,8 +73,9 @@ class _Entry:
         "uses",
     )
 
-    def __init__(self, obj: Any, now: float, expires_at: float) -> None:
+    def __init__(self, obj: Any, now: float, expires_at: float, epoch: int = 0) -> None:
         self.obj = obj
+        self.epoch = epoch
         self.created_at = now
         self.expires_at = expires_at
         self.last_used = now
@@ -251,6 +253,8 @@ class ObjectPool(Generic[T]):
         self._in_use: dict[int, _Entry] = {}
         self._waiters: deque[_Waiter] = deque()
         self._size = 0  # idle + in use + creating + closing
+        self._epoch = 0  # bumped by close, shrink and drain: returns take the slow path
+        self._drain_epoch = 0  # objects from before this epoch retire on return
         self._creating = 0
         self._closing = 0
         self._upkeep: threading.Thread | None = None
@@ -473,7 +477,7 @@ class ObjectPool(Generic[T]):
                 self._capacity_freed()
             raise
         now = self._clock()
-        entry = _Entry(obj, now, self._expiry(now))
+        entry = _Entry(obj, now, self._expiry(now), self._epoch)
         with self._lock:
             self._creating -= 1
             self._created += 1
@@ -565,8 +569,9 @@ class ObjectPool(Generic[T]):
 
     # -- returning ---------------------------------------------------------
 
-    def release(self, obj: T, discard: bool = False) -> None:
-        """Give back a borrowed object (``discard=True``: destroy it instead)."""
+    def release(self, obj: T, discard: bool = False, *, reason: str = "error") -> None:
+        """Give back a borrowed object (``discard=True``: destroy it instead,
+        counted under ``reason`` in ``stats().destroyed_by_reason``)."""
         if self._gen != _fork_gen:
             self._after_fork()
         if self._reset is not None and not discard:
@@ -581,20 +586,22 @@ class ObjectPool(Generic[T]):
             lock.acquire()
         except BaseException:
             pending = _acquire_anyway(lock)
-        reason = None
+        why = None
         try:
             entry = self._in_use.pop(id(obj), None)
             if entry is not None:
                 now = self._clock()
                 self._use_total += now - entry.borrowed_at
+                # close(), a shrinking resize() and drain() bump the epoch, so
+                # one compare covers them all on the fast path.
                 if (
                     discard
                     or now >= entry.expires_at
-                    or self._closed
-                    or self._size > self._max_size
+                    or entry.epoch != self._epoch
                     or (self._max_uses and entry.uses >= self._max_uses)
                 ):
-                    reason = self._retire_reason(entry, discard, now)
+                    why = self._retire_reason(entry, discard, reason, now)
+                if why is not None:
                     self._closing += 1
                 else:
                     entry.last_used = now
@@ -602,7 +609,8 @@ class ObjectPool(Generic[T]):
                         entry.recheck_at = -_INF
                     elif self._check is not None:
                         recheck = now + self._check_interval
-                        entry.recheck_at = min(recheck, entry.expires_at)
+                        expires = entry.expires_at
+                        entry.recheck_at = recheck if recheck < expires else expires
                     waiters = self._waiters
                     if waiters:  # direct hand-off to the oldest waiter
                         waiter = waiters.popleft()
@@ -618,19 +626,25 @@ class ObjectPool(Generic[T]):
             lock.release()
         if entry is None:
             self._release_unknown(obj)
-        elif reason is not None:
-            self._destroy_entries([entry], reason)
+        elif why is not None:
+            self._destroy_entries([entry], why)
         if pending is not None:
             raise pending
 
-    def _retire_reason(self, entry: _Entry, discard: bool, now: float) -> str:
+    def _retire_reason(self, entry: _Entry, discard: bool, reason: str, now: float) -> str | None:
+        """Why a returned object goes (lock held), or None: it stays after all."""
         if discard:
-            return "error"
+            return reason
+        if now >= entry.expires_at or (self._max_uses and entry.uses >= self._max_uses):
+            return "lifetime"
         if self._closed:
             return "closed"
         if self._size > self._max_size:
             return "resize"
-        return "lifetime"
+        if entry.epoch < self._drain_epoch:
+            return "drain"
+        entry.epoch = self._epoch  # an epoch bump that does not concern it
+        return None
 
     def _release_unknown(self, obj: Any) -> None:
         if id(obj) in self._orphan_ids:
@@ -779,7 +793,7 @@ class ObjectPool(Generic[T]):
                 self._creating -= 1
             raise
         now = self._clock()
-        entry = _Entry(obj, now, self._expiry(now))
+        entry = _Entry(obj, now, self._expiry(now), self._epoch)
         entry.uses = 0
         with self._lock:
             self._creating -= 1
@@ -884,6 +898,7 @@ class ObjectPool(Generic[T]):
             if self._closed:
                 return
             self._closed = True
+            self._epoch += 1
             victims = list(self._idle)
             self._idle.clear()
             self._closing += len(victims)
@@ -920,6 +935,8 @@ class ObjectPool(Generic[T]):
                 self._min_size if min_size is None else min_size,
                 self._max_size if max_size is None else max_size,
             )
+            if new_max < self._max_size:
+                self._epoch += 1
             self._min_size, self._max_size = new_min, new_max
             victims: list[_Entry] = []
             while self._idle and self._size - len(victims) > new_max:
@@ -929,6 +946,26 @@ class ObjectPool(Generic[T]):
             self._wake_upkeep()
         if victims:
             self._destroy_entries(victims, "resize")
+
+    def drain(self) -> None:
+        """Replace every object: idle ones are destroyed now, borrowed ones when
+        returned; new ones are made on demand (e.g. after a password rotation)."""
+        self._check_fork()
+        with self._lock:
+            self._epoch += 1
+            self._drain_epoch = self._epoch
+            victims = list(self._idle)
+            self._idle.clear()
+            self._closing += len(victims)
+        if victims:
+            self._destroy_entries(victims, "drain")
+        self._wake_upkeep()
+
+    def objects(self) -> list[T]:
+        """A snapshot of the live objects, idle and borrowed (for inspection)."""
+        self._check_fork()
+        with self._lock:
+            return [e.obj for e in (*self._idle, *self._in_use.values())]
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's numbers."""

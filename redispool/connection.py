@@ -1,0 +1,278 @@
+"""redis-py connections that know when they are dirty, plus the cheap liveness test.
+
+A pooled connection counts the replies it still owes (commands sent minus replies
+read) and notes commands that leave server-side session state behind (MULTI, WATCH,
+SUBSCRIBE, SELECT, CLIENT TRACKING, ...). ``is_clean()`` says whether the next
+borrower may have it; ``is_alive()`` says, without a round trip, whether the
+server closed it or sent bytes nobody asked for.
+"""
+
+from __future__ import annotations
+
+import select
+import ssl
+from typing import Any
+
+from redis.connection import (
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
+from redis.exceptions import RedisError, ResponseError
+
+from .dns import DNSCache
+
+__all__ = [
+    "PooledConnection",
+    "PooledSSLConnection",
+    "PooledUnixConnection",
+    "is_alive",
+    "pooled_class",
+]
+
+# Session state bits (``_rp_state``): anything set means "not clean".
+IN_MULTI, WATCHING, DIRTY, TIMEOUT_SET = 1, 2, 4, 8
+
+# What a command does to the session: 0 nothing, else one of these.
+_MULTI, _EXEC, _WATCH, _UNWATCH, _DIRTY, _CLIENT = 1, 2, 3, 4, 5, 6
+_NAMES = {
+    "MULTI": _MULTI,
+    "EXEC": _EXEC,
+    "DISCARD": _EXEC,
+    "WATCH": _WATCH,
+    "UNWATCH": _UNWATCH,
+    "CLIENT": _CLIENT,
+}
+_STATEFUL = (
+    "SELECT SUBSCRIBE PSUBSCRIBE SSUBSCRIBE MONITOR AUTH HELLO RESET READONLY READWRITE "
+    "SYNC PSYNC REPLCONF ASKING"
+)
+for _name in _STATEFUL.split():  # noqa: SIM905
+    _NAMES[_name] = _DIRTY
+# CLIENT subcommands that change what this connection sees or is.
+_CLIENT_DIRTY = frozenset(["TRACKING", "REPLY", "SETNAME", "NO-EVICT", "NO-TOUCH", "CACHING"])
+_cache: dict[Any, int] = {}
+
+
+def _classify(name: Any) -> int:
+    """Classify a command name (str or bytes, any case); cached, bounded."""
+    kind = _cache.get(name)
+    if kind is not None:
+        return kind
+    try:
+        text = name.decode("latin-1") if isinstance(name, (bytes, bytearray)) else str(name)
+    except Exception:
+        return 0
+    words = text.upper().split()
+    kind = _NAMES.get(words[0], 0) if words else 0
+    if kind == _CLIENT and len(words) > 1:
+        kind = _DIRTY if words[1] in _CLIENT_DIRTY else 0
+    if len(_cache) < 4096 and isinstance(name, (str, bytes)):
+        _cache[name] = kind
+    return kind
+
+
+class _PooledMixin:
+    """State tracking on top of a redis-py connection class."""
+
+    _sock: Any
+    host: Any
+    port: Any
+    _rp_pending = 0  # replies owed by the server
+    _rp_state = 0  # IN_MULTI | WATCHING | DIRTY | TIMEOUT_SET bits; 0 is clean
+    _rp_commands = 0  # commands sent (for the pool's stats)
+    _rp_errors = 0  # error replies and failed reads
+    _rp_poll: Any = None
+    _rp_dns: DNSCache | None = None
+
+    def _rp_note(self, args: tuple[Any, ...]) -> None:
+        kind = _classify(args[0]) if args else 0
+        if kind:
+            if kind == _CLIENT:
+                kind = _DIRTY if len(args) > 1 and _classify_sub(args[1]) else 0
+            if kind == _MULTI:
+                self._rp_state |= IN_MULTI
+            elif kind == _EXEC:
+                self._rp_state &= ~(IN_MULTI | WATCHING)
+            elif kind == _WATCH:
+                self._rp_state |= WATCHING
+            elif kind == _UNWATCH:
+                self._rp_state &= ~WATCHING
+            elif kind == _DIRTY:
+                self._rp_state |= DIRTY
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        if not args or args[0] not in _PLAIN:
+            self._rp_note(args)
+        self._rp_pending += 1
+        self._rp_commands += 1
+        super().send_command(*args, **kwargs)  # type: ignore[misc]
+
+    def pack_command(self, *args: Any) -> Any:
+        self._rp_note(args)
+        self._rp_pending += 1
+        self._rp_commands += 1
+        return super().pack_command(*args)  # type: ignore[misc]
+
+    def pack_commands(self, commands: Any) -> Any:
+        commands = list(commands)
+        for cmd in commands:
+            self._rp_note(tuple(cmd))
+        self._rp_pending += len(commands)
+        self._rp_commands += len(commands)
+        return super().pack_commands(commands)  # type: ignore[misc]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except ResponseError:
+            self._rp_pending -= 1  # an error reply is still a reply
+            self._rp_errors += 1
+            raise
+        except BaseException:
+            self._rp_errors += 1
+            raise
+        if not kwargs.get("push_request"):
+            self._rp_pending -= 1
+        return response
+
+    def _rp_fresh(self) -> None:
+        """A new server session: nothing owed, no state; watch the new socket."""
+        self._rp_pending = 0
+        self._rp_state = 0
+        sock = self._sock
+        if sock is not None and hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+            self._rp_poll = poller
+        else:
+            self._rp_poll = None
+
+    def on_connect(self) -> None:
+        super().on_connect()  # type: ignore[misc]
+        self._rp_fresh()
+
+    def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        self._rp_fresh()
+
+    def is_clean(self) -> bool:
+        """True when the next borrower can have it: connected, nothing owed, no state."""
+        return self._sock is not None and not self._rp_pending and not self._rp_state
+
+    def _connect(self) -> Any:
+        dns = self._rp_dns
+        if dns is None or not isinstance(self, Connection):
+            return super()._connect()  # type: ignore[misc]
+        host = self.host
+        last: BaseException | None = None
+        for address in dns.resolve(host, self.port):
+            self.host = address  # Connection._connect looks up self.host
+            try:
+                sock = Connection._connect(self)
+                break
+            except OSError as exc:
+                last = exc
+            finally:
+                self.host = host
+        else:
+            raise last or OSError(f"no address for {host!r}")
+        if isinstance(self, SSLConnection):  # handshake with the real name (SNI, cert check)
+            try:
+                return self._wrap_socket_with_ssl(sock)
+            except (OSError, RedisError):
+                sock.close()
+                raise
+        return sock
+
+
+def _classify_sub(sub: Any) -> bool:
+    try:
+        text = sub.decode("latin-1") if isinstance(sub, (bytes, bytearray)) else str(sub)
+    except Exception:
+        return True
+    return text.upper() in _CLIENT_DIRTY
+
+
+# The commands most sent: skip classification for them.
+_PLAIN = frozenset(
+    name
+    for base in ("GET", "SET", "INCR", "DEL", "EXPIRE", "MGET", "EVALSHA", "HGET", "PING")
+    for name in (base, base.lower(), base.encode(), base.lower().encode())
+)
+
+
+class PooledConnection(_PooledMixin, Connection):
+    """A TCP connection that tracks its own dirtiness."""
+
+
+class PooledSSLConnection(_PooledMixin, SSLConnection):
+    """A TLS connection that tracks its own dirtiness."""
+
+
+class PooledUnixConnection(_PooledMixin, UnixDomainSocketConnection):
+    """A unix-socket connection that tracks its own dirtiness."""
+
+
+def pooled_class(cls: type) -> type:
+    """The tracking subclass for a redis-py connection class."""
+    if issubclass(cls, _PooledMixin):
+        return cls
+    if issubclass(cls, SSLConnection):
+        base: type = SSLConnection
+    elif issubclass(cls, UnixDomainSocketConnection):
+        base = UnixDomainSocketConnection
+    elif issubclass(cls, Connection):
+        base = Connection
+    else:
+        raise TypeError(f"connection_class must be a redis-py Connection class, got {cls!r}")
+    if cls is base:
+        return {
+            SSLConnection: PooledSSLConnection,
+            UnixDomainSocketConnection: PooledUnixConnection,
+            Connection: PooledConnection,
+        }[base]
+    return type(f"Pooled{cls.__name__}", (_PooledMixin, cls), {})
+
+
+def is_alive(conn: Any) -> bool:
+    """Zero-round-trip liveness: False if closed, or if bytes arrived unasked.
+
+    A healthy idle connection has nothing to read: readable means EOF (the server
+    closed it: CLIENT KILL, restart, idle timeout) or a stray reply.
+    """
+    sock = conn._sock
+    if sock is None:
+        return False
+    poller = conn._rp_poll
+    if poller is not None:
+        if not poller.poll(0):
+            return True
+    else:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return True
+    if isinstance(sock, ssl.SSLSocket):
+        return _ssl_quiet(sock)
+    return False
+
+
+def _ssl_quiet(sock: ssl.SSLSocket) -> bool:
+    """The raw socket is readable; is that TLS housekeeping (a session ticket)
+    or application data / EOF?"""
+    if sock.pending():
+        return False
+    timeout = sock.gettimeout()
+    try:
+        sock.settimeout(0)
+        sock.recv(1)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        return True
+    except (OSError, ValueError):
+        return False
+    finally:
+        try:
+            sock.settimeout(timeout)
+        except OSError:
+            pass
+    return False  # EOF (b"") or application data nobody asked for

@@ -1,0 +1,398 @@
+"""RedisPool: an ObjectPool of checked redis-py connections.
+
+* ``with pool.connection() as conn`` a checked ``redis.Connection``;
+* ``with pool.client() as r`` a ``redis.Redis`` pinned to one borrowed connection;
+* ``pool.redis`` a ``redis.Redis`` whose every command borrows and returns;
+* ``pool.as_redis_pool()`` for ``redis.Redis(connection_pool=...)``.
+
+A connection is checked on every borrow without a round trip (``is_alive``) and
+with a PING only when idle longer than ``health_check_interval``. On return it is
+discarded unless it is connected, owes no reply and holds no session state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import redis
+from redis.connection import Connection
+
+from .config import env_options, parse_redis_url, redact_url
+from .connection import TIMEOUT_SET, is_alive, pooled_class
+from .dns import DNSCache
+from .pool import ObjectPool, _number
+from .redis_adapter import ConnectionPoolAdapter, PinnedPool, PinnedRedis
+from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
+from .stats import PoolStats
+
+__all__ = ["RedisPool", "RedisPoolStats"]
+
+# Our own names; everything else goes to the redis-py connection class.
+_POOL_OPTIONS = {
+    "min_size",
+    "max_size",
+    "timeout",
+    "max_waiting",
+    "max_idle_time",
+    "max_lifetime",
+    "fail_fast_after",
+    "leak_timeout",
+    "background",
+}
+_REFUSED = {
+    "max_connections": "use max_size",
+    "connection_pool": "RedisPool is the pool",
+    "single_connection_client": "use pool.client()",
+    "health_check_interval": None,  # ours; handled before
+}
+
+
+@dataclass(frozen=True)
+class RedisPoolStats(PoolStats):
+    """``PoolStats`` plus command counts (and the read pool's, if any)."""
+
+    commands: int = 0
+    command_errors: int = 0
+    read: RedisPoolStats | None = None
+
+
+class _ConnectionPool(ObjectPool[Connection]):
+    timeout_error = RedisPoolTimeout
+    too_many_waiters_error = RedisTooManyWaiters
+    closed_error = RedisPoolClosed
+    noun = "connection"
+
+
+class RedisPool:
+    """A fair, bounded pool of checked redis-py connections.
+
+    Options: ``min_size`` (5), ``max_size`` (20), ``timeout`` (4 s: how long a
+    borrow waits), ``connect_timeout`` (2 s), ``socket_timeout`` (2 s per read or
+    write), ``max_idle_time`` (300 s), ``max_lifetime`` (1800 s),
+    ``health_check_interval`` (30 s: PING a connection idle that long before
+    lending it), ``max_waiting`` (0: unbounded), ``dns_ttl`` (30 s),
+    ``read_url`` (a replica for ``reader()``), ``name``; any other keyword is a
+    redis-py connection option (``password``, ``username``, ``db``, ``ssl_*``,
+    ``client_name``, ``decode_responses``, ``protocol``, ``retry``, ...) and
+    overrides the URL.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        min_size: int = 5,
+        max_size: int = 20,
+        timeout: float | None = 4.0,
+        connect_timeout: float | None = 2.0,
+        socket_timeout: float | None = 2.0,
+        max_idle_time: float = 300.0,
+        max_lifetime: float = 1800.0,
+        health_check_interval: float = 30.0,
+        max_waiting: int = 0,
+        dns_ttl: float = 30.0,
+        read_url: str | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        pool_opts = {k: options.pop(k) for k in list(options) if k in _POOL_OPTIONS}
+        for key, hint in _REFUSED.items():
+            if key in options:
+                raise TypeError(f"RedisPool got an unsupported option {key!r}: {hint}")
+        if "socket_connect_timeout" in options:
+            connect_timeout = options.pop("socket_connect_timeout")
+        _number("connect_timeout", connect_timeout, minimum=0, none_ok=True)
+        _number("socket_timeout", socket_timeout, minimum=0, none_ok=True)
+        _number("health_check_interval", health_check_interval, minimum=0)
+        _number("dns_ttl", dns_ttl, minimum=0)
+        kwargs = parse_redis_url(url)
+        kwargs.update(options)
+        cls = kwargs.pop("connection_class", None) or Connection
+        self._conn_class: type[Connection] = pooled_class(cls)
+        kwargs["socket_timeout"] = socket_timeout
+        kwargs["socket_connect_timeout"] = connect_timeout
+        kwargs["health_check_interval"] = 0  # we check on borrow instead
+        self.url = redact_url(url)
+        self.name = name or self.url
+        self._socket_timeout = socket_timeout
+        self._ping_timeout = connect_timeout or socket_timeout or 2.0
+        self._health_check_interval = float(health_check_interval)
+        # Build one (unconnected) connection now, so that a bad option fails here
+        # and names itself, not at the first borrow.
+        try:
+            self._conn_class(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"RedisPool: bad connection option: {exc}") from None
+        self.connection_kwargs: dict[str, Any] = kwargs
+        self._dns = DNSCache(ttl=dns_ttl) if issubclass(cls, Connection) else None
+        self._stats_lock = threading.Lock()
+        self._retired_commands = 0
+        self._retired_errors = 0
+        self._pool = _ConnectionPool(
+            self._new_connection,
+            destroy=self._destroy_connection,
+            check=self._ping,
+            check_interval=self._health_check_interval,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_idle_time=max_idle_time,
+            max_lifetime=max_lifetime,
+            name=self.name,
+            **pool_opts,
+        )
+        self._adapter = ConnectionPoolAdapter(self)
+        self._redis: redis.Redis | None = None
+        self._proto: dict[str, Any] | None = None
+        self.read_pool: RedisPool | None = None
+        if read_url is not None:
+            self.read_pool = RedisPool(
+                read_url,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                socket_timeout=socket_timeout,
+                max_idle_time=max_idle_time,
+                max_lifetime=max_lifetime,
+                health_check_interval=health_check_interval,
+                max_waiting=max_waiting,
+                dns_ttl=dns_ttl,
+                name=f"{self.name} (read)",
+                **pool_opts,
+                **options,
+            )
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = "REDIS_", environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> RedisPool:
+        """A pool configured from ``{prefix}URL`` and friends (see ``env_options``)."""
+        opts = env_options(prefix, environ)
+        opts.update(overrides)
+        return cls(**opts)
+
+    # -- connections -------------------------------------------------------
+
+    def _new_connection(self) -> Connection:
+        conn: Any = self._conn_class(**self.connection_kwargs)
+        conn._rp_dns = self._dns
+        conn.connect()
+        conn._rp_commands = conn._rp_errors = 0  # the handshake is not the user's
+        return conn  # type: ignore[no-any-return]
+
+    def _destroy_connection(self, conn: Connection) -> None:
+        with self._stats_lock:
+            self._retired_commands += conn._rp_commands  # type: ignore[attr-defined]
+            self._retired_errors += conn._rp_errors  # type: ignore[attr-defined]
+        conn.disconnect()
+
+    def _ping(self, conn: Connection) -> bool:
+        """The idle check: alive, then a PING with a short timeout."""
+        if not is_alive(conn):
+            return False
+        conn.send_command("PING", check_health=False)
+        reply = conn.read_response(timeout=self._ping_timeout)
+        return reply in (b"PONG", "PONG")
+
+    def _get(self, wait: float | None = None) -> Any:
+        """Borrow a connection that passed the zero-round-trip liveness test."""
+        pool = self._pool
+        conn: Any = pool.borrow(wait)
+        poller = conn._rp_poll
+        if poller is not None and not poller.poll(0):
+            return conn  # the common case: nothing to read, so alive and clean
+        while not is_alive(conn):
+            pool.release(conn, discard=True, reason="dead")
+            conn = pool.borrow(wait)
+        return conn
+
+    def _put(self, conn: Any) -> None:
+        """Return a connection; anything short of clean is discarded."""
+        if not conn._rp_state and not conn._rp_pending and conn._sock is not None:
+            self._pool.release(conn)
+            return
+        if conn._rp_state & TIMEOUT_SET:
+            conn._rp_state &= ~TIMEOUT_SET
+            sock = conn._sock
+            if sock is not None:
+                try:
+                    sock.settimeout(self._socket_timeout)
+                except OSError:
+                    conn.disconnect()
+        if conn.is_clean():
+            self._pool.release(conn)
+        else:
+            self._pool.release(conn, discard=True, reason="dirty")
+
+    def _set_op_timeout(self, conn: Any, timeout: float) -> None:
+        sock = conn._sock
+        if sock is not None:
+            sock.settimeout(timeout)
+            conn._rp_state |= TIMEOUT_SET
+
+    # -- borrowing ---------------------------------------------------------
+
+    def connection(
+        self, timeout: float | None = None, *, wait: float | None = None
+    ) -> _ConnectionLease:
+        """``with pool.connection() as conn:`` a checked ``redis.Connection``.
+
+        ``timeout`` bounds each read and write in the block (default:
+        ``socket_timeout``); ``wait`` bounds the wait for a connection.
+        """
+        if timeout is not None:
+            _number("timeout", timeout, minimum=0)
+        return _ConnectionLease(self, timeout, wait)
+
+    def client(self, timeout: float | None = None, *, wait: float | None = None) -> _ClientLease:
+        """``with pool.client() as r:`` a ``redis.Redis`` on one borrowed connection.
+
+        Pipelines, transactions, WATCH and pub/sub work on it. ``timeout`` bounds
+        each command (a command that times out raises ``redis.TimeoutError`` and
+        its connection is discarded); ``wait`` bounds the wait for a connection.
+        Using ``r`` after the block raises instead of touching another caller's
+        connection.
+        """
+        if timeout is not None:
+            _number("timeout", timeout, minimum=0)
+        return _ClientLease(self, timeout, wait)
+
+    def writer(self, timeout: float | None = None, *, wait: float | None = None) -> _ClientLease:
+        """A client on the primary (the same as ``client()``)."""
+        return self.client(timeout, wait=wait)
+
+    def reader(self, timeout: float | None = None, *, wait: float | None = None) -> _ClientLease:
+        """A client on the read pool (``read_url``), or on the primary without one."""
+        return (self.read_pool or self).client(timeout, wait=wait)
+
+    def _prototype(self) -> dict[str, Any]:
+        proto = self._proto
+        if proto is None:
+            template = PinnedRedis(connection_pool=self._adapter)  # type: ignore[arg-type]
+            proto = dict(vars(template))
+            proto["connection"] = None
+            self._proto = proto
+        return proto
+
+    @property
+    def redis(self) -> redis.Redis:
+        """A ``redis.Redis`` whose every command borrows from the pool and returns."""
+        if self._redis is None:
+            self._redis = redis.Redis(connection_pool=self._adapter)  # type: ignore[arg-type]
+        return self._redis
+
+    def as_redis_pool(self) -> ConnectionPoolAdapter:
+        """This pool as a redis-py connection pool: ``redis.Redis(connection_pool=...)``."""
+        return self._adapter
+
+    # -- lifecycle and numbers ----------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Start filling to ``min_size`` (with ``wait``: block until done)."""
+        self._pool.open(wait=wait, timeout=timeout)
+        if self.read_pool is not None:
+            self.read_pool.open(wait=wait, timeout=timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool(s): idle connections now, borrowed ones when returned."""
+        self._pool.close(timeout)
+        if self.read_pool is not None:
+            self.read_pool.close(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._pool.closed
+
+    def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        self._pool.resize(min_size, max_size)
+
+    def drain(self) -> None:
+        """Replace every connection (idle now, borrowed on return)."""
+        self._pool.drain()
+
+    def stats(self) -> RedisPoolStats:
+        """The pool's numbers plus ``commands`` and ``command_errors``."""
+        base = self._pool.stats()
+        commands, errors = self._retired_commands, self._retired_errors
+        for conn in self._pool.objects():
+            commands += conn._rp_commands  # type: ignore[attr-defined]
+            errors += conn._rp_errors  # type: ignore[attr-defined]
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(PoolStats)}
+        return RedisPoolStats(
+            **fields,
+            commands=commands,
+            command_errors=errors,
+            read=self.read_pool.stats() if self.read_pool is not None else None,
+        )
+
+    def __enter__(self) -> RedisPool:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        s = self._pool
+        return (
+            f"<RedisPool {self.url!r} size={s._size} in_use={len(s._in_use)} "
+            f"max_size={s._max_size}{' closed' if s.closed else ''}>"
+        )
+
+
+class _ConnectionLease:
+    __slots__ = ("_conn", "_pool", "_timeout", "_wait")
+
+    def __init__(self, pool: RedisPool, timeout: float | None, wait: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._wait = wait
+
+    def __enter__(self) -> Connection:
+        conn: Connection = self._pool._get(self._wait)
+        self._conn = conn
+        if self._timeout is not None:
+            self._pool._set_op_timeout(conn, self._timeout)
+        return conn
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._pool._put(self._conn)
+
+
+class _ClientLease:
+    __slots__ = ("_client", "_conn", "_pinned", "_pool", "_timeout", "_wait")
+
+    def __init__(self, pool: RedisPool, timeout: float | None, wait: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._wait = wait
+
+    def __enter__(self) -> redis.Redis:
+        pool = self._pool
+        proto = pool._proto or pool._prototype()
+        conn = self._conn = pool._get(self._wait)
+        if self._timeout is not None:
+            pool._set_op_timeout(conn, self._timeout)
+        pinned = self._pinned = PinnedPool(pool._adapter, conn)
+        client = object.__new__(PinnedRedis)
+        client.__dict__.update(proto)
+        client.connection = conn
+        client.connection_pool = pinned  # type: ignore[assignment]
+        self._client = client
+        return client
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._pinned._conn = None  # a stale client or pipeline now raises
+        self._client.connection = None
+        self._pool._put(self._conn)
