@@ -6,7 +6,6 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.connection import parse_url
 
@@ -17,21 +16,12 @@ _SCHEMES = ("redis", "rediss", "unix")
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        out = url
-    else:
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port else ""
-        out = urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    if not isinstance(url, str):
+        return "<not a url>"
+    # scheme://user:password@host -> scheme://user:***@host (the last @ ends userinfo)
+    out = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@:]*):[^/?#]*@", r"\1:***@", url)
     # query-string secrets (?password=...)
-    return re.sub(r"(?i)(password|ssl_password)=[^&]*", r"\1=***", out)
+    return re.sub(r"(?i)(password|ssl_password)=[^&#]*", r"\1=***", out)
 
 
 def parse_redis_url(url: str) -> dict[str, Any]:

@@ -1,0 +1,279 @@
+"""RedisPool against a real redis-server: borrowing, dirty detection, config, stats."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from redispool import PoolError, RedisPool
+from redispool.config import env_options, parse_redis_url, redact_url
+from redispool.connection import is_alive
+from redispool.dns import DNSCache
+
+
+@pytest.fixture
+def pool(redis_url: str) -> Any:
+    p = RedisPool(redis_url, min_size=0, max_size=4, timeout=2)
+    yield p
+    p.close()
+
+
+def test_client_connection_and_drop_in_share_one_pool(pool: RedisPool) -> None:
+    with pool.client() as r:
+        r.set("k", "v")
+        with r.pipeline() as pipe:
+            pipe.incr("n").incr("n")
+            assert pipe.execute() == [1, 2]
+    with pool.connection() as conn:
+        conn.send_command("GET", "k")
+        assert conn.read_response() == b"v"
+    assert pool.redis.get("k") == b"v"
+    assert redis.Redis(connection_pool=pool.as_redis_pool()).get("n") == b"2"
+    s = pool.stats()
+    assert s.in_use == 0 and s.size == s.idle == 1  # one connection served everything
+    assert s.commands >= 6 and s.borrows == 4
+
+
+def test_connection_is_reused_while_clean(pool: RedisPool) -> None:
+    with pool.connection() as c1:
+        pass
+    with pool.connection() as c2:
+        assert c2 is c1
+
+
+@pytest.mark.parametrize(
+    "make_dirty",
+    [
+        pytest.param(lambda r, c: c.send_command("GET", "k"), id="unread-reply"),
+        pytest.param(lambda r, c: r.execute_command("MULTI"), id="open-multi"),
+        pytest.param(lambda r, c: r.execute_command("WATCH", "k"), id="watch"),
+        pytest.param(lambda r, c: r.execute_command("SELECT", "1"), id="select"),
+        pytest.param(lambda r, c: r.execute_command("client", "setname", "x"), id="setname"),
+        pytest.param(lambda r, c: r.pubsub().subscribe("chan"), id="subscribed"),
+        pytest.param(lambda r, c: c.disconnect(), id="disconnected"),
+    ],
+)
+def test_dirty_connection_is_never_handed_out_again(pool: RedisPool, make_dirty: Any) -> None:
+    with pool.client() as r:
+        conn = r.connection
+        make_dirty(r, conn)
+    assert pool.stats().destroyed_by_reason.get("dirty") == 1
+    with pool.client() as r:
+        assert r.connection is not conn
+        assert r.set("k", "fresh") and r.get("k") == b"fresh"
+    assert pool.stats().size == 1
+
+
+def test_transaction_and_watch_that_complete_leave_it_clean(pool: RedisPool) -> None:
+    with pool.client() as r:
+        conn = r.connection
+        r.execute_command("MULTI")
+        r.execute_command("SET", "k", "1")
+        r.execute_command("EXEC")
+        with r.pipeline() as pipe:
+            pipe.watch("k")
+            pipe.multi()
+            pipe.set("k", "2")
+            pipe.execute()
+        r.execute_command("WATCH", "k")
+        r.execute_command("UNWATCH")
+    with pool.client() as r:
+        assert r.connection is conn and r.get("k") == b"2"
+    assert pool.stats().destroyed == 0
+
+
+def test_error_reply_and_user_exception_keep_a_clean_connection(pool: RedisPool) -> None:
+    with pool.client() as r:
+        conn = r.connection
+        r.set("s", "x")
+        with pytest.raises(redis.ResponseError):
+            r.hset("s", "f", "v")  # WRONGTYPE
+    with pytest.raises(KeyError):
+        with pool.client() as r:
+            r.get("s")
+            raise KeyError("app bug")
+    with pool.client() as r:
+        assert r.connection is conn
+    s = pool.stats()
+    assert s.destroyed == 0 and s.command_errors == 1
+
+
+def test_client_used_after_its_block_raises(pool: RedisPool) -> None:
+    with pool.client() as r:
+        pipe = r.pipeline()
+    with pytest.raises(PoolError, match="block has ended"):
+        r.get("k")
+    pipe.get("k")
+    with pytest.raises(PoolError):
+        pipe.execute()
+    assert pool.stats().in_use == 0
+
+
+def test_killed_connection_is_detected_without_a_round_trip(
+    pool: RedisPool, redis_server: Any
+) -> None:
+    with pool.connection() as conn:
+        conn.send_command("CLIENT", "ID")
+        victim = conn.read_response()
+    admin = redis_server.client()
+    assert admin.client_kill_filter(_id=victim) == 1
+    deadline = time.monotonic() + 2
+    while is_alive(conn) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not is_alive(conn)  # EOF seen by poll(): no PING needed
+    with pool.client() as r:
+        assert r.connection is not conn and r.ping()
+    assert pool.stats().destroyed_by_reason == {"dead": 1}
+    admin.close()
+
+
+def test_read_write_split(redis_server_factory: Any) -> None:
+    primary = redis_server_factory()
+    replica = redis_server_factory()
+    pool = RedisPool(primary.url, read_url=replica.url, min_size=0, max_size=2)
+    try:
+        with pool.writer() as w:
+            w.set("where", "primary")
+        with pool.reader() as r:
+            assert r.get("where") is None  # not replicated: it really is another server
+            r.set("where", "replica")
+        with pool.client() as c:
+            assert c.get("where") == b"primary"
+        s = pool.stats()
+        assert s.read is not None and s.read.borrows == 1 and s.borrows == 2
+        assert s.read.commands == 2
+    finally:
+        pool.close()
+    assert pool.read_pool is not None and pool.read_pool.closed
+
+
+def test_reader_without_read_url_uses_the_primary(pool: RedisPool) -> None:
+    with pool.reader() as r:
+        r.set("a", "1")
+    assert pool.stats().read is None and pool.stats().borrows == 1
+
+
+def test_from_env(redis_url: str) -> None:
+    env = {
+        "REDIS_URL": redis_url,
+        "REDIS_POOL_MIN_SIZE": "0",
+        "REDIS_POOL_MAX_SIZE": "3",
+        "REDIS_POOL_TIMEOUT": "1.5",
+        "REDIS_SOCKET_TIMEOUT": "0.5",
+    }
+    pool = RedisPool.from_env(environ=env)
+    try:
+        s = pool.stats()
+        assert (s.min_size, s.max_size) == (0, 3)
+        assert pool.connection_kwargs["socket_timeout"] == 0.5
+        assert pool.redis.ping()
+    finally:
+        pool.close()
+
+
+def test_env_options_tls_mode_and_bad_values() -> None:
+    env = {"WRITE_REDIS_URL": "redis://w:6379", "READ_REDIS_URL": "redis://r:6379"}
+    env["ENABLE_REDIS_TLS_MODE"] = "true"
+    assert env_options(environ=env) == {"url": "rediss://w:6379", "read_url": "rediss://r:6379"}
+    with pytest.raises(ValueError, match="REDIS_POOL_MAX_SIZE must be an integer, got 'lots'"):
+        env_options(environ={"REDIS_POOL_MAX_SIZE": "lots"})
+    with pytest.raises(ValueError, match="ENABLE_REDIS_TLS_MODE must be true or false"):
+        env_options(environ={"ENABLE_REDIS_TLS_MODE": "maybe"})
+    assert env_options(prefix="CACHE_", environ={"CACHE_URL": "redis://c"}) == {"url": "redis://c"}
+
+
+@pytest.mark.parametrize(
+    ("url", "exc", "needle"),
+    [
+        ("http://h:6379", ValueError, "url must start with redis://"),
+        ("", ValueError, "url must not be empty"),
+        ("redis://:hunter2@h:notaport", ValueError, "is invalid"),
+        (6379, TypeError, "url must be a str"),
+    ],
+)
+def test_bad_urls_are_rejected_without_leaking_the_password(
+    url: Any, exc: type, needle: str
+) -> None:
+    with pytest.raises(exc) as info:
+        RedisPool(url)
+    assert needle in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_bad_options_name_themselves() -> None:
+    with pytest.raises(TypeError, match=r"bad connection option.*sockt_timeout"):
+        RedisPool("redis://localhost", sockt_timeout=1)
+    with pytest.raises(TypeError, match="'max_connections': use max_size"):
+        RedisPool("redis://localhost", max_connections=5)
+    with pytest.raises(ValueError, match="max_size must be >= 1"):
+        RedisPool("redis://localhost", max_size=0)
+    with pytest.raises(ValueError, match="socket_timeout must be >= 0"):
+        RedisPool("redis://localhost", socket_timeout=-1)
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        RedisPool("redis://localhost").client(timeout=-0.1)
+
+
+def test_parse_and_redact_urls() -> None:
+    kw = parse_redis_url("rediss://alice:s3cret@cache.example:6380/2")
+    assert kw["host"] == "cache.example" and kw["port"] == 6380 and kw["db"] == 2
+    assert kw["username"] == "alice" and kw["password"] == "s3cret"
+    assert redact_url("redis://alice:s3cret@h:1/0") == "redis://alice:***@h:1/0"
+    assert redact_url("redis://h/0?password=s3cret") == "redis://h/0?password=***"
+    pool = RedisPool("redis://alice:s3cret@localhost:1/0", min_size=0)
+    assert "s3cret" not in repr(pool) and "s3cret" not in str(pool.stats().as_dict())
+    assert "s3cret" not in repr(pool.as_redis_pool())
+
+
+def test_dns_cache_resolves_once_per_ttl_and_serves_stale_on_failure() -> None:
+    now = [0.0]
+    answers = {"db.internal": ["10.0.0.1"]}
+    calls: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        if host not in answers:
+            raise OSError("NXDOMAIN")
+        return answers[host]
+
+    cache = DNSCache(ttl=30, stale_ttl=60, resolver=resolver, clock=lambda: now[0])
+    assert cache.resolve("db.internal", 6379) == ["10.0.0.1"]
+    now[0] = 29
+    assert cache.resolve("db.internal", 6379) == ["10.0.0.1"]
+    assert calls == ["db.internal"]
+    answers["db.internal"] = ["10.0.0.2"]
+    now[0] = 31  # expired: the changed address is honoured
+    assert cache.resolve("db.internal", 6379) == ["10.0.0.2"]
+    del answers["db.internal"]
+    now[0] = 70  # expired and failing: the last answer, within stale_ttl
+    assert cache.resolve("db.internal", 6379) == ["10.0.0.2"]
+    now[0] = 200  # too old to serve
+    with pytest.raises(OSError, match="NXDOMAIN"):
+        cache.resolve("db.internal", 6379)
+    assert cache.resolve("127.0.0.1", 1) == ["127.0.0.1"]  # literals skip the resolver
+
+
+def test_new_connections_use_the_dns_cache(redis_server: Any) -> None:
+    pool = RedisPool(f"redis://localhost:{redis_server.port}/0", min_size=0, max_size=3)
+    try:
+        held = [pool._get() for _ in range(3)]
+        for c in held:
+            assert c.host == "localhost"  # the real name stays (TLS needs it)
+            pool._put(c)
+        assert pool._dns is not None and pool._dns.lookups == 1
+    finally:
+        pool.close()
+
+
+def test_wait_timeout_is_a_redis_connection_error(redis_url: str) -> None:
+    pool = RedisPool(redis_url, min_size=0, max_size=1)
+    try:
+        with pool.client():
+            with pytest.raises(redis.exceptions.ConnectionError, match=r"1 of 1 in use"):
+                with pool.client(wait=0.05):
+                    pass
+        assert pool.stats().timeouts == 1
+    finally:
+        pool.close()
