@@ -569,3 +569,28 @@ def test_bad_timeout_argument_is_rejected_even_on_the_fast_path() -> None:
         pool.acquire(timeout=-1)
     st = pool.stats()
     assert st.idle == 1 and st.in_use == 0
+
+
+def test_drain_replaces_idle_now_and_borrowed_on_return() -> None:
+    pool = make_pool(max_size=3)
+    a, b = pool.borrow(), pool.borrow()
+    pool.release(a)
+    assert set(map(id, pool.objects())) == {id(a), id(b)}
+    pool.drain()
+    assert a.destroyed and not b.destroyed
+    pool.release(b)  # borrowed before the drain: retired on return
+    assert b.destroyed
+    c = pool.borrow()
+    assert c is not a and c is not b
+    pool.release(c)  # made after the drain: kept
+    st = pool.stats()
+    assert st.idle == 1 and st.destroyed_by_reason == {"drain": 2}
+
+
+def test_shrink_then_grow_keeps_objects_that_fit() -> None:
+    pool = make_pool(max_size=3)
+    held = [pool.borrow() for _ in range(2)]
+    pool.resize(max_size=2)  # nothing in excess: the epoch bump must not retire them
+    for r in held:
+        pool.release(r)
+    assert not any(r.destroyed for r in held) and pool.stats().idle == 2
