@@ -47,7 +47,7 @@ _STATEFUL = (
     "SELECT SUBSCRIBE PSUBSCRIBE SSUBSCRIBE MONITOR AUTH HELLO RESET READONLY READWRITE "
     "SYNC PSYNC REPLCONF ASKING"
 )
-for _name in _STATEFUL.split():  # noqa: SIM905
+for _name in _STATEFUL.split():
     _NAMES[_name] = _DIRTY
 # CLIENT subcommands that change what this connection sees or is.
 _CLIENT_DIRTY = frozenset(["TRACKING", "REPLY", "SETNAME", "NO-EVICT", "NO-TOUCH", "CACHING"])

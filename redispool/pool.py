@@ -584,8 +584,8 @@ class ObjectPool(Generic[T]):
         pending = None
         try:
             lock.acquire()
-        except BaseException:
-            pending = _acquire_anyway(lock)
+        except BaseException as exc:  # finish the release first, re-raise below
+            pending = _acquire_anyway(lock) or exc
         why = None
         try:
             entry = self._in_use.pop(id(obj), None)
