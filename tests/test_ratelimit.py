@@ -1,0 +1,205 @@
+"""RateLimiter against a real redis-server: exact, one round trip, fail-open."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from redispool import RedisPool
+from redispool.helpers import CircuitBreaker
+from redispool.helpers.ratelimit import RateLimiter, parse_limit
+
+from .helpers_redis import command_calls, delta
+
+ALGORITHMS = ["fixed", "sliding", "gcra"]
+
+
+@pytest.fixture
+def pool(redis_url: str) -> Any:
+    p = RedisPool(redis_url, min_size=0, max_size=8)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("100/minute", (100, 60.0)),
+        ("10 per second", (10, 1.0)),
+        ("1000/5 minutes", (1000, 300.0)),
+        ("3/hour", (3, 3600.0)),
+        ("1/d", (1, 86400.0)),
+        ("  7 / SECONDS ", (7, 1.0)),
+    ],
+)
+def test_parse_limit(text: str, expected: tuple[int, float]) -> None:
+    assert parse_limit(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "100", "100/fortnight", "abc/minute", "-1/minute", "0/s"])
+def test_malformed_limit_strings_name_the_field(bad: str) -> None:
+    with pytest.raises(ValueError, match="limit must"):
+        parse_limit(bad)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_allows_exactly_the_limit_then_denies_with_headers(pool: RedisPool, algorithm: str) -> None:
+    rl = RateLimiter(pool, "5/minute", algorithm=algorithm)
+    results = [rl.hit("client-1") for _ in range(7)]
+    assert [r.allowed for r in results] == [True] * 5 + [False] * 2
+    assert [r.remaining for r in results[:5]] == [4, 3, 2, 1, 0]
+    denied = results[-1]
+    assert 0 < denied.retry_after <= 60 and 0 < denied.reset_after <= 60
+    h = denied.headers()
+    assert h["RateLimit-Limit"] == "5" and h["RateLimit-Remaining"] == "0"
+    assert h["RateLimit-Policy"] == "5;w=60" and int(h["Retry-After"]) >= 1
+    assert h["X-RateLimit-Limit"] == "5"
+    assert rl.hit("client-2").allowed  # other keys are independent
+    assert not rl.peek("client-1").allowed and rl.peek("client-2").remaining == 4
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_exact_under_thread_concurrency(pool: RedisPool, algorithm: str) -> None:
+    rl = RateLimiter(pool, "100/minute", algorithm=algorithm, timeout=2)
+    allowed = [0]
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(50):
+            if rl.hit("shared").allowed:
+                with lock:
+                    allowed[0] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert allowed[0] == 100
+    assert rl.stats()["denied"] == 900 and pool.stats().in_use == 0
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from redispool import RedisPool
+    from redispool.helpers.ratelimit import RateLimiter
+    pool = RedisPool(sys.argv[1], min_size=0, max_size=4)
+    rl = RateLimiter(pool, "150/minute", algorithm=sys.argv[2], secret=b"shared", timeout=2)
+    print(sum(rl.hit("everyone").allowed for _ in range(200)))
+    """
+)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_exact_across_processes(redis_url: str, algorithm: str) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, redis_url, algorithm], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(int(o.strip()) for o in outs) == 150
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_one_round_trip_per_check(pool: RedisPool, redis_server: Any, algorithm: str) -> None:
+    rl = RateLimiter(pool, "1000/minute", algorithm=algorithm)
+    rl.hit("warm")  # loads the script (NOSCRIPT -> EVAL) once
+    admin = redis_server.client()
+    before, borrows = command_calls(admin), pool.stats().borrows
+    for _ in range(20):
+        rl.hit("k")
+    rl.peek("k")
+    d = delta(before, command_calls(admin))
+    # One EVALSHA per call (what runs inside the script is counted too, but
+    # travels no network); one borrow per call: one round trip each.
+    assert d["evalsha"] == 21 and "eval" not in d and "script|load" not in d
+    assert pool.stats().borrows - borrows == 21
+    admin.close()
+
+
+def test_gcra_refills_smoothly(pool: RedisPool) -> None:
+    rl = RateLimiter(pool, "10/second", algorithm="gcra")
+    assert all(rl.hit("k").allowed for _ in range(10))
+    denied = rl.hit("k")
+    assert not denied.allowed and 0 < denied.retry_after <= 0.15
+    time.sleep(denied.retry_after + 0.02)
+    assert rl.hit("k").allowed  # one token back after 1/10 s
+
+
+def test_fixed_window_resets(pool: RedisPool) -> None:
+    rl = RateLimiter(pool, 2, period=0.3, algorithm="fixed")
+    assert [rl.hit("k").allowed for _ in range(3)] == [True, True, False]
+    time.sleep(0.35)
+    assert rl.hit("k").allowed
+
+
+def test_cost_larger_than_the_limit_can_never_pass(pool: RedisPool) -> None:
+    rl = RateLimiter(pool, "5/minute", algorithm="sliding")
+    r = rl.hit("k", cost=6)
+    assert not r.allowed and r.retry_after == -1
+
+
+def test_keys_hold_a_hash_never_the_input(pool: RedisPool, redis_server: Any) -> None:
+    rl = RateLimiter(pool, "5/minute")
+    rl.hit("alice@example.com")
+    rl.hit("x" * 4000)  # huge input: still a bounded key
+    keys = redis_server.client().keys("*")
+    assert len(keys) == 2 and all(b"alice" not in k and len(k) < 64 for k in keys)
+
+
+def test_fail_open_by_default_and_breaker_short_circuits(redis_server_factory: Any) -> None:
+    server = redis_server_factory()
+    pool = RedisPool(server.url, min_size=0, max_size=2, timeout=0.2)
+    breaker = CircuitBreaker(threshold=3, cooldown=0.5)
+    rl = RateLimiter(pool, "1/minute", timeout=0.1, breaker=breaker)
+    deny = RateLimiter(pool, "1/minute", timeout=0.1, on_error="deny", namespace="rl2")
+    assert rl.hit("k").allowed
+    server.kill()
+    t0 = time.monotonic()
+    results = [rl.hit("k") for _ in range(10)]
+    assert time.monotonic() - t0 < 2.0
+    assert all(r.allowed and r.degraded for r in results)
+    s = rl.stats()
+    assert s["failed_open"] == 10 and s["breaker"]["state"] == "open"
+    assert s["rejected_by_breaker"] >= 5  # after 3 failures it stopped trying
+    assert not deny.hit("k").allowed and deny.stats()["failed_closed"] == 1
+    server.restart()
+    time.sleep(0.8)  # past the (jittered) cooldown: a trial call goes through
+    assert not rl.hit("k").degraded
+    assert rl.stats()["breaker"]["state"] == "closed"
+    pool.close()
+
+
+def test_bad_arguments(pool: RedisPool) -> None:
+    with pytest.raises(TypeError, match="limit must be"):
+        RateLimiter(pool, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="period"):
+        RateLimiter(pool, 10)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        RateLimiter(pool, "1/s", algorithm="leaky")
+    with pytest.raises(ValueError, match="on_error must be"):
+        RateLimiter(pool, "1/s", on_error="maybe")
+    with pytest.raises(ValueError, match="namespace must be"):
+        RateLimiter(pool, "1/s", namespace="has space")
+    with pytest.raises(TypeError, match=r"pool must be a redispool\.RedisPool"):
+        RateLimiter("redis://", "1/s")  # type: ignore[arg-type]
+    rl = RateLimiter(pool, "1/s")
+    with pytest.raises(ValueError, match="cost must be"):
+        rl.hit("k", cost=0)
+    with pytest.raises(ValueError, match="key must not be empty"):
+        rl.hit("")
+    with pytest.raises(TypeError, match="key must be a str"):
+        rl.hit(42)
+    with pytest.raises(ValueError, match="key is too long"):
+        rl.hit("x" * 10_000)
+    assert pool.stats().borrows == 0  # bad input never reached Redis
