@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.client import Pipeline
 from redis.connection import Connection
 
 from .errors import PoolError
@@ -20,7 +21,7 @@ from .errors import PoolError
 if TYPE_CHECKING:
     from .redis_pool import RedisPool
 
-__all__ = ["ConnectionPoolAdapter", "PinnedPool", "PinnedRedis"]
+__all__ = ["ConnectionPoolAdapter", "PinnedPipeline", "PinnedPool", "PinnedRedis"]
 
 log = logging.getLogger("redispool.redis")
 
@@ -156,8 +157,41 @@ class PinnedPool:
         return getattr(self._adapter, name)
 
 
+class PinnedPipeline(Pipeline):
+    """A pinned client's pipeline. A pipeline keeps the connection it used for
+    WATCH; once the block is over that connection belongs to the pool (maybe to
+    another borrower), so the pipeline refuses to run and forgets it on reset."""
+
+    def _ended(self) -> bool:
+        pinned: PinnedPool = self.connection_pool  # type: ignore[assignment]
+        return pinned._conn is None
+
+    def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+        self.connection_pool.get_connection()  # raises PoolError after the block
+        return super().immediate_execute_command(*args, **options)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if self.command_stack or self.watching:
+            self.connection_pool.get_connection()  # raises PoolError after the block
+        return super().execute(raise_on_error)
+
+    def reset(self) -> None:  # type: ignore[override]
+        if self.connection is not None and self._ended():
+            self.connection = None  # not ours any more: no UNWATCH, no release
+            self.watching = False
+        super().reset()
+
+
 class PinnedRedis(redis.Redis):
     """The client ``pool.client()`` yields: cloned from a template, never built."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> PinnedPipeline:
+        return PinnedPipeline(
+            self.connection_pool,
+            self.response_callbacks,
+            transaction,
+            shard_hint,
+        )
 
     def __del__(self) -> None:
         """Nothing to close: the connection goes back to the pool with the block."""

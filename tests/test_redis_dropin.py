@@ -1,0 +1,594 @@
+"""The pool as a drop-in for redis-py: ``redis.Redis(connection_pool=pool.as_redis_pool())``
+and ``pool.redis`` run unmodified redis-py code and third-party libraries (limits,
+RQ, Flask-Caching), against a real redis-server.
+
+Every test checks that the traffic really went through the pool (commands and
+borrows grew) and that no connection leaked (``in_use == 0`` afterwards).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis
+
+from redispool import PoolError, RedisPool
+
+pytestmark = pytest.mark.timeout(30)
+
+
+# -- fixtures and helpers ----------------------------------------------------
+
+
+def _pool(url: str, **kw: Any) -> RedisPool:
+    opts: dict[str, Any] = {"min_size": 1, "max_size": 4, "timeout": 2.0, "name": "dropin"}
+    opts.update(kw)
+    p = RedisPool(url, **opts)
+    p.open(wait=True, timeout=5)
+    return p
+
+
+@pytest.fixture
+def pool(redis_url: str) -> Iterator[RedisPool]:
+    p = _pool(redis_url)
+    yield p
+    p.close()
+
+
+@pytest.fixture(params=["as_redis_pool", "pool.redis"])
+def client(request: pytest.FixtureRequest, pool: RedisPool) -> redis.Redis:
+    """Both drop-in forms: a caller-built ``redis.Redis`` and the pool's own."""
+    if request.param == "as_redis_pool":
+        return redis.Redis(connection_pool=pool.as_redis_pool())  # type: ignore[arg-type]
+    return pool.redis
+
+
+@contextmanager
+def through(pool: RedisPool, *, min_commands: int = 1) -> Iterator[None]:
+    """Assert that the block's traffic went through ``pool`` and nothing leaked."""
+    before = pool.stats()
+    yield
+    after = pool.stats()
+    assert after.commands - before.commands >= min_commands, (before, after)
+    assert after.borrows > before.borrows, (before, after)
+    assert after.in_use == 0, after
+
+
+def dirty(pool: RedisPool) -> int:
+    return pool.stats().destroyed_by_reason.get("dirty", 0)
+
+
+def wait_message(ps: Any, kind: str, timeout: float = 2.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = ps.get_message(timeout=0.05)
+        if msg is not None and msg["type"] == kind:
+            return msg  # type: ignore[no-any-return]
+    raise AssertionError(f"no {kind!r} message within {timeout}s")
+
+
+# -- unmodified redis-py code --------------------------------------------------
+
+
+def test_plain_commands(pool: RedisPool, client: redis.Redis) -> None:
+    with through(pool, min_commands=10):
+        assert client.ping()
+        assert client.set("k", "v", ex=60)
+        assert client.get("k") == b"v"
+        assert client.incr("n", 5) == 5
+        assert client.mget("k", "n", "missing") == [b"v", b"5", None]
+        client.hset("h", mapping={"a": 1, "b": 2})
+        assert client.hgetall("h") == {b"a": b"1", b"b": b"2"}
+        assert 0 < client.ttl("k") <= 60
+        with pytest.raises(redis.ResponseError):
+            client.incr("k")  # an error reply does not spoil the connection
+        assert client.delete("k", "n", "h") == 3
+    assert dirty(pool) == 0
+    assert pool.stats().command_errors >= 1
+
+
+def test_close_of_a_client_does_not_close_the_pool(pool: RedisPool) -> None:
+    with redis.Redis(connection_pool=pool.as_redis_pool()) as r:  # type: ignore[arg-type]
+        r.set("k", 1)
+    r.close()
+    assert not pool.closed
+    with through(pool):
+        assert pool.redis.get("k") == b"1"
+
+
+def test_pipelines(pool: RedisPool, client: redis.Redis) -> None:
+    with through(pool, min_commands=6):
+        with client.pipeline() as pipe:  # MULTI/EXEC
+            pipe.set("a", 1)
+            pipe.incr("a")
+            pipe.get("a")
+            assert pipe.execute() == [True, 2, b"2"]
+        with client.pipeline(transaction=False) as pipe:
+            pipe.incr("a")
+            pipe.lpush("l", "x", "y")
+            pipe.hset("a", "f", "v")  # WRONGTYPE, returned in place
+            res = pipe.execute(raise_on_error=False)
+        assert res[:2] == [3, 2]
+        assert isinstance(res[2], redis.ResponseError)
+        pipe = client.pipeline()
+        pipe.incr("a")
+        pipe.hset("a", "f", "v")
+        with pytest.raises(redis.ResponseError):
+            pipe.execute()
+    assert dirty(pool) == 0
+
+
+def test_watch_retry_loop(pool: RedisPool, client: redis.Redis) -> None:
+    client.set("counter", 0)
+    attempts = 0
+    with through(pool):
+        with client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch("counter")
+                    value = int(pipe.get("counter"))  # type: ignore[arg-type]
+                    attempts += 1
+                    if attempts == 1:  # someone else changes it: EXEC must fail
+                        pool.redis.incr("counter")
+                    pipe.multi()
+                    pipe.set("counter", value + 10)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        assert attempts == 2
+        assert client.get("counter") == b"11"
+
+        def double(pipe: Any) -> None:
+            value = int(pipe.get("counter"))
+            pipe.multi()
+            pipe.set("counter", value * 2)
+
+        client.transaction(double, "counter")
+        assert client.get("counter") == b"22"
+
+        pipe = client.pipeline()
+        pipe.watch("counter")
+        pipe.reset()  # an abandoned WATCH is UNWATCHed before the connection goes back
+    assert dirty(pool) == 0
+
+
+def test_pubsub_connection_is_not_reused(pool: RedisPool, client: redis.Redis) -> None:
+    before = dirty(pool)
+    with through(pool):
+        ps = client.pubsub()
+        ps.subscribe("news")
+        wait_message(ps, "subscribe")
+        assert client.publish("news", "hello") == 1
+        assert wait_message(ps, "message")["data"] == b"hello"
+        ps.psubscribe("n*")
+        wait_message(ps, "psubscribe")
+        ps.unsubscribe("news")
+        ps.punsubscribe()
+        wait_message(ps, "unsubscribe")
+        ps.close()
+    assert dirty(pool) == before + 1
+    # Nobody is subscribed any more: no later borrower can get a stray message.
+    assert client.publish("news", "late") == 0
+    assert client.pubsub_numsub("news") == [(b"news", 0)]
+
+    ps = client.pubsub(ignore_subscribe_messages=True)
+    ps.subscribe("news")
+    ps.close()  # closed while still subscribed
+    assert dirty(pool) == before + 2
+    assert client.publish("news", "later") == 0
+    assert pool.stats().in_use == 0
+
+
+def test_pubsub_run_in_thread(pool: RedisPool, client: redis.Redis) -> None:
+    got: list[bytes] = []
+    received = threading.Event()
+
+    def handler(msg: dict[str, Any]) -> None:
+        got.append(msg["data"])
+        received.set()
+
+    ps = client.pubsub()
+    ps.subscribe(events=handler)
+    thread = ps.run_in_thread(sleep_time=0.01, daemon=True)
+    try:
+        deadline = time.monotonic() + 2
+        while client.publish("events", "e1") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert received.wait(2)
+    finally:
+        thread.stop()
+        thread.join(2)
+    assert got[0] == b"e1"
+    assert not thread.is_alive()
+    assert pool.stats().in_use == 0
+    assert client.publish("events", "e2") == 0
+
+
+def test_lua_script_with_noscript_fallback(pool: RedisPool, client: redis.Redis) -> None:
+    script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    errors = pool.stats().command_errors
+    with through(pool):
+        assert script(keys=["n"], args=[2]) == 2
+        client.script_flush()
+        assert script(keys=["n"], args=[3]) == 5  # NOSCRIPT, SCRIPT LOAD, EVALSHA
+        client.script_flush()
+        pipe = client.pipeline()
+        script(keys=["n"], args=[1], client=pipe)  # the pipeline loads missing scripts
+        pipe.get("n")
+        assert pipe.execute() == [6, b"6"]
+    assert pool.stats().command_errors > errors  # the NOSCRIPT reply went through the pool
+    assert dirty(pool) == 0
+
+
+def test_decode_responses(redis_url: str) -> None:
+    p = _pool(redis_url, decode_responses=True)
+    try:
+        for r in (redis.Redis(connection_pool=p.as_redis_pool()), p.redis):  # type: ignore[arg-type]
+            with through(p):
+                r.set("k", "välue")
+                assert r.get("k") == "välue"
+                r.hset("h", "f", "v")
+                assert r.hgetall("h") == {"f": "v"}
+                pipe = r.pipeline()
+                pipe.get("k")
+                pipe.hgetall("h")
+                assert pipe.execute() == ["välue", {"f": "v"}]
+                script = r.register_script("return redis.call('GET', KEYS[1])")
+                assert script(keys=["k"]) == "välue"
+                assert set(r.scan_iter(match="*")) == {"k", "h"}
+                ps = r.pubsub()
+                ps.subscribe("c")
+                wait_message(ps, "subscribe")
+                r.publish("c", "hi")
+                assert wait_message(ps, "message")["data"] == "hi"
+                ps.close()
+                with r.lock("l", timeout=5):
+                    assert r.get("l") is not None
+    finally:
+        p.close()
+
+
+def test_lock(pool: RedisPool, client: redis.Redis) -> None:
+    with through(pool):
+        lock = client.lock("res", timeout=5, blocking_timeout=0.5)
+        assert lock.acquire()
+        other = client.lock("res", timeout=5, blocking_timeout=0.05, sleep=0.01)
+        assert not other.acquire()
+        assert lock.owned()
+        assert lock.extend(5)
+        lock.release()
+        assert other.acquire()
+        other.release()
+        with client.lock("res2", timeout=5):
+            assert client.exists("res2")
+        assert not client.exists("res2")
+
+    # Contended from threads: the lock serialises a read-modify-write.
+    client.set("total", 0)
+
+    def work() -> None:
+        for _ in range(10):
+            with client.lock("mutex", timeout=5, sleep=0.001, blocking_timeout=5):
+                value = int(client.get("total"))  # type: ignore[arg-type]
+                client.set("total", value + 1)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]  # more threads than connections
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert client.get("total") == b"60"
+    assert pool.stats().in_use == 0
+
+
+def test_scan_iter(pool: RedisPool, client: redis.Redis) -> None:
+    client.mset({f"k:{i}": i for i in range(40)})
+    client.set("other", 1)
+    client.hset("h", mapping={f"f{i}": i for i in range(50)})
+    client.sadd("s", *range(50))
+    client.zadd("z", {f"m{i}": i for i in range(50)})
+    with through(pool, min_commands=8):
+        assert set(client.scan_iter(match="k:*", count=5)) == {f"k:{i}".encode() for i in range(40)}
+        assert len(dict(client.hscan_iter("h", count=10))) == 50
+        assert len(set(client.sscan_iter("s", count=10))) == 50
+        assert len(list(client.zscan_iter("z", count=10))) == 50
+        for _ in client.scan_iter(count=2):
+            break  # abandoned half-way: nothing is held between SCAN calls
+    assert dirty(pool) == 0
+
+
+# -- with pool.client(): one pinned connection --------------------------------
+
+
+def test_pinned_client(pool: RedisPool) -> None:
+    before = pool.stats()
+    with pool.client() as r:
+        r.set("a", 1)
+        with r.pipeline() as pipe:
+            pipe.incr("a")
+            pipe.incr("a")
+            assert pipe.execute() == [2, 3]
+        with r.pipeline(transaction=False) as pipe:
+            pipe.incr("a")
+            pipe.get("a")
+            assert pipe.execute() == [4, b"4"]
+        attempts = 0
+        with r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch("a")
+                    value = int(pipe.get("a"))  # type: ignore[arg-type]
+                    attempts += 1
+                    if attempts == 1:
+                        pool.redis.incr("a")  # a second connection: the one borrow extra
+                    pipe.multi()
+                    pipe.set("a", value * 10)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        assert attempts == 2
+        assert r.get("a") == b"50"
+
+        def bump(pipe: Any) -> None:
+            pipe.multi()
+            pipe.incr("a")
+
+        r.transaction(bump, "a")
+        with r.lock("l", timeout=5):
+            pass
+        stale = r.pipeline()
+        stale.set("late", 1)
+        watching = r.pipeline()
+        watching.watch("a")
+    after = pool.stats()
+    assert after.borrows - before.borrows == 2  # the block's one, and pool.redis's one
+    assert after.in_use == 0
+
+    with pytest.raises(PoolError):
+        r.get("a")
+    with pytest.raises(PoolError):
+        stale.execute()
+    with pytest.raises(PoolError):
+        watching.get("a")  # still "watching": would run on a connection given back
+    watching.multi()
+    watching.set("a", 0)
+    with pytest.raises(PoolError):
+        watching.execute()
+    watching.reset()  # forgets the connection without touching it
+    late = r.pipeline()
+    late.set("x", 1)
+    with pytest.raises(PoolError):
+        late.execute()
+    with pytest.raises(PoolError):
+        r.pubsub().subscribe("x")
+    assert pool.redis.get("a") == b"51"
+    assert not pool.redis.exists("late", "x")
+    assert pool.stats().in_use == 0
+
+
+def test_stale_pipeline_cannot_use_a_reborrowed_connection(redis_url: str) -> None:
+    # WATCH then UNWATCH leaves the connection clean (so it goes back to the pool)
+    # while the pipeline still holds it: it must not reach the next borrower's.
+    p = _pool(redis_url, max_size=1)
+    try:
+        with p.client() as r:
+            pipe = r.pipeline()
+            pipe.watch("k")
+            pipe.unwatch()
+        with p.client() as r2:
+            assert r2.connection is pipe.connection  # the same connection, lent again
+            pipe.set("k", "stale")
+            with pytest.raises(PoolError):
+                pipe.execute()
+            del pipe  # __del__ resets: must not send UNWATCH on r2's connection
+            assert r2.set("k", "mine")
+            assert r2.get("k") == b"mine"
+        assert p.stats().destroyed_by_reason == {}
+    finally:
+        p.close()
+
+
+def test_pinned_pubsub(pool: RedisPool) -> None:
+    before = dirty(pool)
+    with pool.client() as r:
+        ps = r.pubsub()
+        ps.subscribe("c")
+        wait_message(ps, "subscribe")
+        assert pool.redis.publish("c", "x") == 1
+        assert wait_message(ps, "message")["data"] == b"x"
+    assert dirty(pool) == before + 1
+    assert pool.redis.publish("c", "y") == 0
+    assert pool.stats().in_use == 0
+
+
+# -- third-party libraries -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    ["FixedWindowRateLimiter", "MovingWindowRateLimiter", "SlidingWindowCounterRateLimiter"],
+)
+def test_limits(pool: RedisPool, strategy: str) -> None:
+    limits = pytest.importorskip("limits")
+    from limits import strategies
+    from limits.storage import RedisStorage
+
+    adapter: Any = pool.as_redis_pool()
+    storage = RedisStorage("redis://", connection_pool=adapter)
+    limiter = getattr(strategies, strategy)(storage)
+    item = limits.parse("3/minute")
+    with through(pool, min_commands=5):
+        assert [limiter.hit(item, "user", "42") for _ in range(5)] == [True] * 3 + [False] * 2
+        assert not limiter.test(item, "user", "42")
+        assert limiter.test(item, "user", "43")
+        assert limiter.get_window_stats(item, "user", "42").remaining == 0
+        limiter.clear(item, "user", "42")
+        assert limiter.hit(item, "user", "42")
+        assert storage.check()
+    assert pool.redis.keys("LIMITS:*")  # the state is in the real server
+    assert dirty(pool) == 0
+
+
+def test_limits_under_contention(redis_url: str) -> None:
+    limits = pytest.importorskip("limits")
+    from limits.storage import RedisStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    p = _pool(redis_url, max_size=2)  # fewer connections than threads
+    try:
+        limiter = MovingWindowRateLimiter(
+            RedisStorage("redis://", connection_pool=p.as_redis_pool())  # type: ignore[arg-type]
+        )
+        item = limits.parse("25/minute")
+        results: list[bool] = []
+        lock = threading.Lock()
+
+        def hit() -> None:
+            for _ in range(10):
+                ok = limiter.hit(item, "api")
+                with lock:
+                    results.append(ok)
+
+        with through(p, min_commands=80):
+            threads = [threading.Thread(target=hit) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert results.count(True) == 25
+        assert len(results) == 80
+        assert p.stats().size <= 2
+    finally:
+        p.close()
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def whoami() -> int:
+    return os.getpid()
+
+
+def boom() -> None:
+    raise ValueError("boom")
+
+
+def test_rq(redis_url: str) -> None:
+    rq = pytest.importorskip("rq")
+    # The worker's own pool, with a socket timeout longer than its BLPOP: see
+    # test_rq_worker_rewrites_socket_timeout for what RQ does otherwise.
+    p = _pool(redis_url, socket_timeout=600, name="rq")
+    try:
+        r = redis.Redis(connection_pool=p.as_redis_pool())  # type: ignore[arg-type]
+        with through(p, min_commands=20):
+            q = rq.Queue("dropin", connection=r)
+            job = q.enqueue(add, 2, 3)
+            pid_job = q.enqueue(whoami)
+            bad = q.enqueue(boom)
+            assert q.count == 3
+            worker = rq.SimpleWorker([q], connection=r)
+            assert worker.work(burst=True, logging_level="WARNING")
+            assert job.return_value(refresh=True) == 5
+            assert pid_job.return_value(refresh=True) == os.getpid()  # ran here: no fork
+            bad.refresh()
+            assert bad.is_failed
+            assert "ValueError: boom" in (bad.latest_result().exc_string or "")
+            assert q.count == 0
+        assert p.connection_kwargs["socket_timeout"] == 600  # left alone
+        # CLIENT SETNAME and the worker's pub/sub connection are not reused.
+        assert dirty(p) >= 1
+    finally:
+        p.close()
+
+
+def test_rq_worker_rewrites_socket_timeout(redis_url: str) -> None:
+    """Known RQ behaviour (the same with redis-py's own pool): ``Worker()`` sets
+    ``connection_pool.connection_kwargs["socket_timeout"]`` to ``worker_ttl - 5``
+    unless it is already at least that (``None`` included), so every connection
+    the pool opens from then on gets that timeout. Give workers their own pool
+    (with ``socket_timeout >= worker_ttl - 5``), not the web app's."""
+    rq = pytest.importorskip("rq")
+    p = _pool(redis_url, socket_timeout=2.0)
+    try:
+        r = redis.Redis(connection_pool=p.as_redis_pool())  # type: ignore[arg-type]
+        rq.SimpleWorker([rq.Queue("q", connection=r)], connection=r, worker_ttl=60)
+        assert p.connection_kwargs["socket_timeout"] == 55
+        p.drain()
+        with p.connection() as conn:
+            assert conn.socket_timeout == 55
+    finally:
+        p.close()
+
+
+def test_flask_caching(pool: RedisPool) -> None:
+    pytest.importorskip("flask_caching")
+    from flask import Flask
+    from flask_caching import Cache
+
+    app = Flask(__name__)
+    client = redis.Redis(connection_pool=pool.as_redis_pool())  # type: ignore[arg-type]
+    cache = Cache(
+        app,
+        config={
+            "CACHE_TYPE": "RedisCache",
+            "CACHE_REDIS_HOST": client,  # a client object is used as is
+            "CACHE_KEY_PREFIX": "fc:",
+        },
+    )
+    calls: list[int] = []
+    views: list[int] = []
+
+    @app.route("/n")
+    @cache.cached(timeout=30)
+    def view() -> str:
+        views.append(1)
+        return str(len(views))
+
+    @cache.memoize(30)
+    def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    with through(pool, min_commands=10), app.app_context():
+        assert cache.set("k", {"a": [1, 2]})
+        assert cache.get("k") == {"a": [1, 2]}
+        assert cache.has("k")
+        assert cache.add("k", "other") is False
+        cache.set_many({"x": 1, "y": 2})
+        assert cache.get_many("x", "y", "z") == [1, 2, None]
+        assert cache.cache.inc("ctr") == 1  # the backend: INCRBY
+        assert cache.cache.inc("ctr", 5) == 6
+        assert cache.delete("k")
+        assert cache.get("k") is None
+        assert square(4) == 16
+        assert square(4) == 16
+        assert calls == [4]
+        with app.test_client() as http:
+            assert http.get("/n").data == b"1"
+            assert http.get("/n").data == b"1"  # served from the cache
+        assert pool.redis.keys("fc:*")
+        assert cache.clear()
+        assert pool.redis.keys("fc:*") == []
+    assert dirty(pool) == 0
+
+
+def test_flask_caching_backend_with_connection_pool_kwarg(pool: RedisPool) -> None:
+    pytest.importorskip("flask_caching")
+    from flask_caching.backends.rediscache import RedisCache
+
+    # Extra keywords go to redis.Redis(...), where connection_pool wins over host/port.
+    cache = RedisCache(connection_pool=pool.as_redis_pool(), key_prefix="b:")
+    with through(pool, min_commands=3):
+        assert cache.set("k", [1, "two"])
+        assert cache.get("k") == [1, "two"]
+        assert cache.delete("k")
+        assert cache.get("k") is None
