@@ -1,0 +1,163 @@
+"""Pool numbers as Prometheus text, named after OpenTelemetry's
+``db.client.connection.*`` conventions (dots become underscores).
+
+Without ``prometheus_client`` the text is rendered here, for this process. With
+it and ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn with several workers),
+``PoolMetrics.update()`` publishes each worker's numbers into the multiprocess
+files and ``render_metrics()`` serves the sum over live workers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..redis_pool import RedisPool, RedisPoolStats
+
+__all__ = ["CONTENT_TYPE", "PoolMetrics", "render_metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+P = "db_client_connection"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _samples(s: RedisPoolStats) -> list[tuple[str, str, str, dict[str, str], float]]:
+    """(name, type, help, extra labels, value) for one pool."""
+    return [
+        (f"{P}_count", "gauge", "Connections by state", {"state": "idle"}, s.idle),
+        (f"{P}_count", "gauge", "Connections by state", {"state": "used"}, s.in_use),
+        (f"{P}_max", "gauge", "Maximum open connections", {}, s.max_size),
+        (f"{P}_idle_max", "gauge", "Maximum idle connections", {}, s.max_size),
+        (f"{P}_idle_min", "gauge", "Minimum idle connections kept", {}, s.min_size),
+        (f"{P}_pending_requests", "gauge", "Callers waiting for a connection", {}, s.waiting),
+        (f"{P}_timeouts_total", "counter", "Borrows that timed out", {}, s.timeouts),
+        (f"{P}_create_time_seconds_sum", "counter", "Time spent opening", {}, s.create_time_total),
+        (f"{P}_create_time_seconds_count", "counter", "Connections opened", {}, s.created),
+        (f"{P}_wait_time_seconds_sum", "counter", "Time spent waiting", {}, s.wait_time_total),
+        (f"{P}_wait_time_seconds_count", "counter", "Borrows", {}, s.borrows),
+        (f"{P}_use_time_seconds_sum", "counter", "Time borrowed", {}, s.use_time_total),
+        (f"{P}_use_time_seconds_count", "counter", "Borrows", {}, s.borrows),
+        ("redispool_commands_total", "counter", "Commands sent", {}, s.commands),
+        ("redispool_command_errors_total", "counter", "Failed commands", {}, s.command_errors),
+        ("redispool_create_errors_total", "counter", "Failed connects", {}, s.create_errors),
+    ]
+
+
+def _render_plain(pools: list[RedisPool]) -> str:
+    lines: list[str] = []
+    seen: set[str] = set()
+    rows: list[tuple[str, str, str, dict[str, str], float]] = []
+    for pool in pools:
+        stats = pool.stats()
+        for each in [stats] + ([stats.read] if stats.read is not None else []):
+            for name, kind, help_, labels, value in _samples(each):
+                rows.append((name, kind, help_, {"pool_name": each.name, **labels}, value))
+    for name, kind, help_, labels, value in sorted(rows, key=lambda r: r[0]):
+        family = name
+        if "_seconds_" in name:  # a summary's _sum and _count
+            family = name.removesuffix("_sum").removesuffix("_count")
+        if family not in seen:
+            seen.add(family)
+            lines.append(f"# HELP {family} {help_}")
+            lines.append(f"# TYPE {family} {'summary' if family != name else kind}")
+        label_text = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+        lines.append(f"{name}{{{label_text}}} {float(value):.6g}")
+    return "\n".join(lines) + "\n"
+
+
+class PoolMetrics:
+    """Publishes pool numbers through prometheus_client (multiprocess-safe)."""
+
+    def __init__(self, pools: list[RedisPool], min_interval: float = 1.0) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.pools = pools
+        self.min_interval = min_interval
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self._sent: dict[tuple[str, str], float] = {}
+        self._pid = os.getpid()
+        labels = ["pool_name"]
+        self.count = Gauge(
+            f"{P}_count", "Connections by state", [*labels, "state"], multiprocess_mode="livesum"
+        )
+        self.max = Gauge(
+            f"{P}_max", "Maximum open connections", labels, multiprocess_mode="livesum"
+        )
+        self.idle_max = Gauge(
+            f"{P}_idle_max", "Maximum idle connections", labels, multiprocess_mode="livesum"
+        )
+        self.idle_min = Gauge(
+            f"{P}_idle_min", "Minimum idle connections kept", labels, multiprocess_mode="livesum"
+        )
+        self.pending = Gauge(
+            f"{P}_pending_requests", "Callers waiting", labels, multiprocess_mode="livesum"
+        )
+        self.counters = {
+            "timeouts": Counter(f"{P}_timeouts", "Borrows that timed out", labels),
+            "commands": Counter("redispool_commands", "Commands sent", labels),
+            "command_errors": Counter("redispool_command_errors", "Failed commands", labels),
+            "create_errors": Counter("redispool_create_errors", "Failed connects", labels),
+            "create_time_total": Counter(f"{P}_create_time_seconds", "Time opening", labels),
+            "wait_time_total": Counter(f"{P}_wait_time_seconds", "Time waiting", labels),
+            "use_time_total": Counter(f"{P}_use_time_seconds", "Time borrowed", labels),
+            "borrows": Counter(f"{P}_borrows", "Borrows", labels),
+            "created": Counter(f"{P}_created", "Connections opened", labels),
+        }
+
+    def update(self, force: bool = False) -> None:
+        """Publish now (at most every ``min_interval`` seconds unless forced)."""
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval:
+            return
+        with self._lock:
+            self._last = now
+            if self._pid != os.getpid():  # a forked worker starts from zero
+                self._pid = os.getpid()
+                self._sent.clear()
+            for pool in self.pools:
+                stats = pool.stats()
+                for s in [stats] + ([stats.read] if stats.read is not None else []):
+                    self._publish(s)
+
+    def _publish(self, s: RedisPoolStats) -> None:
+        name = s.name
+        self.count.labels(name, "idle").set(s.idle)
+        self.count.labels(name, "used").set(s.in_use)
+        self.max.labels(name).set(s.max_size)
+        self.idle_max.labels(name).set(s.max_size)
+        self.idle_min.labels(name).set(s.min_size)
+        self.pending.labels(name).set(s.waiting)
+        for field, counter in self.counters.items():
+            value = float(getattr(s, field))
+            key = (name, field)
+            delta = value - self._sent.get(key, 0.0)
+            if delta > 0:
+                counter.labels(name).inc(delta)
+                self._sent[key] = value
+
+
+def render_metrics(pools: list[RedisPool], metrics: PoolMetrics | None = None) -> str:
+    """The Prometheus text for ``pools`` (all workers' sum in multiprocess mode)."""
+    if metrics is None:
+        return _render_plain(pools)
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    metrics.update(force=True)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        text: str = generate_latest(registry).decode()
+        return text
+    from prometheus_client import REGISTRY
+
+    text = generate_latest(REGISTRY).decode()
+    return text
