@@ -76,9 +76,7 @@ class RedisPoolExtension:
             import prometheus_client  # noqa: F401
 
             self.metrics = PoolMetrics([pool])
-        except ImportError:
-            self.metrics = None
-        except ValueError:  # already registered (a second app in one process)
+        except ImportError:  # plain text, this process only
             self.metrics = None
 
         health_url = cfg.get("REDISPOOL_HEALTH_URL", "/api/health/redis")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..redis_pool import RedisPool, RedisPoolStats
@@ -71,45 +71,59 @@ def _render_plain(pools: list[RedisPool]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_FAMILIES: dict[str, Any] = {}
+
+
+def _families() -> dict[str, Any]:
+    """The prometheus_client metric objects: one set per process, shared by pools."""
+    if not _FAMILIES:
+        from prometheus_client import Counter, Gauge
+
+        labels = ["pool_name"]
+        live: Any = "livesum"
+        _FAMILIES.update(
+            count=Gauge(
+                f"{P}_count", "Connections by state", [*labels, "state"], multiprocess_mode=live
+            ),
+            max=Gauge(f"{P}_max", "Maximum open connections", labels, multiprocess_mode=live),
+            idle_max=Gauge(
+                f"{P}_idle_max", "Maximum idle connections", labels, multiprocess_mode=live
+            ),
+            idle_min=Gauge(
+                f"{P}_idle_min", "Minimum idle connections kept", labels, multiprocess_mode=live
+            ),
+            pending=Gauge(
+                f"{P}_pending_requests", "Callers waiting", labels, multiprocess_mode=live
+            ),
+            counters={
+                "timeouts": Counter(f"{P}_timeouts", "Borrows that timed out", labels),
+                "commands": Counter("redispool_commands", "Commands sent", labels),
+                "command_errors": Counter("redispool_command_errors", "Failed commands", labels),
+                "create_errors": Counter("redispool_create_errors", "Failed connects", labels),
+                "create_time_total": Counter(f"{P}_create_time_seconds", "Time opening", labels),
+                "wait_time_total": Counter(f"{P}_wait_time_seconds", "Time waiting", labels),
+                "use_time_total": Counter(f"{P}_use_time_seconds", "Time borrowed", labels),
+                "borrows": Counter(f"{P}_borrows", "Borrows", labels),
+                "created": Counter(f"{P}_created", "Connections opened", labels),
+            },
+        )
+    return _FAMILIES
+
+
 class PoolMetrics:
     """Publishes pool numbers through prometheus_client (multiprocess-safe)."""
 
     def __init__(self, pools: list[RedisPool], min_interval: float = 1.0) -> None:
-        from prometheus_client import Counter, Gauge
-
+        fam = _families()
         self.pools = pools
         self.min_interval = min_interval
         self._last = 0.0
         self._lock = threading.Lock()
         self._sent: dict[tuple[str, str], float] = {}
         self._pid = os.getpid()
-        labels = ["pool_name"]
-        self.count = Gauge(
-            f"{P}_count", "Connections by state", [*labels, "state"], multiprocess_mode="livesum"
-        )
-        self.max = Gauge(
-            f"{P}_max", "Maximum open connections", labels, multiprocess_mode="livesum"
-        )
-        self.idle_max = Gauge(
-            f"{P}_idle_max", "Maximum idle connections", labels, multiprocess_mode="livesum"
-        )
-        self.idle_min = Gauge(
-            f"{P}_idle_min", "Minimum idle connections kept", labels, multiprocess_mode="livesum"
-        )
-        self.pending = Gauge(
-            f"{P}_pending_requests", "Callers waiting", labels, multiprocess_mode="livesum"
-        )
-        self.counters = {
-            "timeouts": Counter(f"{P}_timeouts", "Borrows that timed out", labels),
-            "commands": Counter("redispool_commands", "Commands sent", labels),
-            "command_errors": Counter("redispool_command_errors", "Failed commands", labels),
-            "create_errors": Counter("redispool_create_errors", "Failed connects", labels),
-            "create_time_total": Counter(f"{P}_create_time_seconds", "Time opening", labels),
-            "wait_time_total": Counter(f"{P}_wait_time_seconds", "Time waiting", labels),
-            "use_time_total": Counter(f"{P}_use_time_seconds", "Time borrowed", labels),
-            "borrows": Counter(f"{P}_borrows", "Borrows", labels),
-            "created": Counter(f"{P}_created", "Connections opened", labels),
-        }
+        self.count, self.max, self.idle_max = fam["count"], fam["max"], fam["idle_max"]
+        self.idle_min, self.pending = fam["idle_min"], fam["pending"]
+        self.counters: dict[str, Any] = fam["counters"]
 
     def update(self, force: bool = False) -> None:
         """Publish now (at most every ``min_interval`` seconds unless forced)."""
