@@ -83,6 +83,7 @@ class _PooledMixin:
     _rp_commands = 0  # commands sent (for the pool's stats)
     _rp_errors = 0  # error replies and failed reads
     _rp_poll: Any = None
+    _rp_timeout: float | None = None  # the per-operation timeout while TIMEOUT_SET
     _rp_dns: DNSCache | None = None
 
     def _rp_note(self, args: tuple[Any, ...]) -> None:
@@ -136,11 +137,14 @@ class _PooledMixin:
             self._rp_pending -= 1
         return response
 
-    def _rp_fresh(self) -> None:
-        """A new server session: nothing owed, no state; watch the new socket."""
-        self._rp_pending = 0
-        self._rp_state = 0
+    def _rp_fresh(self, owed: int) -> None:
+        """A new server session: no state; ``owed`` replies (to the commands packed
+        before the reconnect, about to be sent); watch the new socket."""
+        self._rp_pending = owed
+        self._rp_state &= TIMEOUT_SET
         sock = self._sock
+        if sock is not None and self._rp_state & TIMEOUT_SET:
+            sock.settimeout(self._rp_timeout)  # a lease's per-operation timeout
         if sock is not None and hasattr(select, "poll"):
             poller = select.poll()
             poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
@@ -149,12 +153,21 @@ class _PooledMixin:
             self._rp_poll = None
 
     def on_connect(self) -> None:
+        owed = self._rp_pending
         super().on_connect()  # type: ignore[misc]
-        self._rp_fresh()
+        self._rp_fresh(owed)
 
     def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        # redis-py reconnects inside send_command / send_packed_command, after
+        # pack_command(s) counted the replies: those are owed by the new session.
+        owed = self._rp_pending
         super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
-        self._rp_fresh()
+        self._rp_fresh(owed)
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        super().disconnect(*args, **kwargs)  # type: ignore[misc]
+        self._rp_pending = 0  # the old session's replies will never come
+        self._rp_state &= TIMEOUT_SET
 
     def is_clean(self) -> bool:
         """True when the next borrower can have it: connected, nothing owed, no state."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -41,6 +42,8 @@ _POOL_OPTIONS = {
     "max_idle_time",
     "max_lifetime",
     "fail_fast_after",
+    "backoff_base",
+    "backoff_cap",
     "leak_timeout",
     "background",
 }
@@ -101,6 +104,10 @@ class RedisPool:
         **options: Any,
     ) -> None:
         pool_opts = {k: options.pop(k) for k in list(options) if k in _POOL_OPTIONS}
+        # Reconnect probes: quick at first (a restart takes well under a second),
+        # capped at 1 s so recovery is noticed within about a second.
+        pool_opts.setdefault("backoff_base", 0.05)
+        pool_opts.setdefault("backoff_cap", 1.0)
         for key, hint in _REFUSED.items():
             if key in options:
                 raise TypeError(f"RedisPool got an unsupported option {key!r}: {hint}")
@@ -131,6 +138,7 @@ class RedisPool:
         self.connection_kwargs: dict[str, Any] = kwargs
         self._dns = DNSCache(ttl=dns_ttl) if issubclass(cls, Connection) else None
         self._stats_lock = threading.Lock()
+        self._local = threading.local()  # a borrower's deadline, for _new_connection
         self._retired_commands = 0
         self._retired_errors = 0
         self._pool = _ConnectionPool(
@@ -181,9 +189,24 @@ class RedisPool:
     # -- connections -------------------------------------------------------
 
     def _new_connection(self) -> Connection:
-        conn: Any = self._conn_class(**self.connection_kwargs)
+        kwargs = self.connection_kwargs
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is not None:
+            # A borrower with a short wait (a helper's deadline) must not sit out
+            # the full connect + handshake timeouts against a stalled server.
+            left = max(0.001, deadline - time.monotonic())
+            kwargs = dict(kwargs)
+            for key in ("socket_timeout", "socket_connect_timeout"):
+                if kwargs.get(key) is None or kwargs[key] > left:
+                    kwargs[key] = left
+        conn: Any = self._conn_class(**kwargs)
         conn._rp_dns = self._dns
         conn.connect()
+        if kwargs is not self.connection_kwargs:  # back to the normal timeouts
+            conn.socket_timeout = self.connection_kwargs.get("socket_timeout")
+            conn.socket_connect_timeout = self.connection_kwargs.get("socket_connect_timeout")
+            if conn._sock is not None:
+                conn._sock.settimeout(conn.socket_timeout)
         conn._rp_commands = conn._rp_errors = 0  # the handshake is not the user's
         return conn  # type: ignore[no-any-return]
 
@@ -204,7 +227,15 @@ class RedisPool:
     def _get(self, wait: float | None = None) -> Any:
         """Borrow a connection that passed the zero-round-trip liveness test."""
         pool = self._pool
-        conn: Any = pool.borrow(wait)
+        if wait is None:
+            conn: Any = pool.borrow()
+        else:
+            local = self._local
+            local.deadline = time.monotonic() + wait
+            try:
+                conn = pool.borrow(wait)
+            finally:
+                local.deadline = None
         poller = conn._rp_poll
         if poller is not None and not poller.poll(0):
             return conn  # the common case: nothing to read, so alive and clean
@@ -232,10 +263,11 @@ class RedisPool:
             self._pool.release(conn, discard=True, reason="dirty")
 
     def _set_op_timeout(self, conn: Any, timeout: float) -> None:
+        conn._rp_timeout = timeout  # re-applied if redis-py reconnects in the block
+        conn._rp_state |= TIMEOUT_SET
         sock = conn._sock
         if sock is not None:
             sock.settimeout(timeout)
-            conn._rp_state |= TIMEOUT_SET
 
     # -- borrowing ---------------------------------------------------------
 
