@@ -6,6 +6,22 @@ circuit breaker, and applies an explicit policy when Redis is unreachable.
 
 from __future__ import annotations
 
+from .analytics import Analytics
 from .base import CircuitBreaker, HelperUnavailable, RedisScript, hashed_key
+from .cache import Cache
+from .lockout import Lockout, LockoutResult
+from .ratelimit import RateLimiter, RateLimitResult, parse_limit
 
-__all__ = ["CircuitBreaker", "HelperUnavailable", "RedisScript", "hashed_key"]
+__all__ = [
+    "Analytics",
+    "Cache",
+    "CircuitBreaker",
+    "HelperUnavailable",
+    "Lockout",
+    "LockoutResult",
+    "RateLimitResult",
+    "RateLimiter",
+    "RedisScript",
+    "hashed_key",
+    "parse_limit",
+]

@@ -1,0 +1,122 @@
+"""A small bounded background writer: callers hand it jobs and never wait.
+
+One daemon thread per process, started on the first job (again in a forked
+child), stopped by ``close()``. It uses ``threading`` and ``queue``, so under
+gevent's monkey-patching it is a greenlet and cooperative.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["BackgroundWriter"]
+
+log = logging.getLogger("redispool.helpers")
+
+Job = Callable[[], None]
+
+
+def _stop() -> None:  # the stop sentinel; never run
+    """Tells the thread to exit."""
+
+
+class BackgroundWriter:
+    """Runs submitted jobs in order on one thread; drops them when the queue is full."""
+
+    def __init__(self, maxsize: int, name: str = "redispool-writer") -> None:
+        self.maxsize = maxsize
+        self.name = name
+        self.dropped = 0
+        self.done = 0
+        self._closed = False
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize)
+        self._thread: threading.Thread | None = None
+        self._pending = 0  # submitted, not yet run (queue.Queue's own count is
+        self._idle = threading.Condition()  # not there under gevent's patching)
+
+    def _ensure_started(self) -> None:
+        pid = os.getpid()
+        if self._pid != pid:
+            # A new process (or the first job): nothing of the parent's is usable,
+            # not even the lock (another thread may have held it at fork time).
+            self._lock = threading.Lock()
+            self._queue = queue.Queue(self.maxsize)
+            self._thread = None
+            self._pending = 0
+            self._idle = threading.Condition()
+            self._pid = pid
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                    thread.start()
+                    self._thread = thread
+
+    def submit(self, job: Job) -> bool:
+        """Queue ``job``; False (and counted in ``dropped``) if full or closed."""
+        if self._closed:
+            self.dropped += 1
+            return False
+        self._ensure_started()
+        with self._idle:
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                self.dropped += 1
+                return False
+            self._pending += 1
+        return True
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            job = q.get()
+            if job is _stop:
+                return
+            try:
+                job()
+            except Exception:  # a job must not kill the writer
+                log.exception("%s: background job failed", self.name)
+            finally:
+                with self._idle:
+                    self.done += 1
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+    @property
+    def pending(self) -> int:
+        return self._pending if self._pid == os.getpid() else 0
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued job has run; False if ``timeout`` ran out first."""
+        if self._pid != os.getpid():
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Stop accepting jobs, run the queued ones (for at most ``timeout``), stop."""
+        self._closed = True
+        thread = self._thread
+        if thread is None or self._pid != os.getpid():
+            return True
+        flushed = self.flush(timeout)
+        try:
+            self._queue.put(_stop, timeout=0.1)
+        except queue.Full:
+            return False  # still busy: the daemon thread dies with the process
+        thread.join(0.1 if not flushed else timeout)
+        return flushed and not thread.is_alive()

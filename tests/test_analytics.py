@@ -1,0 +1,426 @@
+"""Analytics against a real redis-server: exact counts, buckets, TTLs, HyperLogLog,
+buffered flushing in one round trip, outages, fork and shutdown."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+import redis
+
+from redispool import RedisPool
+from redispool.helpers import CircuitBreaker, HelperUnavailable
+from redispool.helpers import analytics as analytics_mod
+from redispool.helpers.analytics import Analytics
+from redispool.testing import RedisServer
+
+from .helpers import FakeClock
+
+WEEK = 7 * 86400
+
+
+@pytest.fixture
+def pool(redis_url: str) -> Iterator[RedisPool]:
+    p = RedisPool(redis_url, min_size=0, max_size=20, timeout=2)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def admin(redis_url: str) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(redis_url)
+    yield r
+    r.close()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def fast_breaker() -> CircuitBreaker:
+    return CircuitBreaker(threshold=2, cooldown=0.05)
+
+
+def hammer(fn: Callable[[int], Any], threads: int = 16) -> None:
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            fn(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+
+
+# -- counters and buckets ------------------------------------------------------
+
+
+def test_incr_get_key_layout_and_ttl(pool: RedisPool, admin: redis.Redis) -> None:
+    a = Analytics(pool, namespace="t", clock=FakeClock(1000.0))
+    assert a.incr("hits") == 1
+    assert a.incr("hits", 5) == 6
+    assert a.get("hits") == 6
+    assert a.get("other") == 0
+    assert admin.get("t:c:hits:960") == b"6"  # 1000 // 60 * 60
+    assert WEEK * 1000 - 5000 < admin.pttl("t:c:hits:960") <= WEEK * 1000
+    short = Analytics(pool, namespace="t2", retention=100, clock=FakeClock(1000.0))
+    short.incr("hits")
+    assert 95_000 < admin.pttl("t2:c:hits:960") <= 100_000
+    assert a.stats()["increments"] == 2 and a.stats()["errors"] == 0
+
+
+def test_bucket_boundaries_series_and_at(pool: RedisPool) -> None:
+    clock = FakeClock(119.999)
+    a = Analytics(pool, clock=clock)
+    a.incr("x")
+    clock.now = 120.0
+    a.incr("x", 2)
+    a.incr("x", 4, at=245)  # explicit time
+    a.incr("x", 8, at=datetime.fromtimestamp(59, tz=timezone.utc))
+    assert a.get("x") == 2 and a.get("x", at=60) == 1 and a.get("x", at=0.5) == 8
+    assert a.series("x", 0, 250) == [(0, 8), (60, 1), (120, 2), (180, 0), (240, 4)]
+    assert a.series("x", 130, 130) == [(120, 2)]
+    assert Analytics(pool, bucket="hour").bucket_start(7199) == 3600
+    day = Analytics(pool, bucket="day")
+    assert day.bucket == 86400 and day.bucket_start(
+        datetime(2024, 5, 1, 23, 59, tzinfo=timezone.utc)
+    ) == int(datetime(2024, 5, 1, tzinfo=timezone.utc).timestamp())
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["direct", "buffered"])
+def test_counts_exact_under_16_threads(pool: RedisPool, buffered: bool) -> None:
+    a = Analytics(
+        pool,
+        clock=FakeClock(0),
+        timeout=1.0,
+        buffered=buffered,
+        flush_interval=0.02,
+        flush_items=300,
+    )
+    hammer(lambda i: [a.incr("hits") for _ in range(500)])
+    a.close()
+    assert a.get("hits") == 16 * 500
+    s = a.stats()
+    assert s["increments"] == 8000 and s["errors"] == 0 and s["dropped"] == 0
+    assert s["buffered"] == 0
+    if buffered:
+        assert 1 <= s["flushes"] < 8000
+
+
+# -- unique counts -------------------------------------------------------------
+
+
+def test_unique_counts_close_to_truth(pool: RedisPool, admin: redis.Redis) -> None:
+    clock = FakeClock(600.0)
+    a = Analytics(pool, namespace="u", clock=clock)
+    for lo in range(0, 10_000, 1000):
+        assert a.add_unique("visitors", *(f"user-{i}" for i in range(lo, lo + 1000))) is True
+    assert a.add_unique("visitors", "user-1", b"user-2") is False  # already counted
+    assert a.add_unique("visitors") is False  # no members: nothing to do
+    n = a.count_unique("visitors")
+    assert n is not None and abs(n - 10_000) <= 200
+    clock.advance(60)  # the next bucket: half old members, half new
+    a.add_unique("visitors", *(f"user-{i}" for i in range(5_000, 15_000)))
+    both = a.count_unique("visitors", start=600)
+    assert both is not None and abs(both - 15_000) <= 300  # merged, not 20k
+    assert 0 < admin.pttl("u:u:visitors:600") <= WEEK * 1000
+    assert a.add_unique("ids", 42) is True and a.add_unique("ids", "42") is False  # same member
+
+
+def test_buffered_unique_counts(pool: RedisPool) -> None:
+    a = Analytics(pool, clock=FakeClock(0), buffered=True, flush_interval=0.02)
+    hammer(
+        lambda t: [
+            a.add_unique("v", *(f"m{t}-{i}" for i in range(j, j + 50))) for j in range(0, 500, 50)
+        ],
+        4,
+    )
+    a.close()
+    n = a.count_unique("v")
+    assert n is not None and abs(n - 2000) <= 40
+
+
+# -- buffered mode -------------------------------------------------------------
+
+
+def test_buffered_flush_is_one_round_trip(pool: RedisPool, admin: redis.Redis) -> None:
+    a = Analytics(
+        pool, namespace="b", buffered=True, flush_interval=60, flush_items=10**6, clock=FakeClock(0)
+    )
+    for name in ("a", "b", "c"):
+        for _ in range(10):
+            assert a.incr(name) is None
+    a.add_unique("u1", "x", "y")
+    a.add_unique("u2", "z")
+    assert admin.get("b:c:a:0") is None  # nothing written yet
+    assert a.stats()["buffered"] == 5 and a.stats()["buffered_entries"] == 6
+    before, cmds = pool.stats().borrows, admin.info("commandstats")
+    assert a.flush() == 5
+    after = admin.info("commandstats")
+    assert pool.stats().borrows - before == 1  # one borrow, one pipeline
+
+    def delta(cmd: str) -> int:
+        key = f"cmdstat_{cmd}"
+        return int(after.get(key, {}).get("calls", 0)) - int(cmds.get(key, {}).get("calls", 0))
+
+    assert (delta("incrby"), delta("pfadd"), delta("expire")) == (3, 2, 5)
+    assert admin.mget("b:c:a:0", "b:c:b:0", "b:c:c:0") == [b"10"] * 3
+    assert admin.pfcount("b:u:u1:0") == 2 and admin.pttl("b:c:a:0") > 0
+    s = a.stats()
+    assert (s["flushes"], s["flushed_keys"], s["buffered"], s["increments"]) == (1, 5, 0, 30)
+    before = pool.stats().borrows
+    assert a.flush() == 0 and pool.stats().borrows == before  # nothing to do: no borrow
+    a.close()
+
+
+def test_large_flush_is_chunked_and_a_failed_chunk_goes_back(
+    pool: RedisPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(analytics_mod, "FLUSH_CHUNK", 2)
+    a = Analytics(pool, buffered=True, flush_interval=60, clock=FakeClock(0))
+    for i in range(5):
+        a.incr(f"k{i}", i + 1)
+    write, calls = a._write, []
+
+    def flaky(r: redis.Redis, chunk: Any) -> int:
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            raise redis.ConnectionError("boom")
+        return write(r, chunk)
+
+    monkeypatch.setattr(a, "_write", flaky)
+    before = pool.stats().borrows
+    assert a.flush() == 2 and calls == [2, 2]  # the first chunk landed, then a failure
+    assert a.stats()["buffered"] == 3 and a.stats()["errors"] == 1
+    assert a.flush() == 3 and calls == [2, 2, 2, 1]
+    assert pool.stats().borrows - before == 4  # one borrow (one pipeline) per chunk
+    assert [a.get(f"k{i}") for i in range(5)] == [1, 2, 3, 4, 5]
+    a.close()
+
+
+def test_refused_commands_are_counted_not_retried(pool: RedisPool, admin: redis.Redis) -> None:
+    admin.set("stats:u:bad:0", "not a HyperLogLog")
+    a = Analytics(pool, buffered=True, flush_interval=60, clock=FakeClock(0))
+    a.incr("ok")
+    a.add_unique("bad", "m")
+    assert a.flush() == 2 and a.get("ok") == 1
+    assert a.stats()["errors"] == 1 and a.stats()["buffered"] == 0  # the rest was applied
+    a.close()
+    assert a.add_unique("bad", "m") is None and a.stats()["errors"] == 2  # closed: direct
+    strict = Analytics(pool, on_error="raise", clock=FakeClock(0))
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        strict.add_unique("bad", "m")
+    assert strict.stats()["breaker"]["state"] == "closed"  # Redis answered: not an outage
+
+
+def test_background_flush_by_items_and_by_interval(pool: RedisPool) -> None:
+    by_items = Analytics(pool, clock=FakeClock(0), buffered=True, flush_interval=60, flush_items=10)
+    for _ in range(10):
+        by_items.incr("n")
+    wait_for(lambda: by_items.get("n") == 10)
+    by_interval = Analytics(
+        pool, clock=FakeClock(0), namespace="i", buffered=True, flush_interval=0.02
+    )
+    by_interval.incr("n")
+    wait_for(lambda: by_interval.get("n") == 1)
+    by_items.close()
+    by_interval.close()
+
+
+def test_close_flushes_then_writes_go_direct(pool: RedisPool, admin: redis.Redis) -> None:
+    with Analytics(pool, buffered=True, flush_interval=60, clock=FakeClock(0)) as a:
+        a.incr("x", 3)
+        thread = a._thread
+        assert thread is not None and thread.is_alive() and admin.get("stats:c:x:0") is None
+    assert admin.get("stats:c:x:0") == b"3"
+    assert not thread.is_alive()
+    assert a.incr("x") == 4  # closed: direct
+    a.close()  # idempotent
+
+
+def test_atexit_closes_live_instances_and_abandoned_ones_are_collected(
+    pool: RedisPool, admin: redis.Redis
+) -> None:
+    a = Analytics(pool, buffered=True, flush_interval=60, clock=FakeClock(0))
+    a.incr("y", 2)
+    assert a in analytics_mod._LIVE
+    analytics_mod._close_all()
+    assert admin.get("stats:c:y:0") == b"2" and a not in analytics_mod._LIVE
+    b = Analytics(pool, buffered=True, flush_interval=0.01)
+    b.incr("z")
+    thread, ref = b._thread, weakref.ref(b)
+    del b
+    wait_for(lambda: gc.collect() >= 0 and ref() is None)  # the thread holds it weakly
+    assert thread is not None
+    thread.join(2)
+    assert not thread.is_alive()
+
+
+def test_forked_child_starts_with_an_empty_buffer(pool: RedisPool, admin: redis.Redis) -> None:
+    a = Analytics(pool, buffered=True, flush_interval=60, clock=FakeClock(0))
+    a.incr("parent")
+    parent_thread = a._thread
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            ok = a.stats()["buffered"] == 0
+            a.incr("child")
+            ok = ok and a.stats()["buffered"] == 1 and a._thread is not parent_thread
+            ok = ok and a._thread is not None and a._thread.is_alive() and a.flush() == 1
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert admin.get("stats:c:child:0") == b"1"
+    assert a.stats()["buffered"] == 1  # the parent's buffer is untouched
+    a.close()
+    assert admin.get("stats:c:parent:0") == b"1"
+
+
+# -- Redis down ----------------------------------------------------------------
+
+
+def test_direct_writes_when_redis_is_down(redis_server_factory: Callable[..., RedisServer]) -> None:
+    server = redis_server_factory()
+    with RedisPool(server.url, min_size=0, max_size=2, connect_timeout=0.2) as pool:
+        a = Analytics(pool, clock=FakeClock(0), breaker=fast_breaker())
+        strict = Analytics(pool, clock=FakeClock(0), on_error="raise", breaker=fast_breaker())
+        assert a.incr("x") == 1
+        server.kill()
+        assert a.incr("x") is None and a.get("x") is None
+        assert a.series("x", 0, 60) is None and a.count_unique("x") is None
+        assert a.add_unique("x", "m") is None
+        s = a.stats()
+        assert s["errors"] >= 1 and s["errors"] + s["rejected"] == 5
+        assert s["breaker"]["state"] in ("open", "half-open")
+        with pytest.raises(HelperUnavailable):
+            strict.incr("x")
+        server.restart()
+        wait_for(lambda: a.get("x") == 0)  # breaker cooldown, the pool's reconnect backoff
+        assert a.incr("x") == 1  # a fresh server
+        assert a.stats()["breaker"]["state"] == "closed"
+
+
+def test_buffered_loses_nothing_across_a_redis_crash(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_server_factory(args=("--appendonly", "yes", "--appendfsync", "always"))
+    with RedisPool(server.url, min_size=0, max_size=8, connect_timeout=0.2) as pool:
+        a = Analytics(
+            pool, clock=FakeClock(0), buffered=True, flush_interval=0.02, breaker=fast_breaker()
+        )
+        hammer(lambda i: [a.incr(f"n{i % 4}") for _ in range(100)], 8)
+        a.add_unique("u", *range(100))
+        a.flush()
+        assert a.stats()["buffered"] == 0 and a.get("n0") == 200
+        server.kill()  # nothing pending: no write is in flight
+        hammer(lambda i: [a.incr(f"n{i % 4}") for _ in range(100)], 8)
+        a.add_unique("u", *range(100, 200))
+        wait_for(lambda: a.stats()["errors"] + a.stats()["rejected"] >= 3)
+        assert a.flush() == 0 and a.stats()["buffered"] == 5  # merged back
+        assert a.stats()["dropped"] == 0
+        server.restart()  # same port; the AOF brings back what was written before
+        wait_for(lambda: a.stats()["buffered"] == 0, timeout=5)  # the thread catches up
+        a.close()
+        assert [a.get(f"n{i}") for i in range(4)] == [400] * 4
+        n = a.count_unique("u")
+        assert n is not None and abs(n - 200) <= 4
+
+
+def test_buffer_is_bounded_while_redis_is_down(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_server_factory()
+    with RedisPool(server.url, min_size=0, max_size=2, connect_timeout=0.2) as pool:
+        server.kill()
+        a = Analytics(
+            pool,
+            clock=FakeClock(0),
+            buffered=True,
+            flush_interval=60,
+            max_buffer=10,
+            on_error="raise",
+        )
+        for i in range(15):
+            a.incr(f"k{i}")
+        a.incr("k0", 5)  # an existing key still aggregates
+        a.add_unique("u", "a", "b")
+        s = a.stats()
+        assert (s["buffered"], s["buffered_entries"], s["dropped"]) == (10, 10, 7)
+        with pytest.raises(HelperUnavailable):
+            a.flush()
+        assert a.stats()["buffered"] == 10  # kept for the next flush
+        lenient = Analytics(
+            pool, clock=FakeClock(0), buffered=True, flush_interval=60, breaker=fast_breaker()
+        )
+        lenient.incr("x")
+        assert lenient.flush() == 0 and lenient.stats()["buffered"] == 1
+        server.restart()
+        wait_for(lambda: lenient.flush() == 1)
+        assert lenient.get("x") == 1
+        assert a.flush() == 10 and a.get("k0") == 6
+        a.close()
+        lenient.close()
+
+
+# -- bad input -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "field"),
+    [
+        (lambda a, p: Analytics("pool"), TypeError, "pool"),  # type: ignore[arg-type]
+        (lambda a, p: Analytics(p, bucket="week"), ValueError, "bucket"),
+        (lambda a, p: Analytics(p, bucket=0), ValueError, "bucket"),
+        (lambda a, p: Analytics(p, retention=0), ValueError, "retention"),
+        (lambda a, p: Analytics(p, retention=1.5), TypeError, "retention"),  # type: ignore[arg-type]
+        (lambda a, p: Analytics(p, namespace="a b"), ValueError, "namespace"),
+        (lambda a, p: Analytics(p, on_error="log"), ValueError, "on_error"),  # type: ignore[arg-type]
+        (lambda a, p: Analytics(p, flush_interval=0), ValueError, "flush_interval"),
+        (lambda a, p: Analytics(p, flush_items=0), ValueError, "flush_items"),
+        (lambda a, p: Analytics(p, max_buffer=0), ValueError, "max_buffer"),
+        (lambda a, p: Analytics(p, secret=1), TypeError, "secret"),  # type: ignore[arg-type]
+        (lambda a, p: a.incr(""), ValueError, "name"),
+        (lambda a, p: a.incr("a b"), ValueError, "name"),
+        (lambda a, p: a.incr("a\n"), ValueError, "name"),
+        (lambda a, p: a.incr("x" * 201), ValueError, "name"),
+        (lambda a, p: a.incr(5), TypeError, "name"),
+        (lambda a, p: a.incr("x", 1.5), TypeError, "amount"),
+        (lambda a, p: a.incr("x", True), TypeError, "amount"),
+        (lambda a, p: a.incr("x", 2**63), ValueError, "amount"),
+        (lambda a, p: a.incr("x", at=float("nan")), ValueError, "at"),
+        (lambda a, p: a.incr("x", at=-1), ValueError, "at"),
+        (lambda a, p: a.get("x", at="now"), TypeError, "at"),
+        (lambda a, p: a.series("x", 100, 0), ValueError, "start"),
+        (lambda a, p: a.series("x", 0, 10**9), ValueError, "start..end"),
+        (lambda a, p: a.series("x", None, 0), TypeError, "start"),
+        (lambda a, p: a.add_unique("x", 1.5), TypeError, "members"),
+        (lambda a, p: a.add_unique("x", None), TypeError, "members"),
+        (lambda a, p: a.count_unique("x", end="y"), TypeError, "end"),
+    ],
+)
+def test_bad_input_names_the_argument(
+    pool: RedisPool, call: Callable[[Analytics, RedisPool], Any], exc: type[Exception], field: str
+) -> None:
+    a = Analytics(pool)
+    with pytest.raises(exc, match=field.replace(".", r"\.")):
+        call(a, pool)
+    assert pool.stats().borrows == 0  # rejected before touching Redis

@@ -1,0 +1,666 @@
+"""Cache against a real redis-server: hits, TTLs, round trips, outages, stampedes."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import redis
+
+from redispool import RedisPool
+from redispool.helpers import CircuitBreaker, HelperUnavailable
+from redispool.helpers.cache import Cache
+from redispool.testing import RedisServer
+
+SECRET = b"test-secret"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def pool(redis_url: str) -> Iterator[RedisPool]:
+    p = RedisPool(redis_url, min_size=1, max_size=8, timeout=2)
+    p.open(wait=True)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def admin(redis_url: str) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(redis_url)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def make_cache(pool: RedisPool) -> Iterator[Callable[..., Cache]]:
+    made: list[Cache] = []
+
+    def make(**kw: Any) -> Cache:
+        kw.setdefault("secret", SECRET)
+        c = Cache(kw.pop("pool", pool), **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close(2)
+
+
+def data_keys(admin: redis.Redis, namespace: str = "cache") -> list[bytes]:
+    """Stored entries (never lease or version keys). KEYS is fine in a test."""
+    keys = cast(list[bytes], admin.keys(f"{namespace}:v*"))
+    return [k for k in keys if not k.endswith(b":lease")]
+
+
+def calls(admin: redis.Redis) -> dict[str, int]:
+    return {k: v["calls"] for k, v in admin.info("commandstats").items()}
+
+
+def test_miss_set_hit_and_stats(make_cache: Callable[..., Cache]) -> None:
+    cache = make_cache()
+    assert cache.get("user:1") is None
+    assert cache.get("user:1", default="d") == "d"
+    assert cache.set("user:1", {"name": "ann", "tags": [1, 2]}) is True
+    assert cache.get("user:1") == {"name": "ann", "tags": [1, 2]}
+    assert cache.get(("user", "1")) is None  # a tuple key is another key
+    s = cache.stats()
+    assert (s["hits"], s["misses"], s["errors"]) == (1, 3, 0)
+    assert s["hit_rate"] == 0.25
+    for name in ("fallbacks", "slow_operations", "dropped_writes", "loader_calls"):
+        assert name in s
+
+
+def test_get_with_fallback_writes_back_and_then_hits(make_cache: Callable[..., Cache]) -> None:
+    cache = make_cache()
+    loads: list[int] = []
+
+    def loader() -> dict[str, int]:
+        loads.append(1)
+        return {"n": len(loads)}
+
+    assert cache.get_with_fallback("k", loader) == {"n": 1}
+    assert cache.flush(2)
+    assert cache.get_with_fallback("k", loader) == {"n": 1}
+    assert len(loads) == 1
+    s = cache.stats()
+    assert (s["hits"], s["misses"], s["loader_calls"], s["fallbacks"]) == (1, 1, 1, 0)
+
+
+def test_keys_are_hashed_never_raw(make_cache: Callable[..., Cache], admin: redis.Redis) -> None:
+    cache = make_cache(namespace="web")
+    cache.set("alice@example.com\r\nFLUSHALL", 1)
+    (key,) = data_keys(admin, "web")
+    assert b"alice" not in key and len(key) < 64
+    assert admin.get("web:version") is None  # versions start at 0 without a write
+
+
+def test_one_round_trip_per_read(
+    make_cache: Callable[..., Cache], pool: RedisPool, admin: redis.Redis
+) -> None:
+    cache = make_cache()
+    cache.set("k", "v")
+    assert cache.get("k") == "v"  # the script is loaded now
+    before, pool_before = calls(admin), pool.stats().commands
+    for _ in range(10):
+        assert cache.get("k") == "v"
+        assert cache.get_with_fallback("k", lambda: "other") == "v"
+    after = calls(admin)
+    # Top-level commands: 20 EVALSHA (the GETs of the version and the value run
+    # inside the script, in the same round trip), then this INFO.
+    assert after["cmdstat_evalsha"] - before.get("cmdstat_evalsha", 0) == 20
+    assert after.get("cmdstat_eval", 0) == before.get("cmdstat_eval", 0)
+    assert pool.stats().commands - pool_before == 20
+
+
+def test_ttl_and_negative_ttl_are_set(make_cache: Callable[..., Cache], admin: redis.Redis) -> None:
+    cache = make_cache(default_ttl=100, negative_ttl=7)
+    cache.set("default", 1)
+    (key,) = data_keys(admin)
+    assert 99_000 < admin.pttl(key) <= 100_000
+    admin.flushdb()
+    cache.set("explicit", 1, ttl=2.5)
+    (key,) = data_keys(admin)
+    assert 2_000 < admin.pttl(key) <= 2_500
+    admin.flushdb()
+    assert cache.get_with_fallback("missing", lambda: None, ttl=100) is None
+    assert cache.flush(2)
+    (key,) = data_keys(admin)
+    assert 6_000 < admin.pttl(key) <= 7_000  # "not found" gets negative_ttl, not ttl
+    assert cache.get_with_fallback("missing", lambda: 1 / 0) is None  # cached: no loader call
+    assert cache.get("missing", default="d") is None  # the cached None, not the default
+
+
+def test_negative_ttl_zero_does_not_cache_none(
+    make_cache: Callable[..., Cache], admin: redis.Redis
+) -> None:
+    cache = make_cache(negative_ttl=0)
+    assert cache.get_with_fallback("missing", lambda: None) is None
+    assert cache.flush(2)
+    assert data_keys(admin) == [] and admin.keys("*lease") == []
+
+
+def _outage_cache(make_cache: Callable[..., Cache], server: RedisServer) -> tuple[Cache, RedisPool]:
+    # The borrow wait (get_timeout) does not bound creating a connection: against a
+    # paused server the TCP connect succeeds and the handshake waits socket_timeout.
+    p = RedisPool(server.url, min_size=1, max_size=4, connect_timeout=0.2, socket_timeout=0.2)
+    p.open(wait=True)
+    breaker = CircuitBreaker(threshold=3, cooldown=0.2)
+    return make_cache(pool=p, get_timeout=0.1, set_timeout=0.1, breaker=breaker), p
+
+
+def _assert_fallbacks_fast(cache: Cache, n: int = 8) -> None:
+    for i in range(n):
+        start = time.monotonic()
+        assert cache.get_with_fallback("k", functools.partial(str, f"fresh{i}")) == f"fresh{i}"
+        assert time.monotonic() - start < 0.5
+    s = cache.stats()
+    assert s["fallbacks"] >= n and s["errors"] >= n and s["hits"] == 1
+
+
+def _assert_recovers(cache: Cache, server: RedisServer) -> None:
+    deadline = time.monotonic() + 8
+    while cache.get("k") != "v":
+        assert time.monotonic() < deadline, cache.stats()
+        cache.set("k", "v")
+        time.sleep(0.05)
+    assert cache.get_with_fallback("k", lambda: "loader") == "v"
+
+
+def test_redis_killed_then_restarted(
+    make_cache: Callable[..., Cache], redis_server_factory: Callable[..., RedisServer]
+) -> None:
+    server = redis_server_factory()
+    cache, p = _outage_cache(make_cache, server)
+    cache.set("k", "v")
+    assert cache.get_with_fallback("k", lambda: "loader") == "v"
+    server.kill()
+    start = time.monotonic()
+    _assert_fallbacks_fast(cache)
+    assert time.monotonic() - start < 1.0  # all 8 together
+    assert cache.get("k", default="d") == "d" and cache.set("k", 1) is False
+    server.restart()
+    _assert_recovers(cache, server)
+    p.close()
+
+
+def test_redis_paused_reads_time_out(
+    make_cache: Callable[..., Cache], redis_server_factory: Callable[..., RedisServer]
+) -> None:
+    server = redis_server_factory()
+    cache, p = _outage_cache(make_cache, server)
+    cache.set("k", "v")
+    assert cache.get_with_fallback("k", lambda: "loader") == "v"
+    server.pause()
+    try:
+        _assert_fallbacks_fast(cache)
+        assert cache.stats()["breaker"]["state"] != "closed"
+    finally:
+        server.resume()
+    _assert_recovers(cache, server)
+    p.close()
+
+
+def test_pool_exhausted_is_a_fallback(make_cache: Callable[..., Cache], redis_url: str) -> None:
+    p = RedisPool(redis_url, min_size=1, max_size=1)
+    cache = make_cache(pool=p, get_timeout=0.05)
+    with p.client():  # hold the only connection
+        start = time.monotonic()
+        assert cache.get_with_fallback("k", lambda: 1) == 1
+        assert time.monotonic() - start < 0.5
+    assert cache.stats()["fallbacks"] == 1
+    p.close()
+
+
+def test_single_flight_in_process(make_cache: Callable[..., Cache]) -> None:
+    cache = make_cache()
+    n_calls = 0
+    lock = threading.Lock()
+    barrier = threading.Barrier(20)
+
+    def loader() -> str:
+        nonlocal n_calls
+        with lock:
+            n_calls += 1
+        time.sleep(0.2)
+        return "value"
+
+    results: list[str] = []
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(cache.get_with_fallback("hot", loader))
+
+    threads = [threading.Thread(target=worker) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert results == ["value"] * 20
+    assert n_calls == 1
+    assert cache.stats()["loader_calls"] == 1
+
+
+def test_followers_call_the_loader_themselves_if_the_leader_fails(
+    make_cache: Callable[..., Cache], admin: redis.Redis
+) -> None:
+    cache = make_cache()
+    first = threading.Event()
+    lock = threading.Lock()
+    n_calls = 0
+
+    def loader() -> str:
+        nonlocal n_calls
+        with lock:
+            n_calls += 1
+            leader = n_calls == 1
+        if leader:
+            first.set()
+            time.sleep(0.2)
+            raise KeyError("the leader's own error")
+        return "ok"
+
+    errors: list[BaseException] = []
+    results: list[str] = []
+
+    def worker() -> None:
+        try:
+            results.append(cache.get_with_fallback("k", loader))
+        except KeyError as exc:
+            errors.append(exc)
+
+    leader = threading.Thread(target=worker)
+    leader.start()
+    first.wait(2)
+    followers = [threading.Thread(target=worker) for _ in range(3)]
+    for t in followers:
+        t.start()
+    for t in [leader, *followers]:
+        t.join(5)
+    assert len(errors) == 1 and results == ["ok"] * 3
+    assert cache.flush(2)
+    assert admin.keys("*:lease") == []  # the failed leader released its lease
+
+
+_CHILD = """
+import json, os, sys, time
+import redis
+from redispool import RedisPool
+from redispool.helpers.cache import Cache
+
+url, ctl_url = sys.argv[1], sys.argv[2]
+ctl = redis.Redis.from_url(ctl_url)
+pool = RedisPool(url, min_size=1, max_size=2)
+pool.open(wait=True)
+cache = Cache(pool, secret=b"shared", lease_wait=5.0)
+
+def loader():
+    ctl.incr("loader_calls")
+    time.sleep(0.3)
+    return {"pid": os.getpid()}
+
+ctl.incr("ready")
+ctl.blpop("go", timeout=20)
+value = cache.get_with_fallback("hot", loader)
+cache.close(2)
+print(json.dumps([value, cache.stats()["lease_waits"]]))
+"""
+
+
+def test_lease_across_processes(redis_server: RedisServer, redis_url: str) -> None:
+    ctl = redis.Redis.from_url(redis_server.url_for(1))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, redis_url, redis_server.url_for(1)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 20
+        while int(ctl.get("ready") or 0) < 2:
+            assert time.monotonic() < deadline
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.02)
+        ctl.rpush("go", "1", "1")  # both miss together
+        outs = [json.loads(p.communicate(timeout=20)[0]) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert int(ctl.get("loader_calls") or 0) == 1
+    assert outs[0][0] == outs[1][0]  # both got the leader's value
+    assert sorted(o[1] for o in outs) == [0, 1]  # the other one waited for it
+    ctl.close()
+
+
+def test_lease_held_elsewhere_is_waited_for_then_bounded(
+    make_cache: Callable[..., Cache],
+) -> None:
+    cache = make_cache(lease_wait=0.3)
+    loc = cache._locate("k", ())
+    assert cache._read(loc, "another-process")[2] == 1  # it holds the lease, then stalls
+    start = time.monotonic()
+    assert cache.get_with_fallback("k", lambda: "mine") == "mine"
+    assert 0.25 < time.monotonic() - start < 1.0
+    s = cache.stats()
+    assert (s["lease_waits"], s["lease_timeouts"], s["loader_calls"]) == (1, 1, 1)
+    assert cache.flush(2) and cache.get("k") == "mine"
+
+
+def test_writer_queue_full_drops_and_counts(
+    make_cache: Callable[..., Cache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = make_cache(writer_queue=1)
+    entered, release = threading.Event(), threading.Event()
+    real = cache._write_back
+
+    def slow_write_back(*args: Any) -> None:
+        entered.set()
+        release.wait(5)
+        real(*args)
+
+    monkeypatch.setattr(cache, "_write_back", slow_write_back)
+    assert cache.get_with_fallback("a", lambda: 1) == 1
+    assert entered.wait(2)  # the writer is busy with "a"
+    start = time.monotonic()
+    assert cache.get_with_fallback("b", lambda: 2) == 2  # queued
+    assert cache.get_with_fallback("c", lambda: 3) == 3  # queue full: dropped
+    assert time.monotonic() - start < 0.5  # never blocked on the writer
+    assert cache.stats()["dropped_writes"] == 1
+    release.set()
+    assert cache.flush(2)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, 2, None)
+
+
+def test_close_flushes_then_drops(make_cache: Callable[..., Cache]) -> None:
+    cache = make_cache()
+    cache.set("x", 1)
+    assert cache._writer._thread is None  # started lazily, by the first write-back
+    cache.get_with_fallback("a", lambda: 1)
+    thread = cache._writer._thread
+    assert thread is not None and thread.daemon
+    assert cache.close(2)
+    assert cache.get("a") == 1  # flushed before stopping
+    cache.get_with_fallback("b", lambda: 2)
+    assert cache.stats()["dropped_writes"] == 1 and cache.get("b") is None
+    assert not thread.is_alive()
+
+
+_GEVENT_CHILD = """
+from gevent import monkey
+monkey.patch_all()
+import gevent, sys
+from redispool import RedisPool
+from redispool.helpers.cache import Cache
+
+pool = RedisPool(sys.argv[1], min_size=1, max_size=4)
+cache = Cache(pool, secret=b"g")
+calls = []
+
+def loader():
+    calls.append(1)
+    gevent.sleep(0.1)
+    return "v"
+
+jobs = [gevent.spawn(cache.get_with_fallback, "hot", loader) for _ in range(20)]
+gevent.joinall(jobs, timeout=5)
+assert [j.value for j in jobs] == ["v"] * 20 and len(calls) == 1, calls
+assert cache.flush(2) and cache.get("hot") == "v"
+assert type(cache._writer._thread).__module__.startswith("gevent"), cache._writer._thread
+assert cache.close(2)
+print("ok")
+"""
+
+
+def test_under_gevent_monkey_patching(redis_url: str) -> None:
+    pytest.importorskip("gevent")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", _GEVENT_CHILD, redis_url],
+        capture_output=True,
+        env=env,
+        timeout=30,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_namespace_and_tag_invalidation(
+    make_cache: Callable[..., Cache], admin: redis.Redis
+) -> None:
+    cache, other = make_cache(), make_cache(namespace="other")
+    cache.set("a", 1)
+    cache.set("b", 2, tags=["users"])
+    cache.set("c", 3, tags=["posts"])
+    other.set("a", 10)
+    assert cache.invalidate_tag("users") == 1
+    assert (cache.get("a"), cache.get("b", tags=["users"]), cache.get("c", tags=["posts"])) == (
+        1,
+        None,
+        3,
+    )
+    assert cache.get("b") is None  # tags are part of the identity
+    assert cache.invalidate_all() == 1
+    assert cache.get("a") is None and cache.get("c", tags=["posts"]) is None
+    assert other.get("a") == 10
+    cache.set("a", 4)
+    assert cache.get("a") == 4
+    assert cache.invalidate("a") is True and cache.get("a") is None
+    assert cache.invalidate("a") is False
+    assert int(admin.get("cache:version") or 0) == 1
+
+
+def test_value_loaded_before_an_invalidation_is_not_written(
+    make_cache: Callable[..., Cache],
+) -> None:
+    cache = make_cache()
+
+    def loader() -> str:
+        cache.invalidate_all()  # someone invalidates while we load
+        return "stale"
+
+    assert cache.get_with_fallback("k", loader) == "stale"
+    assert cache.flush(2)
+    assert cache.get("k") is None
+
+
+def test_invalidate_raises_when_redis_is_down(
+    make_cache: Callable[..., Cache], redis_server_factory: Callable[..., RedisServer]
+) -> None:
+    server = redis_server_factory()
+    p = RedisPool(server.url, min_size=1, max_size=2, connect_timeout=0.2)
+    cache = make_cache(pool=p)
+    server.kill()
+    with pytest.raises(HelperUnavailable):
+        cache.invalidate("k")
+    with pytest.raises(HelperUnavailable):
+        cache.invalidate_all()
+    p.close()
+
+
+def test_cached_decorator(make_cache: Callable[..., Cache]) -> None:
+    cache = make_cache()
+    seen: list[tuple[int, str]] = []
+
+    @cache.cached(ttl=60)
+    def profile(user_id: int, *, lang: str = "en") -> dict[str, Any]:
+        seen.append((user_id, lang))
+        return {"id": user_id, "lang": lang}
+
+    @cache.cached(key=lambda user_id: ("user", str(user_id)))
+    def user(user_id: int) -> str | None:
+        seen.append((user_id, "user"))
+        return None if user_id < 0 else f"u{user_id}"
+
+    assert profile.__name__ == "profile"
+    for _ in range(2):
+        assert profile(1) == {"id": 1, "lang": "en"}
+        assert profile(1, lang="fr") == {"id": 1, "lang": "fr"}
+        assert user(5) == "u5"
+        assert user(-1) is None  # negative-cached
+        cache.flush(2)
+    assert seen == [(1, "en"), (1, "fr"), (5, "user"), (-1, "user")]
+    assert cache.invalidate(("user", "5"))  # key= makes entries addressable
+    assert user(5) == "u5" and seen[-1] == (5, "user")
+    with pytest.raises(TypeError, match="key="):
+        profile(object())  # type: ignore[arg-type]
+
+
+def test_pickle_requires_opt_in(make_cache: Callable[..., Cache]) -> None:
+    value = {"when": datetime.date(2024, 1, 2), "ids": {1, 2}}
+    cache = make_cache()
+    with pytest.raises(TypeError, match="serializer='pickle'"):
+        cache.set("k", value)
+    with pytest.raises(TypeError, match="cannot be serialized"):
+        cache.get_with_fallback("k", lambda: value)
+    pickled = make_cache(namespace="pickled", serializer="pickle")
+    assert pickled.set("k", value) and pickled.get("k") == value
+    with pytest.raises(ValueError, match="serializer"):
+        make_cache(serializer="yaml")
+    with pytest.raises(TypeError, match="serializer"):
+        make_cache(serializer=object())
+    custom = make_cache(namespace="custom", serializer=(str.encode, bytes.decode))
+    assert custom.set("k", "text") and custom.get("k") == "text"
+    # an entry the serializer cannot read is a miss, not an error for the caller
+    assert make_cache(namespace="custom").get("k", default="d") == "d"
+
+
+def test_xfetch_recomputes_a_hot_key_early(make_cache: Callable[..., Cache]) -> None:
+    rand = [0.5]
+    cache = make_cache(early_recompute_beta=1.0, rand=lambda: rand[0])
+    version = 0
+
+    def loader() -> int:
+        nonlocal version
+        time.sleep(0.05)  # delta: the recompute time stored with the value
+        version += 1
+        return version
+
+    assert cache.get_with_fallback("k", loader, ttl=1) == 1
+    assert cache.flush(2)
+    # 1 s left, delta 0.05 s: -0.05 * ln(0.5) = 0.035 s < 1 s: a plain hit
+    assert cache.get_with_fallback("k", loader, ttl=1) == 1
+    rand[0] = 1e-12  # -0.05 * ln(1e-12) = 1.4 s >= the time left: recompute now
+    assert cache.get_with_fallback("k", loader, ttl=1) == 2
+    assert cache.flush(2)
+    rand[0] = 0.5
+    assert cache.get_with_fallback("k", loader, ttl=1) == 2  # written back
+    s = cache.stats()
+    assert s["early_recomputes"] == 1 and s["loader_calls"] == 2
+
+
+def test_xfetch_off_by_default(make_cache: Callable[..., Cache]) -> None:
+    cache = make_cache(rand=lambda: 1e-300)
+
+    def loader() -> int:
+        time.sleep(0.02)
+        return 1
+
+    cache.get_with_fallback("k", loader, ttl=1)
+    cache.flush(2)
+    assert cache.get_with_fallback("k", lambda: 2, ttl=1) == 1
+
+
+def test_slow_operations_logged_without_the_value(
+    make_cache: Callable[..., Cache], caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = make_cache(slow_threshold=0)
+    with caplog.at_level(logging.WARNING, logger="redispool.helpers.cache"):
+        cache.set("k", "SENSITIVE-VALUE")
+        cache.get("k")
+    lines = [r.getMessage() for r in caplog.records if r.name == "redispool.helpers.cache"]
+    assert any("SET" in m and "ms" in m for m in lines)
+    assert any("GET" in m for m in lines)
+    assert not any("SENSITIVE" in m or "'k'" in m for m in lines)
+    assert cache.stats()["slow_operations"] >= 2
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda c: c.get(42), TypeError, "key"),
+        (lambda c: c.get(""), ValueError, "key"),
+        (lambda c: c.get(()), ValueError, "key"),
+        (lambda c: c.get("x" * 5000), ValueError, "key"),
+        (lambda c: c.get("k", tags="users"), TypeError, "tags"),
+        (lambda c: c.get("k", tags=[""]), ValueError, "tags"),
+        (lambda c: c.get("k", tags=[str(i) for i in range(9)]), ValueError, "tags"),
+        (lambda c: c.set("k", 1, ttl=-1), ValueError, "ttl"),
+        (lambda c: c.set("k", 1, ttl=0), ValueError, "ttl"),
+        (lambda c: c.set("k", 1, ttl="5"), TypeError, "ttl"),
+        (lambda c: c.set("k", 1, ttl=True), TypeError, "ttl"),
+        (lambda c: c.set("k", 1, ttl=float("nan")), ValueError, "ttl"),
+        (lambda c: c.set("k", 1, ttl=float("inf")), ValueError, "ttl"),
+        (lambda c: c.get_with_fallback("k", 5), TypeError, "loader"),
+        (lambda c: c.get_with_fallback("k", lambda: 1, ttl=-2), ValueError, "ttl"),
+        (lambda c: c.cached(key="k"), TypeError, "key"),
+    ],
+)
+def test_bad_input(
+    make_cache: Callable[..., Cache], call: Callable[[Cache], Any], error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        call(make_cache())
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "match"),
+    [
+        ({"namespace": "bad space"}, ValueError, "namespace"),
+        ({"get_timeout": 0}, ValueError, "get_timeout"),
+        ({"set_timeout": "1"}, TypeError, "set_timeout"),
+        ({"default_ttl": 0}, ValueError, "default_ttl"),
+        ({"negative_ttl": -1}, ValueError, "negative_ttl"),
+        ({"lease_ttl": 0}, ValueError, "lease_ttl"),
+        ({"writer_queue": 0}, ValueError, "writer_queue"),
+        ({"writer_queue": 1.5}, TypeError, "writer_queue"),
+        ({"early_recompute_beta": -1}, ValueError, "early_recompute_beta"),
+        ({"secret": 5}, TypeError, "secret"),
+        ({"rand": 0.5}, TypeError, "rand"),
+    ],
+)
+def test_bad_options(
+    make_cache: Callable[..., Cache], kw: dict[str, Any], error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        make_cache(**kw)
+
+
+def test_bad_pool(redis_url: str) -> None:
+    with pytest.raises(TypeError, match="pool"):
+        Cache(redis.Redis.from_url(redis_url))  # type: ignore[arg-type]
+    p = RedisPool(redis_url, min_size=0, decode_responses=True)
+    with pytest.raises(ValueError, match="decode_responses"):
+        Cache(p)
+    p.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_its_own_writer(make_cache: Callable[..., Cache]) -> None:
+    cache = make_cache()
+    cache.get_with_fallback("parent", lambda: 1)  # the parent's writer runs
+    assert cache.flush(2)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            cache.get_with_fallback("child", lambda: 2)
+            if cache.flush(2) and cache.get("child") == 2:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache.get("child") == 2
