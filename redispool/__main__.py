@@ -11,13 +11,18 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "usage: python -m redispool demo [--host H] [--port P] [--workers N]\n"
             "                                [--worker-class sync|gthread|gevent]\n"
-            "                                [--per-request] [--no-gunicorn] [--load]"
+            "                                [--per-request] [--no-gunicorn] [--load]\n"
+            "       python -m redispool bench [--workers N] [--ops M] [--gevent] [--maxclients K]"
         )
         return 0 if args else 2
     if args[0] == "demo":
         from .demo.run import main as demo_main
 
         return demo_main(args[1:])
+    if args[0] == "bench":
+        from .loadtest import main as bench_main
+
+        return bench_main(args[1:])
     print(f"unknown command {args[0]!r}; try: python -m redispool demo", file=sys.stderr)
     return 2
 
