@@ -24,12 +24,12 @@ import random
 import threading
 import time
 import traceback
-import weakref
 from collections import deque
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
+from . import _upkeep
+from ._poolparts import _INF, _SLOT, KeepOn, _acquire_anyway, _Entry, _Lease, _number, _Waiter
 from .backoff import full_jitter
 from .errors import PoolClosed, PoolTimeout, TooManyWaiters
 from .stats import PoolStats
@@ -38,9 +38,6 @@ __all__ = ["ObjectPool"]
 
 T = TypeVar("T")
 log = logging.getLogger("redispool.pool")
-
-_INF = float("inf")
-_SLOT = object()  # handed to a waiter instead of an object: "a slot is yours, create"
 
 # Bumped in every child process: pools compare it on each call (a global load,
 # much cheaper than os.getpid()) and start afresh when it changed.
@@ -55,101 +52,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-KeepOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool] | None
-
-
-class _Entry:
-    __slots__ = (
-        "borrowed_at",
-        "created_at",
-        "epoch",
-        "expires_at",
-        "last_used",
-        "leak_logged",
-        "obj",
-        "recheck_at",
-        "stack",
-        "uses",
-    )
-
-    def __init__(self, obj: Any, now: float, expires_at: float, epoch: int = 0) -> None:
-        self.obj = obj
-        self.epoch = epoch
-        self.created_at = now
-        self.expires_at = expires_at
-        self.last_used = now
-        self.recheck_at = expires_at
-        self.borrowed_at = now
-        self.uses = 1
-        self.stack: list[str] | None = None
-        self.leak_logged = False
-
-
-class _Waiter:
-    __slots__ = ("lock", "result")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.result: object = None  # an _Entry, _SLOT, or an exception to raise
-
-
-def _number(
-    name: str, value: Any, *, minimum: float, integer: bool = False, none_ok: bool = False
-) -> Any:
-    """Validate a numeric option; the error names the option and the value."""
-    if value is None and none_ok:
-        return None
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        kind = "an int" if integer else "a number"
-        raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
-    if not cast(float, value) >= minimum:  # also rejects NaN
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if value == _INF and integer:
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
-
-
-def _acquire_anyway(lock: Any) -> BaseException | None:
-    """Take ``lock`` even if an async exception (gevent.Timeout, Ctrl-C) lands
-    while waiting for it; return that exception so the caller can re-raise it
-    once its bookkeeping is done."""
-    pending: BaseException | None = None
-    while True:
-        try:
-            lock.acquire()
-            return pending
-        except BaseException as exc:
-            pending = exc
-
-
-class _Lease(Generic[T]):
-    """The context manager ``ObjectPool.acquire()`` returns."""
-
-    __slots__ = ("_keep_on", "_pool", "_timeout", "obj")
-
-    def __init__(self, pool: ObjectPool[T], timeout: float | None, keep_on: KeepOn) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._keep_on = keep_on
-
-    def __enter__(self) -> T:
-        self.obj = self._pool.borrow(self._timeout)
-        return self.obj
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pool = self._pool
-        if ev is None:
-            pool.release(self.obj)
-        else:
-            pool.release(self.obj, discard=not pool._is_harmless(ev, self._keep_on))
 
 
 class ObjectPool(Generic[T]):
@@ -714,20 +616,10 @@ class ObjectPool(Generic[T]):
         except Exception:
             return False
 
-    # -- upkeep ------------------------------------------------------------
+    # -- upkeep (see _upkeep.py) -------------------------------------------
 
     def _start_upkeep(self) -> None:
-        wake = threading.Event()
-        thread = threading.Thread(
-            target=_upkeep_loop,
-            args=(weakref.ref(self), wake, self._gen),
-            name=f"redispool-upkeep-{self.name}",
-            daemon=True,
-        )
-        with self._lock:
-            self._wake = wake
-            self._upkeep = thread
-        thread.start()
+        _upkeep.start_upkeep(self)
 
     def _wake_upkeep(self) -> None:
         if self._wake is not None:
@@ -738,128 +630,7 @@ class ObjectPool(Generic[T]):
 
         The background thread calls this; with ``background=False`` you do.
         """
-        self._check_fork()
-        now = self._clock()
-        self._report_leaks(now)
-        victims: list[tuple[_Entry, str]] = []
-        with self._lock:
-            if self._closed:
-                return _INF
-            keep = self._size - self._min_size
-            for entry in list(self._idle):  # least recently used first
-                if now >= entry.expires_at:
-                    victims.append((entry, "lifetime"))
-                elif (
-                    self._max_idle_time
-                    and now - entry.last_used >= self._max_idle_time
-                    and keep - len(victims) > 0
-                ):
-                    victims.append((entry, "idle"))
-            for entry, _ in victims:
-                self._idle.remove(entry)
-            self._closing += len(victims)
-        for entry, reason in victims:
-            self._destroy_entries([entry], reason)
-        while self._refill_one():
-            pass
-        return self._next_upkeep_delay()
-
-    def _refill_one(self) -> bool:
-        """Create one object if below ``min_size``, or probe while failing."""
-        with self._lock:
-            if self._closed or self._size >= self._max_size:
-                return False
-            if self._fail_streak:
-                if self._clock() < self._next_retry:
-                    return False
-            elif self._size >= self._min_size:
-                return False
-            self._size += 1
-            self._creating += 1
-        t0 = time.monotonic()
-        try:
-            obj = self._factory()
-        except Exception as exc:
-            with self._lock:
-                self._size -= 1
-                self._creating -= 1
-                self._create_failed(exc)
-                streak = self._fail_streak
-            self._log_create_failure(exc, streak)
-            return False
-        except BaseException:
-            with self._lock:
-                self._size -= 1
-                self._creating -= 1
-            raise
-        now = self._clock()
-        entry = _Entry(obj, now, self._expiry(now), self._epoch)
-        entry.uses = 0
-        with self._lock:
-            self._creating -= 1
-            self._created += 1
-            self._create_total += time.monotonic() - t0
-            self._fail_streak = 0
-            self._last_error = None
-            if self._closed:
-                self._closing += 1
-                closed = True
-            else:
-                closed = False
-                if self._waiters:
-                    waiter = self._waiters.popleft()
-                    entry.uses = 1
-                    self._in_use[id(obj)] = entry
-                    self._borrows += 1
-                    waiter.result = entry
-                    waiter.lock.release()
-                else:
-                    if self._check is not None:
-                        entry.recheck_at = min(now + self._check_interval, entry.expires_at)
-                    self._idle.append(entry)
-                self._capacity_freed()
-        if closed:
-            self._destroy_entries([entry], "closed")
-            return False
-        return True
-
-    def _next_upkeep_delay(self) -> float:
-        now = self._clock()
-        due = now + 60.0
-        with self._lock:
-            if self._fail_streak:
-                due = min(due, self._next_retry)
-            elif self._size < self._min_size:
-                return 0.0
-            spare = self._size > self._min_size
-            for entry in self._idle:
-                due = min(due, entry.expires_at)
-                if spare and self._max_idle_time:
-                    due = min(due, entry.last_used + self._max_idle_time)
-            if self._leak_timeout and self._in_use:
-                due = min(due, now + self._leak_timeout / 2)
-        return max(0.0, due - now)
-
-    def _report_leaks(self, now: float) -> None:
-        if not self._leak_timeout:
-            return
-        with self._lock:
-            leaked = [
-                e
-                for e in self._in_use.values()
-                if not e.leak_logged and now - e.borrowed_at >= self._leak_timeout
-            ]
-            for entry in leaked:
-                entry.leak_logged = True
-        for entry in leaked:
-            log.warning(
-                "pool %r: %s %r borrowed %.1fs ago and not returned; borrowed at:\n%s",
-                self.name,
-                self.noun,
-                entry.obj,
-                now - entry.borrowed_at,
-                "".join(entry.stack or ["  (stack not recorded)\n"]),
-            )
+        return _upkeep.run_upkeep(self)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -1009,19 +780,3 @@ class ObjectPool(Generic[T]):
             f"in_use={len(self._in_use)} max_size={self._max_size}"
             f"{' closed' if self._closed else ''}>"
         )
-
-
-def _upkeep_loop(ref: weakref.ref[ObjectPool[Any]], wake: threading.Event, gen: int) -> None:
-    """The body of a pool's upkeep thread; holds the pool only weakly."""
-    while True:
-        pool = ref()
-        if pool is None or pool._closed or pool._gen != gen or _fork_gen != gen:
-            return
-        try:
-            delay = pool.run_upkeep()
-        except Exception:
-            log.exception("pool %r: upkeep failed", pool.name)
-            delay = 1.0
-        del pool
-        wake.wait(min(delay, 60.0))
-        wake.clear()

@@ -23,10 +23,11 @@ from typing import Any
 import redis
 from redis.connection import Connection
 
+from ._poolparts import _number
 from .config import env_options, parse_redis_url, redact_url
 from .connection import TIMEOUT_SET, is_alive, pooled_class
 from .dns import DNSCache
-from .pool import ObjectPool, _number
+from .pool import ObjectPool
 from .redis_adapter import ConnectionPoolAdapter, PinnedPool, PinnedRedis
 from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
 from .stats import PoolStats

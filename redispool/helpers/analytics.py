@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import redis
 from redis.exceptions import RedisError
 
-from ..pool import _number
+from .._poolparts import _number
 from .base import CircuitBreaker, HelperBase, HelperUnavailable
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 from redis.exceptions import NoScriptError, RedisError
 
+from .._poolparts import _number
 from ..errors import PoolError
-from ..pool import _number
 
 if TYPE_CHECKING:
     from ..redis_pool import RedisPool

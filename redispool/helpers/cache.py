@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import redis
 from redis.exceptions import RedisError
 
-from ..pool import _number
+from .._poolparts import _number
 from . import _cache_format as fmt
 from ._singleflight import SingleFlight
 from ._writer import BackgroundWriter

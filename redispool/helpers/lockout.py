@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..pool import _number
+from .._poolparts import _number
 from .base import CircuitBreaker, HelperBase, HelperUnavailable, RedisScript, default_secret
 from .base import hashed_key as _hashed_key
 

@@ -1,0 +1,184 @@
+"""ObjectPool upkeep: refill, eviction, retirement, reconnect probes, leak reports.
+
+Functions of the pool (its private state is theirs too); ``ObjectPool`` calls
+them, and one daemon thread per pool runs ``upkeep_loop``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ._poolparts import _INF, _Entry
+
+if TYPE_CHECKING:
+    from .pool import ObjectPool
+
+log = logging.getLogger("redispool.pool")
+
+
+def start_upkeep(pool: ObjectPool[Any]) -> None:
+    wake = threading.Event()
+    thread = threading.Thread(
+        target=_upkeep_loop,
+        args=(weakref.ref(pool), wake, pool._gen),
+        name=f"redispool-upkeep-{pool.name}",
+        daemon=True,
+    )
+    with pool._lock:
+        pool._wake = wake
+        pool._upkeep = thread
+    thread.start()
+
+
+def run_upkeep(pool: ObjectPool[Any]) -> float:
+    """Do one round of upkeep now; return the seconds until the next is due.
+
+    The background thread calls this; with ``background=False`` you do.
+    """
+    pool._check_fork()
+    now = pool._clock()
+    report_leaks(pool, now)
+    victims: list[tuple[_Entry, str]] = []
+    with pool._lock:
+        if pool._closed:
+            return _INF
+        keep = pool._size - pool._min_size
+        for entry in list(pool._idle):  # least recently used first
+            if now >= entry.expires_at:
+                victims.append((entry, "lifetime"))
+            elif (
+                pool._max_idle_time
+                and now - entry.last_used >= pool._max_idle_time
+                and keep - len(victims) > 0
+            ):
+                victims.append((entry, "idle"))
+        for entry, _ in victims:
+            pool._idle.remove(entry)
+        pool._closing += len(victims)
+    for entry, reason in victims:
+        pool._destroy_entries([entry], reason)
+    while refill_one(pool):
+        pass
+    return next_upkeep_delay(pool)
+
+
+def refill_one(pool: ObjectPool[Any]) -> bool:
+    """Create one object if below ``min_size``, or probe while failing."""
+    with pool._lock:
+        if pool._closed or pool._size >= pool._max_size:
+            return False
+        if pool._fail_streak:
+            if pool._clock() < pool._next_retry:
+                return False
+        elif pool._size >= pool._min_size:
+            return False
+        pool._size += 1
+        pool._creating += 1
+    t0 = time.monotonic()
+    try:
+        obj = pool._factory()
+    except Exception as exc:
+        with pool._lock:
+            pool._size -= 1
+            pool._creating -= 1
+            pool._create_failed(exc)
+            streak = pool._fail_streak
+        pool._log_create_failure(exc, streak)
+        return False
+    except BaseException:
+        with pool._lock:
+            pool._size -= 1
+            pool._creating -= 1
+        raise
+    now = pool._clock()
+    entry = _Entry(obj, now, pool._expiry(now), pool._epoch)
+    entry.uses = 0
+    with pool._lock:
+        pool._creating -= 1
+        pool._created += 1
+        pool._create_total += time.monotonic() - t0
+        pool._fail_streak = 0
+        pool._last_error = None
+        if pool._closed:
+            pool._closing += 1
+            closed = True
+        else:
+            closed = False
+            if pool._waiters:
+                waiter = pool._waiters.popleft()
+                entry.uses = 1
+                pool._in_use[id(obj)] = entry
+                pool._borrows += 1
+                waiter.result = entry
+                waiter.lock.release()
+            else:
+                if pool._check is not None:
+                    entry.recheck_at = min(now + pool._check_interval, entry.expires_at)
+                pool._idle.append(entry)
+            pool._capacity_freed()
+    if closed:
+        pool._destroy_entries([entry], "closed")
+        return False
+    return True
+
+
+def next_upkeep_delay(pool: ObjectPool[Any]) -> float:
+    now = pool._clock()
+    due = now + 60.0
+    with pool._lock:
+        if pool._fail_streak:
+            due = min(due, pool._next_retry)
+        elif pool._size < pool._min_size:
+            return 0.0
+        spare = pool._size > pool._min_size
+        for entry in pool._idle:
+            due = min(due, entry.expires_at)
+            if spare and pool._max_idle_time:
+                due = min(due, entry.last_used + pool._max_idle_time)
+        if pool._leak_timeout and pool._in_use:
+            due = min(due, now + pool._leak_timeout / 2)
+    return max(0.0, due - now)
+
+
+def report_leaks(pool: ObjectPool[Any], now: float) -> None:
+    if not pool._leak_timeout:
+        return
+    with pool._lock:
+        leaked = [
+            e
+            for e in pool._in_use.values()
+            if not e.leak_logged and now - e.borrowed_at >= pool._leak_timeout
+        ]
+        for entry in leaked:
+            entry.leak_logged = True
+    for entry in leaked:
+        log.warning(
+            "pool %r: %s %r borrowed %.1fs ago and not returned; borrowed at:\n%s",
+            pool.name,
+            pool.noun,
+            entry.obj,
+            now - entry.borrowed_at,
+            "".join(entry.stack or ["  (stack not recorded)\n"]),
+        )
+
+
+def _upkeep_loop(ref: weakref.ref[ObjectPool[Any]], wake: threading.Event, gen: int) -> None:
+    """The body of a pool's upkeep thread; holds the pool only weakly."""
+    from . import pool as pool_module
+
+    while True:
+        pool = ref()
+        if pool is None or pool._closed or pool._gen != gen or pool_module._fork_gen != gen:
+            return
+        try:
+            delay = pool.run_upkeep()
+        except Exception:
+            log.exception("pool %r: upkeep failed", pool.name)
+            delay = 1.0
+        del pool
+        wake.wait(min(delay, 60.0))
+        wake.clear()
