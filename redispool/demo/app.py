@@ -13,10 +13,12 @@ compared on the same app). Endpoints:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import os
 import time
+import weakref
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -65,6 +67,12 @@ class _Services:
         self.analytics.close(timeout=1.0)
 
 
+def _close_at_exit(ref: weakref.ref[_Services]) -> None:
+    svc = ref()
+    if svc is not None and not svc.pool.closed:
+        svc.close()
+
+
 def create_app(redis_url: str | None = None, *, per_request: bool | None = None) -> Flask:
     """The demo app (a WSGI app: ``gunicorn 'redispool.demo.app:create_app()'``)."""
     app = Flask("redispool.demo")
@@ -75,6 +83,9 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
     ext = RedisPoolExtension(app)
     assert ext.pool is not None
     shared = _Services(ext.pool)
+    # Registered after the pool's own atexit close, so it runs before it (LIFO): the
+    # buffered analytics and queued cache writes are flushed while the pool is open.
+    atexit.register(_close_at_exit, weakref.ref(shared))
     app.config["DEMO_PER_REQUEST"] = per_request
 
     @app.before_request
