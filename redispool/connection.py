@@ -18,7 +18,7 @@ from redis.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .dns import DNSCache
 
@@ -126,9 +126,10 @@ class _PooledMixin:
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             response = super().read_response(*args, **kwargs)  # type: ignore[misc]
-        except ResponseError:
+        except ResponseError as exc:
             self._rp_pending -= 1  # an error reply is still a reply
-            self._rp_errors += 1
+            if not isinstance(exc, NoScriptError):  # EVALSHA's normal first miss
+                self._rp_errors += 1
             raise
         except BaseException:
             self._rp_errors += 1

@@ -130,6 +130,10 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
             return _error(429, "rate_limited", "too many login attempts", limit.headers())
         username = body["username"]
         state = svc.lockout.check_lockout(username)
+        if state.degraded:  # fail closed, but say why: it is not the user's fault
+            return _error(
+                503, "unavailable", "login is unavailable; try again shortly", {"Retry-After": "5"}
+            )
         if state.locked:
             return _locked(state.retry_after, limit.headers())
         expected = USERS.get(username, "0" * 64)  # same work for unknown users

@@ -40,6 +40,15 @@ def redis_url() -> Iterator[str]:
         server.close()
 
 
+def _gunicorn_major() -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("gunicorn").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return 0
+
+
 def _command(host: str, port: int, opts: argparse.Namespace) -> list[str]:
     if opts.no_gunicorn or importlib.util.find_spec("gunicorn") is None:
         code = (
@@ -56,6 +65,8 @@ def _command(host: str, port: int, opts: argparse.Namespace) -> list[str]:
         "--worker-class", worker_class, "--preload", "--graceful-timeout", "5",
         "--log-level", "warning",
     ]  # fmt: skip
+    if _gunicorn_major() >= 27:  # its control socket is one path per user: several demos clash
+        cmd.append("--no-control-socket")
     if worker_class == "gthread":
         cmd += ["--threads", "8"]
     if worker_class == "gevent":
