@@ -83,8 +83,11 @@ def main() -> int:
             try:
                 warm_cache("127.0.0.1", opts.port, 20)
                 base = f"http://127.0.0.1:{opts.port}"
-                for name, script in (("login", LOGIN_LUA), ("post", POSTS_LUA)):
-                    r = run_wrk(base, script, opts.connections, opts.seconds)
+                for name, path, script in (
+                    ("login", "/api/auth/login", LOGIN_LUA),
+                    ("post", "/", POSTS_LUA),
+                ):
+                    r = run_wrk(base + path, script, opts.connections, opts.seconds)
                     rows.append(("per-request" if per_request else "pooled", name, r))
             finally:
                 stop(proc)

@@ -55,9 +55,13 @@ class _Services:
     def __init__(self, pool: RedisPool, *, background: bool = True) -> None:
         self.pool = pool
         secret = os.environ.get("REDISPOOL_KEY_SECRET", "demo-secret").encode()
-        self.lockout = Lockout(pool, max_attempts=5, window=900, lockout=60, secret=secret)
+        # Logins may wait a little for a connection under load (1 s); a cache
+        # read never waits long (it falls back to the database instead).
+        self.lockout = Lockout(
+            pool, max_attempts=5, window=900, lockout=60, secret=secret, timeout=1.0
+        )
         self.login_limit = RateLimiter(
-            pool, os.environ.get("DEMO_LOGIN_LIMIT", "600/minute"), secret=secret
+            pool, os.environ.get("DEMO_LOGIN_LIMIT", "600/minute"), secret=secret, timeout=1.0
         )
         self.cache = Cache(pool, namespace="demo-posts", default_ttl=60, secret=secret)
         self.analytics = Analytics(pool, namespace="demo-stats", buffered=background)

@@ -18,7 +18,7 @@ import redis
 from redis.exceptions import NoScriptError, RedisError
 
 from .._poolparts import _number
-from ..errors import PoolError
+from ..errors import PoolError, PoolTimeout
 
 if TYPE_CHECKING:
     from ..redis_pool import RedisPool
@@ -30,6 +30,7 @@ R = TypeVar("R")
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_IDENTITY = 4096  # bytes of user input we are willing to hash
+MAX_SECONDS = 10 * 365 * 86400.0  # longest window/TTL: Redis refuses (P)EXPIRE past ~2**63 ms
 
 
 class HelperUnavailable(RedisError):
@@ -45,12 +46,34 @@ def check_namespace(namespace: Any) -> str:
     return namespace
 
 
+def check_seconds(name: str, value: Any, minimum: float) -> Any:
+    """A duration between ``minimum`` and ``MAX_SECONDS``; the error names it."""
+    _number(name, value, minimum=minimum)
+    if value > MAX_SECONDS:
+        raise ValueError(f"{name} must be at most {MAX_SECONDS:.0f} seconds, got {value!r}")
+    return value
+
+
+def check_secret(secret: Any) -> bytes | None:
+    """A key for hashing user input: None (the default), or non-empty bytes or str."""
+    if secret is None:
+        return None
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if not isinstance(secret, bytes):
+        raise TypeError(f"secret must be bytes or str, got {type(secret).__name__}")
+    if not secret:
+        raise ValueError("secret must not be empty (None: the default secret)")
+    return secret
+
+
 def _identity_bytes(identity: Any, field: str) -> bytes:
     """Untrusted input (str, bytes, or a tuple of them) as unambiguous bytes."""
     parts = identity if isinstance(identity, tuple) else (identity,)
     if not parts:
         raise ValueError(f"{field} must not be empty")
     out = bytearray()
+    size = 0  # of the input itself (the length prefixes are ours)
     for part in parts:
         if isinstance(part, str):
             raw = part.encode("utf-8", "surrogatepass")
@@ -60,9 +83,10 @@ def _identity_bytes(identity: Any, field: str) -> bytes:
             raise TypeError(f"{field} must be a str, bytes or a tuple of them, got {part!r}")
         if not raw:
             raise ValueError(f"{field} must not be empty")
+        size += len(raw)
+        if size > MAX_IDENTITY:
+            raise ValueError(f"{field} is too long (over {MAX_IDENTITY} bytes)")
         out += len(raw).to_bytes(4, "big") + raw  # length-prefixed: ("a:b",) != ("a", "b")
-    if len(out) > MAX_IDENTITY:
-        raise ValueError(f"{field} is too long ({len(out)} bytes, at most {MAX_IDENTITY})")
     return bytes(out)
 
 
@@ -111,6 +135,8 @@ class CircuitBreaker:
     ) -> None:
         self.threshold = _number("breaker_threshold", threshold, minimum=1, integer=True)
         self.cooldown = _number("breaker_cooldown", cooldown, minimum=0)
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
         self._clock = clock
         self._lock = threading.Lock()
         self.failures = 0
@@ -172,8 +198,11 @@ class HelperBase:
         self.pool = pool
         self.namespace = check_namespace(namespace)
         self.timeout = _number("timeout", timeout, minimum=0.001)
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise TypeError(f"breaker must be a CircuitBreaker or None, got {breaker!r}")
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.errors = 0
+        self.busy = 0  # calls that found every connection busy (counted in errors too)
         self.rejected = 0  # calls the open breaker turned away
 
     def _call(self, fn: Callable[[redis.Redis], R]) -> R:
@@ -193,8 +222,14 @@ class HelperBase:
                 self.breaker.success()  # the server answered: it is up
                 raise
             self.errors += 1
-            self.breaker.failure()
-            log.warning("%s: redis call failed: %r", type(self).__name__, exc)
+            if isinstance(exc, PoolTimeout) and exc.__cause__ is None:
+                # Every connection was busy: the pool is saturated, Redis is not
+                # down. Apply the policy to this call, but do not trip the breaker.
+                self.busy += 1
+                log.debug("%s: no connection in time: %s", type(self).__name__, exc)
+            else:
+                self.breaker.failure()
+                log.warning("%s: redis call failed: %r", type(self).__name__, exc)
             raise HelperUnavailable(f"{type(self).__name__}: redis unavailable: {exc}") from exc
         self.breaker.success()
         return result

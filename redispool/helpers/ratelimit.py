@@ -13,7 +13,15 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .base import CircuitBreaker, HelperBase, HelperUnavailable, RedisScript, default_secret
+from .base import (
+    MAX_SECONDS,
+    CircuitBreaker,
+    HelperBase,
+    HelperUnavailable,
+    RedisScript,
+    check_secret,
+    default_secret,
+)
 from .base import hashed_key as _hashed_key
 
 if TYPE_CHECKING:
@@ -36,7 +44,10 @@ _UNITS = {
     "d": 86400,
     "day": 86400,
 }
-_LIMIT = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d+)?\s*([a-z]+?)s?\s*$", re.IGNORECASE)
+_LIMIT = re.compile(
+    r"^\s*(\d{1,18})\s*(?:/|per)\s*(\d{1,18})?\s*([a-z]+?)s?\s*$", re.IGNORECASE
+)
+MAX_LIMIT = 10**15  # the scripts' numbers are doubles: exact up to 2**53
 
 
 def parse_limit(limit: Any) -> tuple[int, float]:
@@ -54,6 +65,11 @@ def parse_limit(limit: Any) -> tuple[int, float]:
     period = int(m.group(2) or 1) * _UNITS[unit]
     if count < 1 or period < 1:
         raise ValueError(f"limit must allow at least 1 per at least 1 second, got {limit!r}")
+    if count > MAX_LIMIT or period > MAX_SECONDS:
+        raise ValueError(
+            f"limit must be at most {MAX_LIMIT} per at most {MAX_SECONDS:.0f} seconds, "
+            f"got {limit!r}"
+        )
     return count, float(period)
 
 
@@ -208,10 +224,17 @@ class RateLimiter(HelperBase):
         if isinstance(limit, int):
             if period is None:
                 raise TypeError("period (seconds) is required when limit is a number")
-            if limit < 1:
-                raise ValueError(f"limit must be >= 1, got {limit!r}")
-            if isinstance(period, bool) or not isinstance(period, (int, float)) or period < 0.001:
-                raise ValueError(f"period must be a number of seconds >= 0.001, got {period!r}")
+            if not 1 <= limit <= MAX_LIMIT:
+                raise ValueError(f"limit must be >= 1 and <= {MAX_LIMIT}, got {limit!r}")
+            if (
+                isinstance(period, bool)
+                or not isinstance(period, (int, float))
+                or not 0.001 <= period <= MAX_SECONDS
+            ):
+                raise ValueError(
+                    f"period must be a number of seconds >= 0.001 and <= {MAX_SECONDS:.0f}, "
+                    f"got {period!r}"
+                )
             self.limit, self.period = limit, float(period)
         else:
             if period is not None:
@@ -224,7 +247,7 @@ class RateLimiter(HelperBase):
         self.algorithm = algorithm
         self.on_error = on_error
         self._script = _SCRIPTS[algorithm]
-        self._secret = secret or default_secret()
+        self._secret = check_secret(secret) or default_secret()
         self._period_ms = int(self.period * 1000)
         self.allowed = self.denied = self.failed_open = self.failed_closed = 0
 
@@ -294,5 +317,6 @@ class RateLimiter(HelperBase):
             "failed_closed": self.failed_closed,
             "errors": self.errors,
             "rejected_by_breaker": self.rejected,
+            "busy": self.busy,
             "breaker": self.breaker.as_dict(),
         }
