@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = ["main", "run_case"]
 
-CASES = ("per-request", "redis-py Blocking(20)", "redis-py ConnectionPool", "RedisPool(20)")
+CASES = ("per-request", "redis-py BlockingConnectionPool", "redis-py ConnectionPool", "RedisPool")
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -45,7 +45,7 @@ def _make_op(case: str, url: str, size: int) -> tuple[Callable[[], Any], Callabl
                 r.close()
 
         return op, lambda: None
-    if case == "redis-py Blocking(20)":
+    if case == "redis-py BlockingConnectionPool":
         bpool = redis.BlockingConnectionPool.from_url(url, max_connections=size, timeout=30)
         r = redis.Redis(connection_pool=bpool)
         return (lambda: r.get("k")), bpool.disconnect
@@ -53,7 +53,7 @@ def _make_op(case: str, url: str, size: int) -> tuple[Callable[[], Any], Callabl
         cpool = redis.ConnectionPool.from_url(url, socket_timeout=30)
         r = redis.Redis(connection_pool=cpool)
         return (lambda: r.get("k")), cpool.disconnect
-    if case == "RedisPool(20)":
+    if case == "RedisPool":
         pool = RedisPool(url, min_size=size, max_size=size, timeout=30, socket_timeout=30)
         pool.open(wait=True, timeout=10)
         client = pool.client
@@ -127,14 +127,14 @@ def run_case(case: str, url: str, workers: int, ops: int, size: int = 20) -> dic
 
 def table(results: list[dict[str, Any]], title: str) -> str:
     head = (
-        f"{'case':<24} {'ops/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9':>8} {'max ms':>8} "
+        f"{'case':<32} {'ops/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99.9':>8} {'max ms':>8} "
         f"{'errors':>7} {'conns':>6} {'fair':>6}"
     )
     lines = [title, head, "-" * len(head)]
     for r in results:
         fair = f"{r['fairness']:.2f}" if r["fairness"] is not None else "-"
         lines.append(
-            f"{r['case']:<24} {r['throughput']:>8.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+            f"{r['case']:<32} {r['throughput']:>8.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
             f"{r['p999_ms']:>8.1f} {r['max_ms']:>8.1f} {r['errors']:>7} {r['accepted']:>6} "
             f"{fair:>6}"
         )
