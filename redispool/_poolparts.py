@@ -71,6 +71,22 @@ def _number(
     return value
 
 
+def _check_keep_on(keep_on: Any) -> KeepOn:
+    """Validate a ``keep_on`` rule: None, a tuple of exception types or a predicate."""
+    if (
+        keep_on is not None
+        and not callable(keep_on)
+        and (
+            not isinstance(keep_on, tuple)
+            or not all(isinstance(t, type) and issubclass(t, BaseException) for t in keep_on)
+        )
+    ):
+        raise TypeError(
+            f"keep_on must be a tuple of exception types or a callable, got {keep_on!r}"
+        )
+    return cast(KeepOn, keep_on)
+
+
 def _acquire_anyway(lock: Any) -> BaseException | None:
     """Take ``lock`` even if an async exception (gevent.Timeout, Ctrl-C) lands
     while waiting for it; return that exception so the caller can re-raise it

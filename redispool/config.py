@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.connection import parse_url
 
@@ -18,8 +20,13 @@ def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe for logs and errors)."""
     if not isinstance(url, str):
         return "<not a url>"
-    # scheme://user:password@host -> scheme://user:***@host (the last @ ends userinfo)
-    out = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@:]*):[^/?#]*@", r"\1:***@", url)
+    # scheme://user:password@host -> scheme://user:***@host (the last @ ends userinfo);
+    # also without the scheme (user:password@host: a URL missing its redis://)
+    out = re.sub(r"^((?:[a-zA-Z][a-zA-Z0-9+.-]*://)?[^/?#@:]*):[^/?#]*@", r"\1:***@", url)
+    if out == url:
+        # A password with an unencoded '/', '?' or '#' (a malformed URL): hide
+        # everything up to the last '@' rather than show a piece of it.
+        out = re.sub(r"^((?:[a-zA-Z][a-zA-Z0-9+.-]*://)?[^/?#@:]*):.*@", r"\1:***@", url)
     # query-string secrets (?password=...)
     return re.sub(r"(?i)(password|ssl_password)=[^&#]*", r"\1=***", out)
 
@@ -35,25 +42,48 @@ def parse_redis_url(url: str) -> dict[str, Any]:
         raise ValueError(
             f"url must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
         )
+    shown = redact_url(url)
     try:
-        return dict(parse_url(url))
+        kwargs = dict(parse_url(url))
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"url {redact_url(url)!r} is invalid: {exc}") from None
+        detail = str(exc)
+    else:
+        problem = _check_url_parts(scheme, url, kwargs)
+        if problem is None:
+            return kwargs
+        detail = problem
+    if shown != url:  # the parser quotes pieces of the URL: maybe of the password
+        detail = re.sub(r"'[^']*'", "'***'", detail)
+    # Raised outside the except block: no __context__ holding the raw URL text.
+    raise ValueError(f"url {shown!r} is invalid: {detail}")
 
 
-# Environment variable (after the prefix) -> (option name, type)
-_ENV: dict[str, tuple[str, type]] = {
-    "POOL_MIN_SIZE": ("min_size", int),
-    "POOL_MAX_SIZE": ("max_size", int),
-    "POOL_TIMEOUT": ("timeout", float),
-    "POOL_MAX_WAITING": ("max_waiting", int),
-    "POOL_MAX_IDLE_TIME": ("max_idle_time", float),
-    "POOL_MAX_LIFETIME": ("max_lifetime", float),
-    "HEALTH_CHECK_INTERVAL": ("health_check_interval", float),
-    "CONNECT_TIMEOUT": ("connect_timeout", float),
-    "SOCKET_TIMEOUT": ("socket_timeout", float),
-    "DNS_TTL": ("dns_ttl", float),
-    "CLIENT_NAME": ("client_name", str),
+def _check_url_parts(scheme: str, url: str, kwargs: dict[str, Any]) -> str | None:
+    """What redis-py's parser lets through but cannot work; None if fine."""
+    if scheme != "unix":
+        path = urlsplit(url).path
+        # redis-py silently ignores "/abc" and reads "/1/2" as db 12
+        if path not in ("", "/") and not re.fullmatch(r"/\d{1,9}", path):
+            return "the path must be empty or /<db number>"
+        host = kwargs.get("host") or ""
+        if len(host) > 253:
+            return f"the host name is too long ({len(host)} characters, at most 253)"
+    return None
+
+
+# Environment variable (after the prefix) -> (option name, type, minimum)
+_ENV: dict[str, tuple[str, type, float]] = {
+    "POOL_MIN_SIZE": ("min_size", int, 0),
+    "POOL_MAX_SIZE": ("max_size", int, 1),
+    "POOL_TIMEOUT": ("timeout", float, 0),
+    "POOL_MAX_WAITING": ("max_waiting", int, 0),
+    "POOL_MAX_IDLE_TIME": ("max_idle_time", float, 0),
+    "POOL_MAX_LIFETIME": ("max_lifetime", float, 0),
+    "HEALTH_CHECK_INTERVAL": ("health_check_interval", float, 0),
+    "CONNECT_TIMEOUT": ("connect_timeout", float, 0.001),
+    "SOCKET_TIMEOUT": ("socket_timeout", float, 0.001),
+    "DNS_TTL": ("dns_ttl", float, 0),
+    "CLIENT_NAME": ("client_name", str, 0),
 }
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -70,29 +100,51 @@ def env_options(prefix: str = "REDIS_", environ: Mapping[str, str] | None = None
     ``{prefix}CLIENT_NAME``; ``ENABLE_{prefix}TLS_MODE=1`` turns ``redis://`` into
     ``rediss://``. A malformed value raises ``ValueError`` naming the variable.
     """
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {prefix!r} ({type(prefix).__name__})")
+    if environ is not None and not isinstance(environ, Mapping):
+        raise TypeError(f"environ must be a mapping or None, got {type(environ).__name__}")
     env = os.environ if environ is None else environ
+
+    def get(var: str) -> str | None:
+        raw = env.get(var)
+        if raw is not None and not isinstance(raw, str):
+            raise TypeError(f"{var} must be a str, got {type(raw).__name__}")
+        return raw
+
     opts: dict[str, Any] = {}
-    url = env.get(f"WRITE_{prefix}URL") or env.get(f"{prefix}URL")
-    read_url = env.get(f"READ_{prefix}URL")
+    url_var = f"WRITE_{prefix}URL" if get(f"WRITE_{prefix}URL") else f"{prefix}URL"
     tls_var = f"ENABLE_{prefix}TLS_MODE"
-    tls_raw = env.get(tls_var, "").strip().lower()
+    tls_raw = (get(tls_var) or "").strip().lower()
     if tls_raw not in _TRUE | _FALSE:
         raise ValueError(f"{tls_var} must be true or false, got {env[tls_var]!r}")
     tls = tls_raw in _TRUE
-    for key, value in (("url", url), ("read_url", read_url)):
+    for key, var in (("url", url_var), ("read_url", f"READ_{prefix}URL")):
+        value = get(var)
         if value:
             if tls and value.lower().startswith("redis://"):
                 value = "rediss://" + value[len("redis://") :]
-            opts[key] = value
-    for suffix, (option, kind) in _ENV.items():
+            try:
+                parse_redis_url(value)  # messages are redacted
+            except ValueError as exc:
+                detail = str(exc)
+            else:
+                opts[key] = value
+                continue
+            raise ValueError(f"{var}: {detail}")
+    for suffix, (option, kind, minimum) in _ENV.items():
         var = prefix + suffix
-        raw = env.get(var)
+        raw = get(var)
         if raw is None or raw.strip() == "":
             continue
         try:
-            opts[option] = kind(raw.strip())
+            value = kind(raw.strip())
         except ValueError:
             raise ValueError(
                 f"{var} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
             ) from None
+        if kind is not str and not (math.isfinite(value) and value >= minimum):
+            what = "an integer" if kind is int else "a finite number"
+            raise ValueError(f"{var} must be {what} >= {minimum:g}, got {raw!r}")
+        opts[option] = value
     return opts

@@ -29,7 +29,17 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from . import _upkeep
-from ._poolparts import _INF, _SLOT, KeepOn, _acquire_anyway, _Entry, _Lease, _number, _Waiter
+from ._poolparts import (
+    _INF,
+    _SLOT,
+    KeepOn,
+    _acquire_anyway,
+    _check_keep_on,
+    _Entry,
+    _Lease,
+    _number,
+    _Waiter,
+)
 from .backoff import full_jitter
 from .errors import PoolClosed, PoolTimeout, TooManyWaiters
 from .stats import PoolStats
@@ -103,17 +113,7 @@ class ObjectPool(Generic[T]):
                 raise TypeError(f"{label} must be callable, got {fn!r}")
         if reset is not None and not callable(reset):
             raise TypeError(f"reset must be callable, got {reset!r}")
-        if (
-            keep_on is not None
-            and not callable(keep_on)
-            and (
-                not isinstance(keep_on, tuple)
-                or not all(isinstance(t, type) and issubclass(t, BaseException) for t in keep_on)
-            )
-        ):
-            raise TypeError(
-                f"keep_on must be a tuple of exception types or a callable, got {keep_on!r}"
-            )
+        _check_keep_on(keep_on)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
         if clock is not None and not callable(clock):
@@ -201,7 +201,7 @@ class ObjectPool(Generic[T]):
         """
         if timeout is not None:
             _number("timeout", timeout, minimum=0)
-        return _Lease(self, timeout, keep_on)
+        return _Lease(self, timeout, _check_keep_on(keep_on))
 
     def borrow(self, timeout: float | None = None) -> T:
         """Borrow an object; wait at most ``timeout`` seconds (pool default if None)."""
@@ -313,7 +313,9 @@ class ObjectPool(Generic[T]):
             if deadline == _INF:
                 waiter.lock.acquire()
             else:
-                waiter.lock.acquire(True, max(0.0, deadline - time.monotonic()))
+                # A huge finite timeout is "forever" (acquire() overflows past TIMEOUT_MAX).
+                left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+                waiter.lock.acquire(True, left)
         except BaseException:
             # Interrupted (gevent.Timeout, Ctrl-C): leave the queue, or give back
             # whatever was handed over meanwhile, then let it propagate.
@@ -474,6 +476,8 @@ class ObjectPool(Generic[T]):
     def release(self, obj: T, discard: bool = False, *, reason: str = "error") -> None:
         """Give back a borrowed object (``discard=True``: destroy it instead,
         counted under ``reason`` in ``stats().destroyed_by_reason``)."""
+        if discard and type(reason) is not str:
+            raise TypeError(f"reason must be a str, got {reason!r}")
         if self._gen != _fork_gen:
             self._after_fork()
         if self._reset is not None and not discard:
@@ -636,6 +640,7 @@ class ObjectPool(Generic[T]):
 
     def open(self, wait: bool = False, timeout: float | None = None) -> None:
         """Start upkeep; with ``wait``, block until ``min_size`` objects are ready."""
+        _number("timeout", timeout, minimum=0, none_ok=True)
         self._check_fork()
         with self._lock:
             if self._closed:
@@ -664,6 +669,7 @@ class ObjectPool(Generic[T]):
     def close(self, timeout: float = 5.0) -> None:
         """Close: fail the waiters, destroy idle objects now and borrowed ones as
         they come back (waiting up to ``timeout`` seconds for them)."""
+        _number("timeout", timeout, minimum=0)
         self._check_fork()
         with self._lock:
             if self._closed:

@@ -53,6 +53,9 @@ class ConnectionPoolAdapter:
         return conn
 
     def release(self, connection: Connection) -> None:
+        if getattr(connection, "_rp_state", None) is None:  # not a pooled connection at all
+            log.debug("release of a foreign object %r ignored", type(connection).__name__)
+            return
         try:
             self._owner._put(connection)
         except ValueError:

@@ -22,6 +22,8 @@ from typing import Any
 
 import redis
 from redis.connection import Connection
+from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from ._poolparts import _number
 from .config import env_options, parse_redis_url, redact_url
@@ -54,6 +56,75 @@ _REFUSED = {
     "single_connection_client": "use pool.client()",
     "health_check_interval": None,  # ours; handled before
 }
+
+
+# socket.settimeout() overflows a little past 9.2e9 s; nobody needs more than this.
+MAX_SOCKET_TIMEOUT = 1e7
+# Options whose values an error message must never show.
+_SECRET_OPTIONS = frozenset(["password", "ssl_password", "credential_provider"])
+
+
+def _socket_timeout(name: str, value: Any, *, none_ok: bool = True) -> Any:
+    """A socket timeout: 0 would make the socket non-blocking, inf overflows."""
+    _number(name, value, minimum=0, none_ok=none_ok)
+    if value is not None and not 0 < value <= MAX_SOCKET_TIMEOUT:
+        raise ValueError(
+            f"{name} must be > 0 and <= {MAX_SOCKET_TIMEOUT:g} seconds"
+            f"{' (None: no timeout)' if none_ok else ''}, got {value!r}"
+        )
+    return value
+
+
+def _check_connection_options(kwargs: dict[str, Any]) -> None:
+    """Options redis-py accepts at construction but that fail every connect."""
+    for key, low, high in (("port", 1, 65535), ("db", 0, 2**31 - 1)):
+        value = kwargs.get(key)
+        if value is None or (key == "port" and "path" in kwargs):
+            continue
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{key} must be an int, got {value!r} ({type(value).__name__})")
+        if not low <= value <= high:
+            raise ValueError(f"{key} must be between {low} and {high}, got {value!r}")
+    name = kwargs.get("client_name")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"client_name must be a str, got {name!r} ({type(name).__name__})")
+    if name is not None and not all(33 <= ord(c) <= 126 for c in name):
+        raise ValueError(
+            f"client_name must be a str of printable ASCII without spaces, got {name!r}"
+        )
+    retry = kwargs.get("retry")
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"retry must be a redis.retry.Retry or None, got {retry!r}")
+
+
+def _trial_connection(cls: type[Connection], kwargs: dict[str, Any], options: Any) -> None:
+    """Build one (unconnected) connection, so that a bad option fails here and
+    names itself, not at the first borrow."""
+    try:
+        cls(**kwargs)
+        return
+    except (TypeError, ValueError, RedisError) as exc:
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        detail = str(exc)
+    # Which of the caller's options is it? Try each alone on top of the rest.
+    culprit = ""
+    base = {k: v for k, v in kwargs.items() if k not in options}
+    try:
+        cls(**base)
+    except Exception:
+        options = ()  # the URL's own options are bad: redis-py's message names them
+    for key in options:
+        if key not in kwargs:  # connection_class: not a connection argument
+            continue
+        try:
+            cls(**base, **{key: kwargs[key]})
+        except Exception:
+            shown = "***" if key in _SECRET_OPTIONS else repr(kwargs[key])
+            culprit = f" {key}={shown}"
+            break
+    raise kind(f"RedisPool: bad connection option{culprit}: {detail}")
 
 
 @dataclass(frozen=True)
@@ -112,14 +183,22 @@ class RedisPool:
         for key, hint in _REFUSED.items():
             if key in options:
                 raise TypeError(f"RedisPool got an unsupported option {key!r}: {hint}")
+        connect_name = "connect_timeout"
         if "socket_connect_timeout" in options:
             connect_timeout = options.pop("socket_connect_timeout")
-        _number("connect_timeout", connect_timeout, minimum=0, none_ok=True)
-        _number("socket_timeout", socket_timeout, minimum=0, none_ok=True)
+            connect_name = "socket_connect_timeout"
+        _socket_timeout(connect_name, connect_timeout)
+        _socket_timeout("socket_timeout", socket_timeout)
         _number("health_check_interval", health_check_interval, minimum=0)
         _number("dns_ttl", dns_ttl, minimum=0)
+        if read_url is not None:
+            try:
+                parse_redis_url(read_url)
+            except (TypeError, ValueError) as exc:  # its messages are redacted
+                raise type(exc)(f"read_url: {exc}") from None
         kwargs = parse_redis_url(url)
         kwargs.update(options)
+        _check_connection_options(kwargs)
         cls = kwargs.pop("connection_class", None) or Connection
         self._conn_class: type[Connection] = pooled_class(cls)
         kwargs["socket_timeout"] = socket_timeout
@@ -130,12 +209,7 @@ class RedisPool:
         self._socket_timeout = socket_timeout
         self._ping_timeout = connect_timeout or socket_timeout or 2.0
         self._health_check_interval = float(health_check_interval)
-        # Build one (unconnected) connection now, so that a bad option fails here
-        # and names itself, not at the first borrow.
-        try:
-            self._conn_class(**kwargs)
-        except TypeError as exc:
-            raise TypeError(f"RedisPool: bad connection option: {exc}") from None
+        _trial_connection(self._conn_class, kwargs, options)
         self.connection_kwargs: dict[str, Any] = kwargs
         self._dns = DNSCache(ttl=dns_ttl) if issubclass(cls, Connection) else None
         self._stats_lock = threading.Lock()
@@ -281,7 +355,9 @@ class RedisPool:
         ``socket_timeout``); ``wait`` bounds the wait for a connection.
         """
         if timeout is not None:
-            _number("timeout", timeout, minimum=0)
+            _socket_timeout("timeout", timeout)
+        if wait is not None:
+            _number("wait", wait, minimum=0)
         return _ConnectionLease(self, timeout, wait)
 
     def client(self, timeout: float | None = None, *, wait: float | None = None) -> _ClientLease:
@@ -294,7 +370,9 @@ class RedisPool:
         connection.
         """
         if timeout is not None:
-            _number("timeout", timeout, minimum=0)
+            _socket_timeout("timeout", timeout)
+        if wait is not None:
+            _number("wait", wait, minimum=0)
         return _ClientLease(self, timeout, wait)
 
     def writer(self, timeout: float | None = None, *, wait: float | None = None) -> _ClientLease:
@@ -392,7 +470,11 @@ class _ConnectionLease:
         conn: Connection = self._pool._get(self._wait)
         self._conn = conn
         if self._timeout is not None:
-            self._pool._set_op_timeout(conn, self._timeout)
+            try:
+                self._pool._set_op_timeout(conn, self._timeout)
+            except BaseException:
+                self._pool._put(conn)  # never keep a connection nobody will return
+                raise
         return conn
 
     def __exit__(
@@ -414,7 +496,11 @@ class _ClientLease:
         proto = pool._proto or pool._prototype()
         conn = self._conn = pool._get(self._wait)
         if self._timeout is not None:
-            pool._set_op_timeout(conn, self._timeout)
+            try:
+                pool._set_op_timeout(conn, self._timeout)
+            except BaseException:
+                pool._put(conn)  # never keep a connection nobody will return
+                raise
         pinned = self._pinned = PinnedPool(pool._adapter, conn)
         client = object.__new__(PinnedRedis)
         client.__dict__.update(proto)

@@ -1,9 +1,11 @@
 """Counters and unique counts per time bucket, optionally buffered in memory.
 
 Keys: ``<ns>:c:<name>:<bucket_start>`` (INCRBY) and ``<ns>:u:<name>:<bucket_start>``
-(HyperLogLog), with a TTL of ``retention`` seconds from the last write (EXPIRE, not
-EXPIREAT: an injected clock never makes an expired key). Buckets are aligned to the
-epoch (``"day"`` = UTC days); use one bucket width per namespace (widths share keys).
+(HyperLogLog; ``%`` and ``:`` in a name are written ``%25`` and ``%3A``, so that
+no name can spell a key of another namespace), with a TTL of ``retention`` seconds
+from the last write (EXPIRE, not EXPIREAT: an injected clock never makes an
+expired key). Buckets are aligned to the epoch (``"day"`` = UTC days); use one
+bucket width per namespace (widths share keys).
 
 Names are validated, not hashed (readable keys): 1-200 printable characters, no
 whitespace. Unique members are hashed (16-byte BLAKE2b): user input never reaches
@@ -17,7 +19,6 @@ import atexit
 import functools
 import hashlib
 import logging
-import math
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ import redis
 from redis.exceptions import RedisError
 
 from .._poolparts import _number
-from .base import CircuitBreaker, HelperBase, HelperUnavailable
+from .base import CircuitBreaker, HelperBase, HelperUnavailable, check_seconds
 
 if TYPE_CHECKING:
     from ..redis_pool import RedisPool
@@ -46,6 +47,7 @@ MAX_NAME = 200
 MAX_BUCKETS = 10_000  # buckets one series() / count_unique() may read
 FLUSH_CHUNK = 10_000  # buffered entries per pipeline (a normal flush is one pipeline)
 _INT64 = 2**63
+MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z, the last second datetime can show
 
 
 def _check_name(name: Any) -> str:
@@ -63,8 +65,8 @@ def _timestamp(value: Any, field: str) -> float:
         return value.timestamp()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{field} must be a Unix time or a datetime, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{field} must be a finite Unix time >= 0, got {value!r}")
+    if not 0 <= value <= MAX_TIME:  # also rejects NaN and inf
+        raise ValueError(f"{field} must be a Unix time between 0 and {MAX_TIME}, got {value!r}")
     return float(value)
 
 
@@ -120,7 +122,9 @@ class Analytics(HelperBase):
             bucket = BUCKETS[bucket]
         self.bucket: int = _number("bucket", bucket, minimum=1, integer=True)
         self.retention: int = _number("retention", retention, minimum=1, integer=True)
-        self.flush_interval = _number("flush_interval", flush_interval, minimum=0.001)
+        for label, value in (("bucket", self.bucket), ("retention", self.retention)):
+            check_seconds(label, value, minimum=1)  # EXPIRE refuses more than 2**63 ms
+        self.flush_interval = check_seconds("flush_interval", flush_interval, minimum=0.001)
         self.flush_items: int = _number("flush_items", flush_items, minimum=1, integer=True)
         self.max_buffer: int = _number("max_buffer", max_buffer, minimum=1, integer=True)
         if on_error not in ("ignore", "raise"):
@@ -131,7 +135,11 @@ class Analytics(HelperBase):
             raise TypeError(f"secret must be bytes or str, got {type(secret).__name__}")
         raw = secret.encode() if isinstance(secret, str) else secret
         self._secret = hashlib.blake2b(raw).digest() if raw else b""
-        self.buffered = bool(buffered)
+        if not isinstance(buffered, bool):
+            raise TypeError(f"buffered must be a bool, got {buffered!r}")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        self.buffered = buffered
         self.on_error = on_error
         self._clock = clock
         # calls accepted; pipelines and keys flushed; buffered entries dropped (buffer full)
@@ -160,6 +168,8 @@ class Analytics(HelperBase):
         return int(t // self.bucket) * self.bucket
 
     def _key(self, kind: str, name: str, start: int) -> str:
+        if "%" in name or ":" in name:  # ns "a" + name "b:c:x" must not be ns "a:c:b" + "x"
+            name = name.replace("%", "%25").replace(":", "%3A")
         return f"{self.namespace}:{kind}:{name}:{start}"
 
     def _range(self, start: When, end: When) -> list[int]:

@@ -38,7 +38,7 @@ class HelperUnavailable(RedisError):
 
 
 def check_namespace(namespace: Any) -> str:
-    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):  # "ns\n" too
         raise ValueError(
             "namespace must be 1-64 characters of letters, digits, '_', '.', ':' or '-', "
             f"got {namespace!r}"
@@ -67,7 +67,7 @@ def check_secret(secret: Any) -> bytes | None:
     return secret
 
 
-def _identity_bytes(identity: Any, field: str) -> bytes:
+def _identity_bytes(identity: Any, field: str, limit: int = MAX_IDENTITY) -> bytes:
     """Untrusted input (str, bytes, or a tuple of them) as unambiguous bytes."""
     parts = identity if isinstance(identity, tuple) else (identity,)
     if not parts:
@@ -84,16 +84,24 @@ def _identity_bytes(identity: Any, field: str) -> bytes:
         if not raw:
             raise ValueError(f"{field} must not be empty")
         size += len(raw)
-        if size > MAX_IDENTITY:
-            raise ValueError(f"{field} is too long (over {MAX_IDENTITY} bytes)")
+        if size > limit:
+            raise ValueError(f"{field} is too long (over {limit} bytes)")
         out += len(raw).to_bytes(4, "big") + raw  # length-prefixed: ("a:b",) != ("a", "b")
     return bytes(out)
 
 
-def hashed_key(namespace: str, kind: str, identity: Any, secret: bytes, field: str = "key") -> str:
+def hashed_key(
+    namespace: str,
+    kind: str,
+    identity: Any,
+    secret: bytes,
+    field: str = "key",
+    *,
+    limit: int = MAX_IDENTITY,
+) -> str:
     """``namespace:kind:<hmac>``: bounded in size, never the plaintext input, and
     keyed so that nobody can compute (or collide with) another user's key."""
-    digest = hmac.new(secret, _identity_bytes(identity, field), hashlib.blake2b).hexdigest()
+    digest = hmac.new(secret, _identity_bytes(identity, field, limit), hashlib.blake2b).hexdigest()
     return f"{namespace}:{kind}:{digest[:32]}"
 
 

@@ -36,7 +36,14 @@ from .._poolparts import _number
 from . import _cache_format as fmt
 from ._singleflight import SingleFlight
 from ._writer import BackgroundWriter
-from .base import CircuitBreaker, HelperBase, default_secret, hashed_key
+from .base import (
+    MAX_IDENTITY,
+    CircuitBreaker,
+    HelperBase,
+    _identity_bytes,
+    default_secret,
+    hashed_key,
+)
 
 if TYPE_CHECKING:
     from ..redis_pool import RedisPool
@@ -152,21 +159,31 @@ class Cache(HelperBase):
         seconds = (self.negative_ttl if ttl is None else ttl) if value is None else ttl
         return round((self.default_ttl if seconds is None else seconds) * 1000)
 
-    def _locate(self, key: Any, tags: Iterable[str]) -> _Loc:
+    @staticmethod
+    def _check_tags(tags: Any) -> tuple[str, ...]:
         if isinstance(tags, (str, bytes)) or not isinstance(tags, Iterable):
             raise TypeError(f"tags must be a sequence of str, got {tags!r}")
-        tag_list = sorted(set(tags))
+        tag_tuple = tuple(tags)
+        for tag in tag_tuple:
+            if not isinstance(tag, str):
+                raise TypeError(f"tags must be a sequence of str, got an item {tag!r}")
+        return tag_tuple
+
+    def _locate(self, key: Any, tags: Iterable[str]) -> _Loc:
+        tag_list = sorted(set(self._check_tags(tags)))
         if len(tag_list) > MAX_TAGS:
             raise ValueError(f"tags: at most {MAX_TAGS}, got {len(tag_list)}")
         keys = [self._version_key]
         identity = key
+        limit = MAX_IDENTITY
         if tag_list:
             keys += [hashed_key(self.namespace, "tag", t, self._secret, "tags") for t in tag_list]
             parts = key if isinstance(key, tuple) else (key,)
-            if not parts:
-                raise ValueError("key must not be empty")
+            _identity_bytes(parts, "key")  # the key itself: at most MAX_IDENTITY bytes
             identity = (*parts, *tag_list, f"#{len(parts)}")  # tags are part of the identity
-        digest = hashed_key(self.namespace, "v", identity, self._secret).rsplit(":", 1)[1]
+            limit += MAX_TAGS * MAX_IDENTITY + 16  # each tag was checked on its own above
+        digest = hashed_key(self.namespace, "v", identity, self._secret, limit=limit)
+        digest = digest.rsplit(":", 1)[1]
         return _Loc(keys, f"{self.namespace}:v", digest)
 
     # -- Redis calls (one round trip each) -----------------------------------
@@ -389,7 +406,7 @@ class Cache(HelperBase):
             self._check_ttl("ttl", ttl)
         if key is not None and not callable(key):
             raise TypeError(f"key must be callable, got {key!r}")
-        tag_list = tuple(tags)
+        tag_list = self._check_tags(tags)
         self._locate("x", tag_list)  # validate now
 
         def decorate(fn: Callable[P, T]) -> Callable[P, T]:

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._poolparts import _number
-from .base import CircuitBreaker, HelperBase, HelperUnavailable, RedisScript, default_secret
+from .base import (
+    CircuitBreaker,
+    HelperBase,
+    HelperUnavailable,
+    RedisScript,
+    check_seconds,
+    check_secret,
+    default_secret,
+)
 from .base import hashed_key as _hashed_key
 
 if TYPE_CHECKING:
@@ -112,16 +120,14 @@ class Lockout(HelperBase):
     ) -> None:
         super().__init__(pool, namespace=namespace, timeout=timeout, breaker=breaker)
         self.max_attempts = _number("max_attempts", max_attempts, minimum=1, integer=True)
-        self.window = _number("window", window, minimum=0.001)
-        self.lockout = _number("lockout", lockout, minimum=0.001)
+        self.window = check_seconds("window", window, minimum=0.001)
+        self.lockout = check_seconds("lockout", lockout, minimum=0.001)
         self.progressive = _number("progressive", progressive, minimum=1)
-        self.max_lockout = _number("max_lockout", max_lockout, minimum=self.lockout)
+        self.max_lockout = check_seconds("max_lockout", max_lockout, minimum=self.lockout)
         if on_error not in ("closed", "open", "raise"):
             raise ValueError(f"on_error must be 'closed', 'open' or 'raise', got {on_error!r}")
-        if secret is not None and not isinstance(secret, bytes):
-            raise TypeError(f"secret must be bytes, got {type(secret).__name__}")
         self.on_error = on_error
-        self._secret = secret or default_secret()
+        self._secret = check_secret(secret) or default_secret()
         self._args = (
             self.max_attempts,
             int(self.window * 1000),

@@ -44,9 +44,7 @@ _UNITS = {
     "d": 86400,
     "day": 86400,
 }
-_LIMIT = re.compile(
-    r"^\s*(\d{1,18})\s*(?:/|per)\s*(\d{1,18})?\s*([a-z]+?)s?\s*$", re.IGNORECASE
-)
+_LIMIT = re.compile(r"^\s*(\d{1,18})\s*(?:/|per)\s*(\d{1,18})?\s*([a-z]+?)s?\s*$", re.IGNORECASE)
 MAX_LIMIT = 10**15  # the scripts' numbers are doubles: exact up to 2**53
 
 

@@ -13,26 +13,74 @@ caller), ``REDISPOOL_METRICS_URL`` (default ``/metrics``, None to disable).
 from __future__ import annotations
 
 import atexit
+import math
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.local import LocalProxy
 
+from ..config import parse_redis_url
 from ..redis_pool import RedisPool
-from .health import pool_health
+from .health import DETAIL_LEVELS, pool_health
 from .metrics import CONTENT_TYPE, PoolMetrics, render_metrics
 
 __all__ = ["RedisPoolExtension", "current_pool"]
 
-_CONFIG = {
-    "REDIS_POOL_MIN_SIZE": ("min_size", int),
-    "REDIS_POOL_MAX_SIZE": ("max_size", int),
-    "REDIS_POOL_TIMEOUT": ("timeout", float),
-    "REDIS_SOCKET_TIMEOUT": ("socket_timeout", float),
-    "REDIS_CONNECT_TIMEOUT": ("connect_timeout", float),
-    "REDIS_HEALTH_CHECK_INTERVAL": ("health_check_interval", float),
+# app.config key -> (RedisPool option, type, minimum)
+_CONFIG: dict[str, tuple[str, type, float]] = {
+    "REDIS_POOL_MIN_SIZE": ("min_size", int, 0),
+    "REDIS_POOL_MAX_SIZE": ("max_size", int, 1),
+    "REDIS_POOL_TIMEOUT": ("timeout", float, 0),
+    "REDIS_SOCKET_TIMEOUT": ("socket_timeout", float, 0.001),
+    "REDIS_CONNECT_TIMEOUT": ("connect_timeout", float, 0.001),
+    "REDIS_HEALTH_CHECK_INTERVAL": ("health_check_interval", float, 0),
 }
+
+
+def _config_number(key: str, value: Any, kind: type, minimum: float) -> Any:
+    """A number from ``app.config`` (a str, as from the environment, is fine)."""
+    what = "an integer" if kind is int else "a number"
+    try:
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+            raise ValueError(value)  # no silent True -> 1 or 2.7 -> 2
+        number = kind(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ValueError(f"app.config[{key!r}] must be {what}, got {value!r}") from None
+    if not (math.isfinite(number) and number >= minimum):
+        raise ValueError(f"app.config[{key!r}] must be {what} >= {minimum:g}, got {value!r}")
+    return number
+
+
+def _check_config(cfg: Mapping[str, Any]) -> None:
+    """Settings that RedisPool does not see (or would name by its own option)."""
+    for key in ("REDIS_URL", "READ_REDIS_URL"):
+        if cfg.get(key):
+            try:
+                parse_redis_url(cfg[key])
+            except (TypeError, ValueError) as exc:  # its messages are redacted
+                raise type(exc)(f"app.config[{key!r}]: {exc}") from None
+    extra = cfg.get("REDIS_POOL_OPTIONS")
+    if extra is not None and (
+        not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra)
+    ):
+        raise TypeError(
+            f"app.config['REDIS_POOL_OPTIONS'] must be a dict of RedisPool options, "
+            f"got {type(extra).__name__}"
+        )
+    detail = cfg.get("REDISPOOL_HEALTH_DETAIL", "full")
+    if not callable(detail) and detail not in DETAIL_LEVELS:
+        raise ValueError(
+            f"app.config['REDISPOOL_HEALTH_DETAIL'] must be one of {DETAIL_LEVELS} "
+            f"or a callable, got {detail!r}"
+        )
+    for key in ("REDISPOOL_HEALTH_URL", "REDISPOOL_METRICS_URL"):
+        url = cfg.get(key)
+        if url and (not isinstance(url, str) or not url.startswith("/")):
+            raise ValueError(
+                f"app.config[{key!r}] must be a path starting with '/' (None: off), got {url!r}"
+            )
 
 
 def _close_at_exit(ref: weakref.ref[RedisPool]) -> None:
@@ -56,14 +104,10 @@ class RedisPoolExtension:
     def init_app(self, app: Flask) -> None:
         cfg = app.config
         options: dict[str, Any] = dict(self.pool_options)
-        for key, (option, kind) in _CONFIG.items():
+        for key, (option, kind, minimum) in _CONFIG.items():
             if cfg.get(key) is not None:
-                try:
-                    options[option] = kind(cfg[key])
-                except (TypeError, ValueError):
-                    raise ValueError(
-                        f"app.config[{key!r}] must be a number, got {cfg[key]!r}"
-                    ) from None
+                options[option] = _config_number(key, cfg[key], kind, minimum)
+        _check_config(cfg)
         options.update(cfg.get("REDIS_POOL_OPTIONS") or {})
         if cfg.get("READ_REDIS_URL"):
             options.setdefault("read_url", cfg["READ_REDIS_URL"])

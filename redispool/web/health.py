@@ -56,8 +56,13 @@ def pool_health(
     callers wait, time out or connections fail to open) or ``down`` (no PING:
     503). ``detail``: ``status`` (only that), ``basic`` (+ pool occupancy) or
     ``full``. Connection URLs in it carry no password."""
+    from ..redis_pool import RedisPool, _socket_timeout
+
+    if not isinstance(pool, RedisPool):
+        raise TypeError(f"pool must be a redispool.RedisPool, got {type(pool).__name__}")
     if detail not in DETAIL_LEVELS:
         raise ValueError(f"detail must be one of {DETAIL_LEVELS}, got {detail!r}")
+    _socket_timeout("ping_timeout", ping_timeout, none_ok=False)
     rtt, error = _ping(pool, ping_timeout)
     stats = pool.stats()
     if rtt is None:

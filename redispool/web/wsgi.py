@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -46,10 +47,36 @@ class Rule:
     key: KeyFunc | None = None
     name: str | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str):
+            raise TypeError(f"path must be a regex str, got {self.path!r}")
+        try:
+            re.compile(self.path)
+        except re.error as exc:
+            raise ValueError(f"path must be a valid regex, got {self.path!r}: {exc}") from None
+        if not isinstance(self.limiter, RateLimiter):
+            raise TypeError(f"limiter must be a RateLimiter, got {self.limiter!r}")
+        if isinstance(self.methods, str) or not all(isinstance(m, str) for m in self.methods):
+            raise TypeError(
+                f"methods must be a sequence of str such as ('POST',), got {self.methods!r}"
+            )
+        if self.key is not None and not callable(self.key):
+            raise TypeError(f"key must be callable or None, got {self.key!r}")
+        if self.name is not None and not isinstance(self.name, str):
+            raise TypeError(f"name must be a str or None, got {self.name!r}")
+
     def matches(self, method: str, path: str) -> bool:
         if self.methods and method not in self.methods:
             return False
         return re.match(self.path, path) is not None
+
+
+def _bounded(who: str) -> str:
+    """A client-supplied key (an API key header can be kilobytes) made short enough
+    for the limiter, which refuses over 4 KB: a digest keeps it distinct."""
+    if isinstance(who, str) and len(who) > 256:
+        return "sha256:" + hashlib.sha256(who.encode("utf-8", "surrogatepass")).hexdigest()
+    return who
 
 
 class RateLimitMiddleware:
@@ -71,10 +98,18 @@ class RateLimitMiddleware:
         key: KeyFunc = client_ip,
         legacy_headers: bool = True,
     ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI callable, got {app!r}")
+        if isinstance(rules, (str, bytes)) or not isinstance(rules, Iterable):
+            raise TypeError(f"rules must be a sequence of Rule objects, got {rules!r}")
+        rules = list(rules)
         for rule in rules:
             if not isinstance(rule, Rule):
                 raise TypeError(f"rules must be Rule objects, got {rule!r}")
-            re.compile(rule.path)
+        if default is not None and not isinstance(default, RateLimiter):
+            raise TypeError(f"default must be a RateLimiter or None, got {default!r}")
+        if not callable(key):
+            raise TypeError(f"key must be callable, got {key!r}")
         self.app = app
         self.rules = list(rules)
         self.default = default
@@ -88,9 +123,9 @@ class RateLimitMiddleware:
         for i, rule in enumerate(self.rules):
             if rule.matches(method, path):
                 who = (rule.key(environ) if rule.key else None) or self.key(environ) or "-"
-                return rule.limiter.hit((rule.name or f"rule{i}:{rule.path}", who))
+                return rule.limiter.hit((rule.name or f"rule{i}:{rule.path}", _bounded(who)))
         if self.default is not None:
-            return self.default.hit(("default", self.key(environ) or "-"))
+            return self.default.hit(("default", _bounded(self.key(environ) or "-")))
         return None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
