@@ -260,11 +260,7 @@ class ObjectPool(Generic[T]):
                 self._size += 1
                 self._creating += 1
                 entry = None
-            elif (
-                self._fail_streak >= self._fail_fast_after > 0
-                and self._size < self._max_size
-                and not self._idle
-            ):
+            elif self._size < self._max_size and self._failing_fast():
                 self._timeouts += 1
                 raise self._timeout_exc(start, fail_fast=True)
             else:
@@ -414,18 +410,25 @@ class ObjectPool(Generic[T]):
             self._fail_streak, self._backoff_base, self._backoff_cap
         )
         self._wake_upkeep()
-        if self._fail_streak >= self._fail_fast_after > 0:
-            # Nobody will get a new object soon: fail the queue at once rather
-            # than let every caller sit out its whole timeout.
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                self._timeouts += 1
-                err = self._timeout_exc(time.monotonic(), fail_fast=True)
-                err.__cause__ = exc
-                waiter.result = err
-                waiter.lock.release()
+        if self._failing_fast():
+            self._fail_waiters()
             return True
         return False
+
+    def _failing_fast(self) -> bool:
+        """Creates keep failing and nothing borrowed can come back (lock held):
+        waiting would only sit out the timeout."""
+        return (
+            self._fail_streak >= self._fail_fast_after > 0 and not self._in_use and not self._idle
+        )
+
+    def _fail_waiters(self) -> None:
+        """Fail the whole queue at once with the last create error (lock held)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            self._timeouts += 1
+            waiter.result = self._timeout_exc(time.monotonic(), fail_fast=True)
+            waiter.lock.release()
 
     def _log_create_failure(self, exc: BaseException, streak: int) -> None:
         log.warning(
@@ -608,6 +611,8 @@ class ObjectPool(Generic[T]):
             waiter.lock.release()
         if self._size < self._min_size or (waiters and self._fail_streak):
             self._wake_upkeep()
+        if waiters and self._failing_fast():  # the last borrowed one just went
+            self._fail_waiters()
 
     def _is_harmless(self, exc: BaseException, keep_on: KeepOn) -> bool:
         rule = keep_on if keep_on is not None else self._keep_on
@@ -731,6 +736,7 @@ class ObjectPool(Generic[T]):
         with self._lock:
             self._epoch += 1
             self._drain_epoch = self._epoch
+            self._next_retry = 0.0  # e.g. new credentials: probe again at once
             victims = list(self._idle)
             self._idle.clear()
             self._closing += len(victims)

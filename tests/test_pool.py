@@ -594,3 +594,40 @@ def test_shrink_then_grow_keeps_objects_that_fit() -> None:
     for r in held:
         pool.release(r)
     assert not any(r.destroyed for r in held) and pool.stats().idle == 2
+
+
+def test_no_fail_fast_while_a_borrowed_object_can_come_back() -> None:
+    factory = Factory()
+    pool = make_pool(factory, max_size=3, timeout=5, fail_fast_after=1, backoff_base=100)
+    held = pool.borrow()
+    factory.fail_always = True
+    with pytest.raises(PoolTimeout):
+        pool.borrow(timeout=0.05)  # its own create fails, then it waits: nothing returns
+    assert pool.stats().consecutive_create_errors == 1
+    got: list[Resource] = []
+    t = threading.Thread(target=lambda: got.append(pool.borrow()))
+    t.start()
+    wait_for(lambda: pool.stats().waiting == 1)  # waits for `held`, does not fail fast
+    pool.release(held)
+    t.join()
+    assert got == [held]
+    pool.release(held, discard=True)  # the last one gone: now waiting is pointless
+    t0 = time.monotonic()
+    with pytest.raises(PoolTimeout, match="failing fast"):
+        pool.borrow()
+    assert time.monotonic() - t0 < 1
+
+
+def test_drain_probes_again_at_once() -> None:
+    clock = FakeClock()
+    factory = Factory()
+    factory.fail_always = True
+    pool = make_pool(factory, min_size=1, clock=clock, backoff_base=100, backoff_cap=100)
+    pool.run_upkeep()
+    pool._next_retry = clock.now + 50  # the next probe is far away...
+    pool.run_upkeep()
+    assert factory.calls == 1
+    factory.fail_always = False  # e.g. the password was fixed
+    pool.drain()
+    pool.run_upkeep()
+    assert pool.stats().consecutive_create_errors == 0 and pool.stats().idle == 1
