@@ -103,3 +103,36 @@ def test_checkout_redis_py(benchmark: Any, redis_url: str, kind: str) -> None:
     benchmark.group = "checkout"
     benchmark(run)
     cp.disconnect()
+
+
+def test_overhead_client_block_without_commands(benchmark: Any, pool: RedisPool) -> None:
+    """What ``with pool.client() as r`` adds to a command: borrow with the
+    liveness check, clone the template client, release with the dirty check."""
+    client = pool.client
+
+    def run() -> None:
+        with client():
+            pass
+
+    benchmark.group = "overhead per block"
+    benchmark(run)
+
+
+def test_overhead_connection_block_without_commands(benchmark: Any, pool: RedisPool) -> None:
+    connection = pool.connection
+
+    def run() -> None:
+        with connection():
+            pass
+
+    benchmark.group = "overhead per block"
+    benchmark(run)
+
+
+def test_overhead_command_tracking(benchmark: Any, pool: RedisPool) -> None:
+    """The dirty-tracking cost per command: send+read on a pooled connection
+    minus the same on a plain redis-py connection is this, no network."""
+    with pool.connection() as conn:
+        cmd = ("GET", "k")
+        benchmark.group = "overhead per block"
+        benchmark(conn._rp_note, cmd)

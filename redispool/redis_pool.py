@@ -230,6 +230,7 @@ class RedisPool:
             name=self.name,
             **pool_opts,
         )
+        self._borrow, self._release = self._pool.borrow, self._pool.release  # hot path
         self._adapter = ConnectionPoolAdapter(self)
         self._redis: redis.Redis | None = None
         self._proto: dict[str, Any] | None = None
@@ -303,7 +304,7 @@ class RedisPool:
         """Borrow a connection that passed the zero-round-trip liveness test."""
         pool = self._pool
         if wait is None:
-            conn: Any = pool.borrow()
+            conn: Any = self._borrow()
         else:
             local = self._local
             local.deadline = time.monotonic() + wait
@@ -322,7 +323,7 @@ class RedisPool:
     def _put(self, conn: Any) -> None:
         """Return a connection; anything short of clean is discarded."""
         if not conn._rp_state and not conn._rp_pending and conn._sock is not None:
-            self._pool.release(conn)
+            self._release(conn)
             return
         if conn._rp_state & TIMEOUT_SET:
             conn._rp_state &= ~TIMEOUT_SET
