@@ -29,3 +29,12 @@ preload_app = True
 timeout = 30  # a worker whose main loop is silent this long is killed and replaced
 graceful_timeout = 20  # on SIGTERM: to finish in-flight requests (< your stop/kill delay)
 keepalive = 5  # seconds an idle client keep-alive connection is kept open
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """With ``PROMETHEUS_MULTIPROC_DIR`` set (/metrics summed over workers): forget
+    a dead worker's live gauges (connection counts), keep its counters."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -28,3 +28,12 @@ timeout = 30  # a worker busy (or stuck) this long on one request is killed and 
 graceful_timeout = 20  # on SIGTERM: to finish in-flight requests (< your stop/kill delay)
 max_requests = 0  # > 0 recycles workers; a recycled worker's pool closes at exit, the new one
 max_requests_jitter = 0  # starts empty (set both, e.g. 10000 and 1000, to bound slow leaks)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """With ``PROMETHEUS_MULTIPROC_DIR`` set (/metrics summed over workers): forget
+    a dead worker's live gauges (connection counts), keep its counters."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
