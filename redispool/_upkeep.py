@@ -79,6 +79,7 @@ def refill_one(pool: ObjectPool[Any]) -> bool:
         pool._size += 1
         pool._creating += 1
     t0 = time.monotonic()
+    epoch = pool._epoch  # before connecting: a drain() meanwhile retires it
     try:
         obj = pool._factory()
     except Exception as exc:
@@ -93,9 +94,10 @@ def refill_one(pool: ObjectPool[Any]) -> bool:
         with pool._lock:
             pool._size -= 1
             pool._creating -= 1
+            pool._capacity_freed()
         raise
     now = pool._clock()
-    entry = _Entry(obj, now, pool._expiry(now), pool._epoch)
+    entry = _Entry(obj, now, pool._expiry(now), epoch)
     entry.uses = 0
     with pool._lock:
         pool._creating -= 1
@@ -179,6 +181,14 @@ def _upkeep_loop(ref: weakref.ref[ObjectPool[Any]], wake: threading.Event, gen: 
         except Exception:
             log.exception("pool %r: upkeep failed", pool.name)
             delay = 1.0
+        except BaseException:
+            # The thread is going away (interpreter exit, gevent kill): let the
+            # next borrow start a new one.
+            with pool._lock:
+                if pool._upkeep is threading.current_thread():
+                    pool._upkeep_claimed = False
+                    pool._upkeep = None
+            raise
         del pool
         wake.wait(min(delay, 60.0))
         wake.clear()

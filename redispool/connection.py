@@ -28,6 +28,7 @@ __all__ = [
     "PooledUnixConnection",
     "is_alive",
     "pooled_class",
+    "set_io_timeout",
 ]
 
 # Session state bits (``_rp_state``): anything set means "not clean".
@@ -145,7 +146,7 @@ class _PooledMixin:
         self._rp_state &= TIMEOUT_SET
         sock = self._sock
         if sock is not None and self._rp_state & TIMEOUT_SET:
-            sock.settimeout(self._rp_timeout)  # a lease's per-operation timeout
+            set_io_timeout(self, self._rp_timeout)  # a lease's per-operation timeout
         if sock is not None and hasattr(select, "poll"):
             poller = select.poll()
             poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
@@ -247,6 +248,21 @@ def pooled_class(cls: type) -> type:
             Connection: PooledConnection,
         }[base]
     return type(f"Pooled{cls.__name__}", (_PooledMixin, cls), {})
+
+
+def set_io_timeout(conn: Any, timeout: float | None) -> None:
+    """The timeout of every read and write on ``conn``: on the socket, and where
+    redis-py's parser keeps the value it restores after its own short reads
+    (``can_read``, PING checks, pub/sub ``get_message``)."""
+    sock = conn._sock
+    if sock is not None:
+        sock.settimeout(timeout)
+    parser = getattr(conn, "_parser", None)
+    buffer = getattr(parser, "_buffer", None)
+    if buffer is not None and hasattr(buffer, "socket_timeout"):
+        buffer.socket_timeout = timeout
+    if parser is not None and hasattr(parser, "_socket_timeout"):
+        parser._socket_timeout = timeout
 
 
 def is_alive(conn: Any) -> bool:

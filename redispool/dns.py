@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable
 
@@ -47,7 +46,6 @@ class DNSCache:
         self.stale_ttl = stale_ttl
         self._resolver = resolver or system_resolver
         self._clock = clock
-        self._lock = threading.Lock()
         self._entries: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self.lookups = 0
 
@@ -60,8 +58,8 @@ class DNSCache:
             pass
         key = (host, port)
         now = self._clock()
-        with self._lock:
-            cached = self._entries.get(key)
+        cached = self._entries.get(key)  # dict get/set are atomic: no lock to
+        # inherit held across a fork
         if cached is not None and self.ttl and now - cached[0] < self.ttl:
             return cached[1]
         try:
@@ -74,6 +72,5 @@ class DNSCache:
                 log.warning("DNS lookup of %r failed (%s); using the last answer", host, exc)
                 return cached[1]
             raise
-        with self._lock:
-            self._entries[key] = (now, addresses)
+        self._entries[key] = (now, addresses)
         return addresses

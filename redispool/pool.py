@@ -233,18 +233,25 @@ class ObjectPool(Generic[T]):
         start = time.monotonic()
         deadline = _INF if timeout is None else start + timeout
         while True:
-            entry, fresh = self._obtain(start, deadline)
+            entry, how = self._obtain(start, deadline)
             if entry is None:
                 continue
-            if not fresh:
-                if self._vet(entry, self._clock()):
-                    return entry
-            else:
+            if how == "fresh":
                 if self._leak_timeout:
                     entry.stack = traceback.format_stack()[:-3]
                 return entry
+            # A waiter whose handed-over object fails its check keeps its place:
+            # it turns the slot into a new object instead of queueing again.
+            if self._vet(entry, self._clock(), keep_slot=how == "handed"):
+                return entry
+            if how == "handed":
+                created = self._create_reserved(start, deadline)
+                if created is not None:
+                    if self._leak_timeout:
+                        created.stack = traceback.format_stack()[:-3]
+                    return created
 
-    def _obtain(self, start: float, deadline: float) -> tuple[_Entry | None, bool]:
+    def _obtain(self, start: float, deadline: float) -> tuple[_Entry | None, str]:
         """One attempt: an idle object, a new one, or a place in the queue."""
         waiter = None
         start_upkeep = False
@@ -281,13 +288,13 @@ class ObjectPool(Generic[T]):
             self._start_upkeep()
         if waiter is None:
             if entry is not None:
-                return entry, False
-            return self._create_reserved(start, deadline), True
+                return entry, "idle"
+            return self._create_reserved(start, deadline), "fresh"
         result = self._wait(waiter, start, deadline)
         if result is _SLOT:
-            return self._create_reserved(start, deadline), True
+            return self._create_reserved(start, deadline), "fresh"
         assert isinstance(result, _Entry)
-        return result, False
+        return result, "handed"
 
     def _take_idle(self) -> _Entry:
         entry = self._idle.pop()
@@ -305,6 +312,7 @@ class ObjectPool(Generic[T]):
 
     def _wait(self, waiter: _Waiter, start: float, deadline: float) -> object:
         """Block until handed an object or a slot; the lock is not held."""
+        timed_out: PoolTimeout | None = None
         try:
             if deadline == _INF:
                 waiter.lock.acquire()
@@ -312,13 +320,22 @@ class ObjectPool(Generic[T]):
                 # A huge finite timeout is "forever" (acquire() overflows past TIMEOUT_MAX).
                 left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
                 waiter.lock.acquire(True, left)
+            with self._lock:
+                result = waiter.result
+                if result is None:  # timed out and nothing was handed over
+                    self._waiters.remove(waiter)
+                    self._timeouts += 1
+                    timed_out = self._timeout_exc(start)
+                elif not isinstance(result, BaseException):
+                    self._note_wait(start)
         except BaseException:
-            # Interrupted (gevent.Timeout, Ctrl-C): leave the queue, or give back
-            # whatever was handed over meanwhile, then let it propagate.
+            # Interrupted (gevent.Timeout, Ctrl-C) while waiting or just after a
+            # hand-off: leave the queue, or give back whatever was handed over,
+            # then let it propagate. Nothing handed to us may be lost.
             pending = _acquire_anyway(self._lock)
             try:
                 result = waiter.result
-                if result is None:
+                if result is None and waiter in self._waiters:
                     self._waiters.remove(waiter)
             finally:
                 self._lock.release()
@@ -326,14 +343,8 @@ class ObjectPool(Generic[T]):
             if pending is not None:
                 raise pending from None
             raise
-        with self._lock:
-            result = waiter.result
-            if result is None:  # timed out and nothing was handed over
-                self._waiters.remove(waiter)
-                self._timeouts += 1
-                raise self._timeout_exc(start)
-            if not isinstance(result, BaseException):
-                self._note_wait(start)
+        if timed_out is not None:
+            raise timed_out
         if isinstance(result, BaseException):
             raise result
         return result
@@ -354,6 +365,7 @@ class ObjectPool(Generic[T]):
         Returns None when the create failed but the caller may keep waiting.
         """
         t0 = time.monotonic()
+        epoch = self._epoch  # before connecting: a drain() meanwhile retires it
         try:
             obj = self._factory()
         except Exception as exc:
@@ -377,7 +389,7 @@ class ObjectPool(Generic[T]):
                 self._capacity_freed()
             raise
         now = self._clock()
-        entry = _Entry(obj, now, self._expiry(now), self._epoch)
+        entry = _Entry(obj, now, self._expiry(now), epoch)
         with self._lock:
             self._creating -= 1
             self._created += 1
@@ -452,10 +464,11 @@ class ObjectPool(Generic[T]):
         err.__cause__ = self._last_error
         return err
 
-    def _vet(self, entry: _Entry, now: float) -> bool:
-        """Slow part of a borrow: lifetime, check, leak tracking. False: discarded."""
+    def _vet(self, entry: _Entry, now: float, keep_slot: bool = False) -> bool:
+        """Slow part of a borrow: lifetime, check, leak tracking. False: discarded
+        (with ``keep_slot``, its slot stays reserved for the caller to create in)."""
         if now >= entry.expires_at:
-            self._discard(entry, "lifetime")
+            self._discard(entry, "lifetime", keep_slot)
             return False
         if self._check is not None and now - entry.last_used >= self._check_interval:
             try:
@@ -467,7 +480,7 @@ class ObjectPool(Generic[T]):
                 self._discard(entry, "check")
                 raise
             if not ok:
-                self._discard(entry, "check")
+                self._discard(entry, "check", keep_slot)
                 return False
         if self._leak_timeout:
             entry.stack = traceback.format_stack()[:-3]
@@ -483,18 +496,20 @@ class ObjectPool(Generic[T]):
             raise TypeError(f"reason must be a str, got {reason!r}")
         if self._gen != _fork_gen:
             self._after_fork()
+        pending: BaseException | None = None
         if self._reset is not None and not discard:
             try:
                 self._reset(obj)
             except Exception as exc:
                 log.debug("pool %r: reset failed, discarding: %r", self.name, exc)
                 discard = True
+            except BaseException as exc:  # finish the release, re-raise below
+                discard, pending = True, exc
         lock = self._lock
-        pending = None
         try:
             lock.acquire()
         except BaseException as exc:  # finish the release first, re-raise below
-            pending = _acquire_anyway(lock) or exc
+            pending = _acquire_anyway(lock) or pending or exc
         why = None
         try:
             entry = self._in_use.pop(id(obj), None)
@@ -548,7 +563,7 @@ class ObjectPool(Generic[T]):
             return "lifetime"
         if self._closed:
             return "closed"
-        if self._size > self._max_size:
+        if self._size - self._closing > self._max_size:
             return "resize"
         if entry.epoch < self._drain_epoch:
             return "drain"
@@ -563,16 +578,17 @@ class ObjectPool(Generic[T]):
             "or it belongs to another pool)"
         )
 
-    def _discard(self, entry: _Entry, reason: str) -> None:
+    def _discard(self, entry: _Entry, reason: str, keep_slot: bool = False) -> None:
         """Destroy an object that failed its borrow-time vetting."""
         with self._lock:
             self._in_use.pop(id(entry.obj), None)
             self._borrows -= 1  # that borrow did not happen after all
             self._closing += 1
-        self._destroy_entries([entry], reason)
+        self._destroy_entries([entry], reason, keep_slot)
 
-    def _destroy_entries(self, entries: list[_Entry], reason: str) -> None:
-        """Destroy entries already counted in ``closing``, then free their slots.
+    def _destroy_entries(self, entries: list[_Entry], reason: str, keep_slot: bool = False) -> None:
+        """Destroy entries already counted in ``closing``, then free their slots
+        (``keep_slot``: turn the one slot into a reserved create for the caller).
 
         The slot is freed only after ``destroy`` returns, so the resource (a
         server connection) is gone before a replacement can be made.
@@ -590,9 +606,12 @@ class ObjectPool(Generic[T]):
         try:
             n = len(entries)
             self._closing -= n
-            self._size -= n
             self._destroyed[reason] = self._destroyed.get(reason, 0) + n
-            self._capacity_freed()
+            if keep_slot and n == 1 and not self._closed:
+                self._creating += 1
+            else:
+                self._size -= n
+                self._capacity_freed()
         finally:
             self._lock.release()
         if pending is not None:
@@ -721,7 +740,7 @@ class ObjectPool(Generic[T]):
                 self._epoch += 1
             self._min_size, self._max_size = new_min, new_max
             victims: list[_Entry] = []
-            while self._idle and self._size - len(victims) > new_max:
+            while self._idle and self._size - self._closing - len(victims) > new_max:
                 victims.append(self._idle.popleft())
             self._closing += len(victims)
             self._capacity_freed()

@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.client import Pipeline
+from redis.client import Pipeline, PubSub
 from redis.connection import Connection
 
 from .errors import PoolError
@@ -194,6 +194,16 @@ class PinnedRedis(redis.Redis):
             self.response_callbacks,
             transaction,
             shard_hint,
+        )
+
+    def pubsub(self, **kwargs: Any) -> PubSub:
+        """A ``PubSub`` on a connection of its own, borrowed from the pool (as
+        ``pool.redis.pubsub()`` does): subscribing on the block's connection would
+        make its next commands read pushed messages instead of their replies."""
+        pool = self.connection_pool
+        pool.get_connection()  # raises PoolError once the block has ended
+        return PubSub(
+            getattr(pool, "_adapter", pool), event_dispatcher=self._event_dispatcher, **kwargs
         )
 
     def __del__(self) -> None:

@@ -13,8 +13,10 @@ discarded unless it is connected, owes no reply and holds no session state.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,7 +29,7 @@ from redis.retry import Retry
 
 from ._poolparts import _number
 from .config import env_options, parse_redis_url, redact_url
-from .connection import TIMEOUT_SET, is_alive, pooled_class
+from .connection import TIMEOUT_SET, is_alive, pooled_class, set_io_timeout
 from .dns import DNSCache
 from .pool import ObjectPool
 from .redis_adapter import ConnectionPoolAdapter, PinnedPool, PinnedRedis
@@ -136,6 +138,17 @@ class RedisPoolStats(PoolStats):
     read: RedisPoolStats | None = None
 
 
+_POOLS: weakref.WeakSet[RedisPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):  # a lock held by a thread of the parent would never open
+        pool._stats_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _ConnectionPool(ObjectPool[Connection]):
     timeout_error = RedisPoolTimeout
     too_many_waiters_error = RedisTooManyWaiters
@@ -213,6 +226,7 @@ class RedisPool:
         self.connection_kwargs: dict[str, Any] = kwargs
         self._dns = DNSCache(ttl=dns_ttl) if issubclass(cls, Connection) else None
         self._stats_lock = threading.Lock()
+        _POOLS.add(self)  # its lock is remade in a forked child
         self._local = threading.local()  # a borrower's deadline, for _new_connection
         self._retired_commands = 0
         self._retired_errors = 0
@@ -281,8 +295,7 @@ class RedisPool:
         if kwargs is not self.connection_kwargs:  # back to the normal timeouts
             conn.socket_timeout = self.connection_kwargs.get("socket_timeout")
             conn.socket_connect_timeout = self.connection_kwargs.get("socket_connect_timeout")
-            if conn._sock is not None:
-                conn._sock.settimeout(conn.socket_timeout)
+            set_io_timeout(conn, conn.socket_timeout)
         conn._rp_commands = conn._rp_errors = 0  # the handshake is not the user's
         return conn  # type: ignore[no-any-return]
 
@@ -315,9 +328,11 @@ class RedisPool:
         poller = conn._rp_poll
         if poller is not None and not poller.poll(0):
             return conn  # the common case: nothing to read, so alive and clean
+        end = None if wait is None else time.monotonic() + wait
         while not is_alive(conn):
             pool.release(conn, discard=True, reason="dead")
-            conn = pool.borrow(wait)
+            # the next try shares the caller's deadline
+            conn = pool.borrow(None if end is None else max(0.0, end - time.monotonic()))
         return conn
 
     def _put(self, conn: Any) -> None:
@@ -327,12 +342,10 @@ class RedisPool:
             return
         if conn._rp_state & TIMEOUT_SET:
             conn._rp_state &= ~TIMEOUT_SET
-            sock = conn._sock
-            if sock is not None:
-                try:
-                    sock.settimeout(self._socket_timeout)
-                except OSError:
-                    conn.disconnect()
+            try:
+                set_io_timeout(conn, self._socket_timeout)
+            except OSError:
+                conn.disconnect()
         if conn.is_clean():
             self._pool.release(conn)
         else:
@@ -341,9 +354,7 @@ class RedisPool:
     def _set_op_timeout(self, conn: Any, timeout: float) -> None:
         conn._rp_timeout = timeout  # re-applied if redis-py reconnects in the block
         conn._rp_state |= TIMEOUT_SET
-        sock = conn._sock
-        if sock is not None:
-            sock.settimeout(timeout)
+        set_io_timeout(conn, timeout)
 
     # -- borrowing ---------------------------------------------------------
 
@@ -364,7 +375,8 @@ class RedisPool:
     def client(self, timeout: float | None = None, *, wait: float | None = None) -> _ClientLease:
         """``with pool.client() as r:`` a ``redis.Redis`` on one borrowed connection.
 
-        Pipelines, transactions, WATCH and pub/sub work on it. ``timeout`` bounds
+        Pipelines, transactions and WATCH work on it; ``r.pubsub()`` borrows a
+        connection of its own (close it when done). ``timeout`` bounds
         each command (a command that times out raises ``redis.TimeoutError`` and
         its connection is discarded); ``wait`` bounds the wait for a connection.
         Using ``r`` after the block raises instead of touching another caller's

@@ -400,12 +400,14 @@ def test_stale_pipeline_cannot_use_a_reborrowed_connection(redis_url: str) -> No
 def test_pinned_pubsub(pool: RedisPool) -> None:
     before = dirty(pool)
     with pool.client() as r:
-        ps = r.pubsub()
+        ps = r.pubsub()  # a connection of its own, not the block's
         ps.subscribe("c")
         wait_message(ps, "subscribe")
-        assert pool.redis.publish("c", "x") == 1
+        assert r.publish("c", "x") == 1  # the block's connection is not subscribed
         assert wait_message(ps, "message")["data"] == b"x"
-    assert dirty(pool) == before + 1
+    assert pool.stats().in_use == 1  # the pubsub still holds its connection
+    ps.close()
+    assert dirty(pool) == before + 1  # subscribed: never reused
     assert pool.redis.publish("c", "y") == 0
     assert pool.stats().in_use == 0
 

@@ -52,7 +52,10 @@ def test_connection_is_reused_while_clean(pool: RedisPool) -> None:
         pytest.param(lambda r, c: r.execute_command("WATCH", "k"), id="watch"),
         pytest.param(lambda r, c: r.execute_command("SELECT", "1"), id="select"),
         pytest.param(lambda r, c: r.execute_command("client", "setname", "x"), id="setname"),
-        pytest.param(lambda r, c: r.pubsub().subscribe("chan"), id="subscribed"),
+        pytest.param(
+            lambda r, c: (c.send_command("SUBSCRIBE", "chan"), c.read_response(push_request=True)),
+            id="subscribed",
+        ),
         pytest.param(lambda r, c: c.disconnect(), id="disconnected"),
     ],
 )
@@ -277,3 +280,29 @@ def test_wait_timeout_is_a_redis_connection_error(redis_url: str) -> None:
         assert pool.stats().timeouts == 1
     finally:
         pool.close()
+
+
+def test_pubsub_from_a_pinned_client_gets_its_own_connection(pool: RedisPool) -> None:
+    with pool.client() as r:
+        ps = r.pubsub()
+        ps.subscribe("news")
+        assert r.publish("news", "hello") == 1  # the block's connection still works
+        first = ps.get_message(timeout=1)
+        second = ps.get_message(timeout=1)
+        assert first is not None and first["type"] == "subscribe"
+        assert second is not None and second["data"] == b"hello"
+        assert r.set("k", "v") and r.get("k") == b"v"
+        ps.close()
+    s = pool.stats()
+    assert s.in_use == 0 and s.destroyed_by_reason.get("dirty", 0) <= 1
+
+
+def test_short_wait_does_not_shorten_the_connection_timeouts(pool: RedisPool) -> None:
+    with pool.client(wait=0.05) as r:  # made under a 50 ms borrow deadline
+        conn = r.connection
+    with pool.connection() as c:
+        assert c is conn
+        assert c._sock.gettimeout() == 2.0
+        assert c._parser._buffer.socket_timeout == 2.0  # what redis-py restores to
+        c.can_read(timeout=0)  # a parser short read: restores the parser's value
+        assert c._sock.gettimeout() == 2.0

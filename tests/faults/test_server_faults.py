@@ -382,7 +382,7 @@ def test_debug_sleep_longer_than_socket_timeout(redis_server_factory: Factory) -
     timeouts = [s for k, s in tally.command_failures if k == "TimeoutError"]
     assert timeouts, tally
     # A command on a borrowed connection fails after socket_timeout, not after the sleep.
-    assert max(timeouts) < socket_timeout + 0.5, timeouts
+    assert max(timeouts) < socket_timeout + 1.0, timeouts  # < the 1.5 s sleep
     assert max(tally.ok_times) > ended
     check_end_state(pool, view, 4)
     record(
