@@ -631,3 +631,74 @@ def test_drain_probes_again_at_once() -> None:
     pool.drain()
     pool.run_upkeep()
     assert pool.stats().consecutive_create_errors == 0 and pool.stats().idle == 1
+
+
+def test_drain_while_creating_retires_the_object_made_with_old_settings() -> None:
+    started, release_factory = threading.Event(), threading.Event()
+    version = [1]
+
+    class Made(Resource):
+        pass
+
+    def factory() -> Resource:
+        r = Made()
+        r.holder = version[0]  # the "credentials" it was made with
+        started.set()
+        release_factory.wait(5)
+        return r
+
+    pool: ObjectPool[Resource] = ObjectPool(factory, max_size=2, background=False)
+    got: list[Resource] = []
+    t = threading.Thread(target=lambda: got.append(pool.borrow()))
+    t.start()
+    assert started.wait(5)
+    version[0] = 2
+    pool.drain()  # while the object with version 1 is being made
+    release_factory.set()
+    t.join()
+    pool.release(got[0])
+    assert pool.stats().destroyed_by_reason == {"drain": 1}
+
+
+def test_shrink_keeps_max_size_objects_while_others_are_being_destroyed() -> None:
+    slow = threading.Event()
+
+    def destroy(r: Resource) -> None:
+        slow.wait(0.2)
+
+    pool: ObjectPool[Resource] = ObjectPool(
+        Factory(), destroy=destroy, max_size=10, background=False
+    )
+    held = [pool.borrow() for _ in range(10)]
+    pool.resize(max_size=5)
+    threads = [threading.Thread(target=pool.release, args=(r,)) for r in held]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s = pool.stats()
+    assert s.size == s.idle == 5 and s.destroyed_by_reason == {"resize": 5}
+
+
+def test_waiter_whose_handed_object_fails_its_check_keeps_its_place() -> None:
+    factory = Factory()
+    pool = make_pool(factory, max_size=1, timeout=5, check=Factory.check, check_interval=0)
+    held = pool.borrow()
+    order: list[str] = []
+
+    def waiter(name: str) -> None:
+        r = pool.borrow()
+        order.append(name)
+        pool.release(r)
+
+    a = threading.Thread(target=waiter, args=("A(oldest)",))
+    a.start()
+    wait_for(lambda: pool.stats().waiting == 1)
+    b = threading.Thread(target=waiter, args=("B",))
+    b.start()
+    wait_for(lambda: pool.stats().waiting == 2)
+    held.healthy = False  # A is handed a bad object: it must not go to the back
+    pool.release(held)
+    a.join()
+    b.join()
+    assert order == ["A(oldest)", "B"]

@@ -68,7 +68,7 @@ def test_proxy_stall(server: RedisServer, proxy: FaultProxy) -> None:
     check_load(tally)
     timeouts = [s for k, s in tally.command_failures if k == "TimeoutError"]
     assert timeouts, tally
-    assert max(timeouts) < socket_timeout + 0.5, timeouts  # within socket_timeout
+    assert max(timeouts) < socket_timeout + 0.8, timeouts  # < the 1.2 s stall
     assert set(tally.errors) <= {"TimeoutError", "RedisPoolTimeout(TimeoutError)"}, tally
     assert max(tally.ok_times) > ended
     check_end_state(pool, view, 4)
