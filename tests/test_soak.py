@@ -12,6 +12,7 @@ from redispool import RedisPool
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)
 def test_memory_is_flat_over_a_five_minute_soak(redis_url: str) -> None:
     pool = RedisPool(redis_url, min_size=4, max_size=4)
     pool.redis.set("k", "v")
