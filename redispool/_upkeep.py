@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -78,31 +77,16 @@ def refill_one(pool: ObjectPool[Any]) -> bool:
             return False
         pool._size += 1
         pool._creating += 1
-    t0 = time.monotonic()
-    epoch = pool._epoch  # before connecting: a drain() meanwhile retires it
-    try:
-        obj = pool._factory()
-    except Exception as exc:
-        with pool._lock:
-            pool._size -= 1
-            pool._creating -= 1
-            pool._create_failed(exc)
-            streak = pool._fail_streak
-        pool._log_create_failure(exc, streak)
+    made = pool._create_in_slot()
+    if isinstance(made, Exception):
         return False
-    except BaseException:
-        with pool._lock:
-            pool._size -= 1
-            pool._creating -= 1
-            pool._capacity_freed()
-        raise
-    now = pool._clock()
-    entry = _Entry(obj, now, pool._expiry(now), epoch)
+    entry, took = made
+    obj, now = entry.obj, entry.created_at
     entry.uses = 0
     with pool._lock:
         pool._creating -= 1
         pool._created += 1
-        pool._create_total += time.monotonic() - t0
+        pool._create_total += took
         pool._fail_streak = 0
         pool._last_error = None
         if pool._closed:

@@ -359,10 +359,13 @@ class ObjectPool(Generic[T]):
                 self._creating -= 1
                 self._capacity_freed()
 
-    def _create_reserved(self, start: float, deadline: float) -> _Entry | None:
-        """Create an object in a slot already counted in ``size``.
+    def _create_in_slot(self) -> tuple[_Entry, float] | Exception:
+        """Run the factory in a slot already counted in ``size`` and ``creating``.
 
-        Returns None when the create failed but the caller may keep waiting.
+        Success: the new entry and how long it took (the slot is still counted
+        as creating: the caller finishes the bookkeeping). An ``Exception``:
+        the slot is freed, the failure recorded and logged, and returned. Any
+        other ``BaseException`` frees the slot and propagates.
         """
         t0 = time.monotonic()
         epoch = self._epoch  # before connecting: a drain() meanwhile retires it
@@ -372,16 +375,10 @@ class ObjectPool(Generic[T]):
             with self._lock:
                 self._size -= 1
                 self._creating -= 1
-                fail_fast = self._create_failed(exc)
+                self._create_failed(exc)
                 streak = self._fail_streak
-                err = None
-                if fail_fast or time.monotonic() >= deadline:
-                    self._timeouts += 1
-                    err = self._timeout_exc(start, fail_fast=fail_fast)
             self._log_create_failure(exc, streak)
-            if err is not None:
-                raise err from exc
-            return None
+            return exc
         except BaseException:
             with self._lock:
                 self._size -= 1
@@ -389,11 +386,28 @@ class ObjectPool(Generic[T]):
                 self._capacity_freed()
             raise
         now = self._clock()
-        entry = _Entry(obj, now, self._expiry(now), epoch)
+        return _Entry(obj, now, self._expiry(now), epoch), time.monotonic() - t0
+
+    def _create_reserved(self, start: float, deadline: float) -> _Entry | None:
+        """Create an object for this borrower in a slot already counted in ``size``.
+
+        Returns None when the create failed but the caller may keep waiting.
+        """
+        made = self._create_in_slot()
+        if isinstance(made, Exception):
+            with self._lock:
+                fail_fast = self._failing_fast()
+                if not fail_fast and time.monotonic() < deadline:
+                    return None
+                self._timeouts += 1
+                err = self._timeout_exc(start, fail_fast=fail_fast)
+            raise err from made
+        entry, took = made
+        obj = entry.obj
         with self._lock:
             self._creating -= 1
             self._created += 1
-            self._create_total += time.monotonic() - t0
+            self._create_total += took
             self._in_use[id(obj)] = entry
             self._borrows += 1
             self._note_wait(start)
@@ -413,8 +427,9 @@ class ObjectPool(Generic[T]):
         jitter: float = self._lifetime_jitter * random.random()
         return now + float(self._max_lifetime) * (1.0 - jitter)
 
-    def _create_failed(self, exc: BaseException) -> bool:
-        """Bookkeeping of a failed create (lock held). True: fail fast now."""
+    def _create_failed(self, exc: BaseException) -> None:
+        """Bookkeeping of a failed create (lock held); fails the queue when
+        waiting has become pointless."""
         self._create_errors += 1
         self._fail_streak += 1
         self._last_error = exc
@@ -424,8 +439,6 @@ class ObjectPool(Generic[T]):
         self._wake_upkeep()
         if self._failing_fast():
             self._fail_waiters()
-            return True
-        return False
 
     def _failing_fast(self) -> bool:
         """Creates keep failing and nothing borrowed can come back (lock held):
