@@ -366,10 +366,7 @@ class RedisPool:
         ``timeout`` bounds each read and write in the block (default:
         ``socket_timeout``); ``wait`` bounds the wait for a connection.
         """
-        if timeout is not None:
-            _socket_timeout("timeout", timeout)
-        if wait is not None:
-            _number("wait", wait, minimum=0)
+        _check_lease(timeout, wait)
         return _ConnectionLease(self, timeout, wait)
 
     def client(self, timeout: float | None = None, *, wait: float | None = None) -> _ClientLease:
@@ -382,10 +379,7 @@ class RedisPool:
         Using ``r`` after the block raises instead of touching another caller's
         connection.
         """
-        if timeout is not None:
-            _socket_timeout("timeout", timeout)
-        if wait is not None:
-            _number("wait", wait, minimum=0)
+        _check_lease(timeout, wait)
         return _ClientLease(self, timeout, wait)
 
     def writer(self, timeout: float | None = None, *, wait: float | None = None) -> _ClientLease:
@@ -469,6 +463,14 @@ class RedisPool:
             f"<RedisPool {self.url!r} size={s._size} in_use={len(s._in_use)} "
             f"max_size={s._max_size}{' closed' if s.closed else ''}>"
         )
+
+
+def _check_lease(timeout: float | None, wait: float | None) -> None:
+    """Validate ``connection()``/``client()`` arguments before anything is borrowed."""
+    if timeout is not None:
+        _socket_timeout("timeout", timeout)
+    if wait is not None:
+        _number("wait", wait, minimum=0)
 
 
 class _ConnectionLease:

@@ -35,6 +35,17 @@ class Result:
 RESULTS: list[Result] = []
 
 
+FAST = {"connect_timeout": 0.3, "socket_timeout": 0.3, "timeout": 1.0}
+
+
+def fault_pool(url: str, name: str, **kwargs: Any) -> RedisPool:
+    """A small pool with short timeouts, named so ``CLIENT LIST`` can find it."""
+    opts: dict[str, Any] = {"min_size": 2, "max_size": 4, "client_name": name, "name": name}
+    opts.update(FAST)
+    opts.update(kwargs)
+    return RedisPool(url, **opts)
+
+
 def record(fault: str, caller_sees: str, recovery: float | None, bound: float | None) -> None:
     test = _current_test()
     RESULTS.append(Result(fault, caller_sees, recovery, bound, test))

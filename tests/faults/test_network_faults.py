@@ -12,17 +12,19 @@ from typing import Any
 import pytest
 import redis
 
-from redispool import RedisPool, RedisPoolTimeout
+from redispool import RedisPoolTimeout
 from redispool.dns import DNSCache
 from redispool.testing import FaultProxy, RedisServer
 
 from ._harness import (
+    FAST,
     Load,
     ServerView,
     chain,
     check_end_state,
     check_load,
     describe,
+    fault_pool,
     kind,
     record,
     recovery,
@@ -30,15 +32,6 @@ from ._harness import (
 )
 
 Factory = Callable[..., RedisServer]
-
-FAST = {"connect_timeout": 0.3, "socket_timeout": 0.3, "timeout": 1.0}
-
-
-def _pool(url: str, name: str, **kwargs: Any) -> RedisPool:
-    opts: dict[str, Any] = {"min_size": 2, "max_size": 4, "client_name": name, "name": name}
-    opts.update(FAST)
-    opts.update(kwargs)
-    return RedisPool(url, **opts)
 
 
 @pytest.fixture
@@ -54,7 +47,7 @@ def proxy(server: RedisServer) -> Iterator[FaultProxy]:
 
 def test_proxy_stall(server: RedisServer, proxy: FaultProxy) -> None:
     name = "rp-stall"
-    pool = _pool(proxy.url, name)
+    pool = fault_pool(proxy.url, name)
     socket_timeout = FAST["socket_timeout"]
     with pool, ServerView(server, name, 4) as view, Load(pool, threads=4) as load:
         time.sleep(0.3)
@@ -82,7 +75,7 @@ def test_proxy_stall(server: RedisServer, proxy: FaultProxy) -> None:
 
 def _handshake_bytes(proxy: FaultProxy, name: str) -> int:
     """Bytes server -> client of a pool connection's handshake (CLIENT SETNAME, ...)."""
-    probe = _pool(proxy.url, name, min_size=0, max_size=1)
+    probe = fault_pool(proxy.url, name, min_size=0, max_size=1)
     with probe:
         before = proxy.bytes_to_client
         with probe.client():
@@ -96,7 +89,7 @@ def test_proxy_drop_mid_reply(server: RedisServer, proxy: FaultProxy) -> None:
     with side_client(server) as side:
         side.set("big", big)
     handshake = _handshake_bytes(proxy, name)
-    pool = _pool(proxy.url, name)
+    pool = fault_pool(proxy.url, name)
     errors: Counter[str] = Counter()
     with pool, ServerView(server, name, 4) as view:
         assert pool.redis.get("big") == big
@@ -131,7 +124,7 @@ def test_proxy_drop_mid_reply(server: RedisServer, proxy: FaultProxy) -> None:
 def test_proxy_drop_mid_pipeline(server: RedisServer, proxy: FaultProxy) -> None:
     name = "rp-drop-pipe"
     handshake = _handshake_bytes(proxy, name)
-    pool = _pool(proxy.url, name)
+    pool = fault_pool(proxy.url, name)
     n = 100
     value = b"x" * 200
 
@@ -195,7 +188,7 @@ def test_dns_name_stops_resolving(server: RedisServer) -> None:
     name = "rp-dns"
     resolver = _Resolver()
     ttl, stale_ttl = 0.1, 1.5
-    pool = _pool(f"redis://redis-fault.test:{server.port}/0", name, min_size=0)
+    pool = fault_pool(f"redis://redis-fault.test:{server.port}/0", name, min_size=0)
     pool._dns = DNSCache(ttl=ttl, stale_ttl=stale_ttl, resolver=resolver)
     seen: Counter[str] = Counter()
     with pool, ServerView(server, name, 4) as view:

@@ -24,12 +24,14 @@ from redispool import RedisPool, RedisPoolTimeout
 from redispool.testing import RedisServer
 
 from ._harness import (
+    FAST,
     Load,
     ServerView,
     chain,
     check_end_state,
     check_load,
     describe,
+    fault_pool,
     kind,
     probe,
     record,
@@ -40,20 +42,11 @@ from ._harness import (
 
 Factory = Callable[..., RedisServer]
 
-FAST = {"connect_timeout": 0.3, "socket_timeout": 0.3, "timeout": 1.0}
-
-
-def _pool(url: str, name: str, **kwargs: Any) -> RedisPool:
-    opts: dict[str, Any] = {"min_size": 2, "max_size": 4, "client_name": name, "name": name}
-    opts.update(FAST)
-    opts.update(kwargs)
-    return RedisPool(url, **opts)
-
 
 def test_kill9_and_restart(redis_server_factory: Factory) -> None:
     server = redis_server_factory()
     name = "rp-kill9"
-    pool = _pool(server.url, name)
+    pool = fault_pool(server.url, name)
     with pool, ServerView(server, name, 4) as view, Load(pool, threads=4) as load:
         time.sleep(0.3)
         server.kill()
@@ -74,7 +67,7 @@ def test_kill9_and_restart(redis_server_factory: Factory) -> None:
 def test_restart_with_a_new_password(redis_server_factory: Factory) -> None:
     server = redis_server_factory(password="old-pw")
     name = "rp-password"
-    pool = _pool(server.url, name, min_size=1)
+    pool = fault_pool(server.url, name, min_size=1)
     with pool:
         assert probe(pool, "before")
         server.restart(password="new-pw")
@@ -121,7 +114,7 @@ def test_client_kill_idle(redis_server_factory: Factory) -> None:
     one is untouched, the next borrowers see no error at all."""
     server = redis_server_factory()
     name = "rp-kill-idle"
-    pool = _pool(server.url, name, min_size=4, max_size=4)
+    pool = fault_pool(server.url, name, min_size=4, max_size=4)
     popped: list[Any] = []
 
     def blocked() -> None:
@@ -170,7 +163,7 @@ def test_client_kill_idle(redis_server_factory: Factory) -> None:
 def test_client_kill_busy_blpop(redis_server_factory: Factory) -> None:
     server = redis_server_factory()
     name = "rp-kill-busy"
-    pool = _pool(server.url, name, min_size=0, max_size=4)
+    pool = fault_pool(server.url, name, min_size=0, max_size=4)
     outcomes: list[tuple[str, float]] = []
     killed_at: list[float] = []
 
@@ -218,7 +211,7 @@ def test_client_kill_busy_blpop(redis_server_factory: Factory) -> None:
 def test_server_timeout_closes_idle(redis_server_factory: Factory) -> None:
     server = redis_server_factory(args=("--timeout", "1"))
     name = "rp-srv-timeout"
-    pool = _pool(server.url, name, min_size=3, max_size=3)
+    pool = fault_pool(server.url, name, min_size=3, max_size=3)
     errors: Counter[str] = Counter()
     firsts: list[float] = []
     with pool, ServerView(server, name, 3) as view, side_client(server) as side:
@@ -266,7 +259,7 @@ def test_maxclients_reached(redis_server_factory: Factory) -> None:
     """``maxclients 4``: the sampler holds one, so the pool (max 5) gets 3."""
     server = redis_server_factory(args=("--maxclients", "4"))
     name = "rp-maxclients"
-    pool = _pool(server.url, name, min_size=0, max_size=5, timeout=1.0)
+    pool = fault_pool(server.url, name, min_size=0, max_size=5, timeout=1.0)
     with pool, ServerView(server, name, 5) as view:
         wait_for(lambda: view.samples > 0, 2, "the sampler")
         held: list[Any] = []
@@ -368,7 +361,7 @@ def test_maxclients_reached(redis_server_factory: Factory) -> None:
 def test_debug_sleep_longer_than_socket_timeout(redis_server_factory: Factory) -> None:
     server = redis_server_factory()
     name = "rp-debug-sleep"
-    pool = _pool(server.url, name)
+    pool = fault_pool(server.url, name)
     socket_timeout = FAST["socket_timeout"]
     with pool, ServerView(server, name, 4) as view, Load(pool, threads=4) as load:
         time.sleep(0.2)
