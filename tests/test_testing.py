@@ -16,7 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from redispool import testing
+from redispool.testing import server as testing
 from redispool.testing import RedisServer, find_redis_server, tls_supported
 
 Factory = Callable[..., RedisServer]

@@ -1,0 +1,28 @@
+"""Real Redis processes, fault injection and pytest fixtures for tests and benchmarks.
+
+* ``server``: :class:`RedisServer`, a throw-away ``redis-server`` on loopback;
+* ``tls``: certificates for TLS test servers;
+* ``proxy``: :class:`FaultProxy`, network faults between a client and a server;
+* ``plugin``: pytest fixtures (``redis_server``, ``redis_url``,
+  ``redis_server_factory``); load them with
+  ``pytest_plugins = ["redispool.testing"]``.
+"""
+
+from __future__ import annotations
+
+from .proxy import FaultProxy
+from .server import HOST, RedisServer, find_redis_server, server_version, tls_supported
+
+__all__ = [
+    "HOST",
+    "FaultProxy",
+    "RedisServer",
+    "find_redis_server",
+    "server_version",
+    "tls_supported",
+]
+
+try:  # the fixtures, when pytest is there: ``pytest_plugins = ["redispool.testing"]``
+    from .plugin import redis_server, redis_server_factory, redis_url  # noqa: F401
+except ImportError:  # pragma: no cover - pytest is optional
+    pass

@@ -1,0 +1,46 @@
+"""pytest fixtures: ``redis_server`` (session), ``redis_url`` and
+``redis_server_factory``. Load with ``pytest_plugins = ["redispool.testing"]``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server shared by the whole test session."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the shared server, flushed (and restarted if a test killed it)."""
+    if not redis_server.is_running():
+        redis_server.start()
+    with redis_server.client() as c:
+        c.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
+    """Start private servers (``**kwargs`` as for :class:`RedisServer`); all stopped after."""
+    servers: list[RedisServer] = []
+
+    def factory(**kwargs: Any) -> RedisServer:
+        server = RedisServer(**kwargs)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.close()
