@@ -26,6 +26,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..config import parse_redis_url
 from ..helpers.analytics import Analytics
 from ..helpers.cache import Cache
 from ..helpers.lockout import Lockout
@@ -120,6 +121,11 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
     """The demo app (a WSGI app: ``gunicorn 'redispool.demo.app:create_app()'``)."""
     app = Flask("redispool.demo")
     url = redis_url or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not redis_url and "REDIS_URL" in os.environ:  # name what the user set, not app.config
+        try:
+            parse_redis_url(url)
+        except (TypeError, ValueError) as exc:  # its messages are redacted
+            raise ValueError(f"the environment variable REDIS_URL is malformed: {exc}") from None
     if per_request is None:
         per_request = os.environ.get("DEMO_PER_REQUEST", "").lower() in ("1", "true", "yes")
     app.config.update(
