@@ -165,7 +165,8 @@ class RedisPoolExtension:
     def state(self, app: Flask | None = None) -> AppState | None:
         """The state for ``app``, the current app, or the only app (None: no app)."""
         if app is None and has_app_context():
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            current: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+            app = current if current in self._apps else None
         if app is None:
             apps = list(self._apps)
             if len(apps) > 1:
