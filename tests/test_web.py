@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask, current_app
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
 from redispool import RedisPool
@@ -361,3 +363,41 @@ def test_metrics_counters_start_at_zero(redis_url: str) -> None:
     ):
         assert f'{family}{{pool_name="zero-counters"}} 0.0' in text, family
     app.extensions["redispool"].pool.close()
+
+
+NOISE = ["", ".", "x/..", "..", "l\u00f6gin/..", "login;x", "%2F", "API", "x"]
+
+
+def _routing_app() -> tuple[Flask, list[str]]:
+    app = Flask(__name__)
+    ran: list[str] = []
+
+    def login() -> str:
+        ran.append("login")
+        return ""
+
+    app.add_url_rule("/api/auth/login", "login", login, methods=["POST"])
+    app.add_url_rule("/api/<path:rest>", "api", lambda rest: "", methods=["POST"])
+    app.add_url_rule("/<path:rest>", "any", lambda rest: "", methods=["POST"])
+    return app, ran
+
+
+ROUTING_APP = _routing_app()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(NOISE), max_size=2), min_size=4, max_size=4))
+def test_every_path_flask_routes_to_the_view_matches_the_rule(noise: list[list[str]]) -> None:
+    """Oracle: Flask itself. ``/api/auth/login`` with noise segments around its
+    parts; whatever ``PATH_INFO`` (as a server passes it: latin-1 text of UTF-8
+    bytes) runs the login view must match the README's rule."""
+    app, ran = ROUTING_APP
+    parts = [*noise[0], "api", *noise[1], "auth", *noise[2], "login", *noise[3]]
+    path = "/" + "/".join(parts)
+    raw = path.encode("utf-8").decode("latin-1")
+    ran.clear()
+    _wsgi_call(app, raw, "POST")
+    limiter = RateLimiter.__new__(RateLimiter)  # Rule only checks its type
+    rule = Rule(r"/api/auth/login$", limiter, methods=["POST"])
+    if ran:
+        assert rule.matches("POST", raw), raw
