@@ -40,6 +40,7 @@ from ._poolparts import (
     _number,
     _Waiter,
 )
+from ._quietlog import OutageLog
 from .backoff import full_jitter
 from .errors import PoolClosed, PoolTimeout, TooManyWaiters
 from .stats import PoolStats
@@ -165,6 +166,7 @@ class ObjectPool(Generic[T]):
         self._fail_streak = 0
         self._last_error: BaseException | None = None
         self._next_retry = 0.0
+        self._outage = OutageLog(log, f"pool {self.name!r}: creating a {self.noun}")
         self._borrows = self._timeouts = self._created = self._create_errors = 0
         self._destroyed: dict[str, int] = {}
         self._wait_total = self._wait_max = self._create_total = self._use_total = 0.0
@@ -385,6 +387,7 @@ class ObjectPool(Generic[T]):
                 self._creating -= 1
                 self._capacity_freed()
             raise
+        self._outage.succeeded()
         now = self._clock()
         return _Entry(obj, now, self._expiry(now), epoch), time.monotonic() - t0
 
@@ -456,9 +459,9 @@ class ObjectPool(Generic[T]):
             waiter.lock.release()
 
     def _log_create_failure(self, exc: BaseException, streak: int) -> None:
-        log.warning(
-            "pool %r: creating a %s failed (%d in a row): %r", self.name, self.noun, streak, exc
-        )
+        """Logged as state changes: down (naming the OS error), still down every
+        30 s, up again (``_quietlog.OutageLog``); ``streak`` is in the stats."""
+        self._outage.failed(exc)
 
     def _timeout_exc(self, start: float, *, fail_fast: bool = False) -> PoolTimeout:
         waited = max(0.0, time.monotonic() - start)

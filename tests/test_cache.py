@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from redispool import RedisPool
+from redispool._quietlog import SlowLog
 from redispool.helpers import CircuitBreaker, HelperUnavailable
 from redispool.helpers.cache import Cache
 from redispool.testing import RedisServer
@@ -574,8 +575,13 @@ def test_xfetch_off_by_default(make_cache: Callable[..., Cache]) -> None:
 
 
 def test_slow_operations_logged_without_the_value(
-    make_cache: Callable[..., Cache], caplog: pytest.LogCaptureFixture
+    make_cache: Callable[..., Cache],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # every=0: each slow operation logged (by default: one, then a summary per 10 s)
+    fresh = SlowLog(logging.getLogger("redispool.helpers.cache"), every=0)
+    monkeypatch.setattr("redispool.helpers.cache._SLOW", fresh)
     cache = make_cache(slow_threshold=0)
     with caplog.at_level(logging.WARNING, logger="redispool.helpers.cache"):
         cache.set("k", "SENSITIVE-VALUE")

@@ -121,10 +121,11 @@ def test_the_app_reads_redis_url(
     # And it is the server it talks to.
     monkeypatch.setenv("REDIS_URL", redis_url)
     app = create_app()
+    app.config["REDISPOOL_HEALTH_SHOW_DETAILS"] = "always"  # the address is hidden by default
     try:
         resp = app.test_client().get("/api/health/redis")
         assert resp.status_code == 200 and body(resp)["status"] == "up"
-        assert body(resp)["name"] == redis_url
+        assert body(resp)["name"] == body(resp)["server"]["url"] == redis_url
     finally:
         app.extensions["redispool"].pool.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -81,24 +83,81 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
         pytest.param({"json": {"username": ["alice"], "password": "x"}}, id="list-username"),
         pytest.param({"json": {"username": "", "password": "wonderland"}}, id="empty-username"),
         pytest.param({"json": {"username": "a" * 257, "password": "x"}}, id="long-username"),
-        pytest.param({"json": {"username": "a" * 100_000, "password": "x"}}, id="huge-username"),
+        pytest.param({"json": {"username": "a" * 10_000, "password": "x"}}, id="huge-username"),
+        pytest.param({"json": {"username": "alice", "password": "\ud800"}}, id="lone-surrogate"),
+        pytest.param({"json": {"username": "\udfff", "password": "x"}}, id="surrogate-user"),
+        pytest.param(
+            {
+                "data": '{"username": "alice", "password": "wonderland", "x": '
+                + "[" * 5000
+                + "]" * 5000
+                + "}",
+                "content_type": "application/json",
+            },
+            id="nested-5000",
+        ),
+        pytest.param(
+            {"data": "[" * 8000 + "]" * 8000, "content_type": "application/json"},
+            id="nested-8000",
+        ),
         pytest.param({"json": {"username": "alice", "password": "x" * 1025}}, id="long-password"),
     ],
 )
-def test_login_malformed_body_is_400_and_counts_nothing(
+def test_login_malformed_body_is_400_and_counts_no_attempt(
     make_app: MakeApp, redis_url: str, kwargs: dict[str, Any]
 ) -> None:
     client = make_app(redis_url).test_client()
-    for _ in range(6):  # more than the lockout's 5 attempts
+    for i in range(6):  # more than the lockout's 5 attempts
         resp = client.post("/api/auth/login", **kwargs)
         assert resp.status_code == 400, resp.get_data(as_text=True)
         assert resp.json == {
             "error": "bad_request",
             "message": 'send JSON {"username": "...", "password": "..."}',
         }
-        assert "RateLimit-Limit" not in resp.headers
-    resp = client.post("/api/auth/login", json=ALICE)  # neither rate-limited nor locked
-    assert resp.status_code == 200 and resp.headers["RateLimit-Remaining"] == "599"
+        # rate limited before the body is read, so counted by the limit
+        assert int(resp.headers["RateLimit-Remaining"]) <= 599 - i + 1
+    resp = client.post("/api/auth/login", json=ALICE)  # not locked
+    assert resp.status_code == 200
+
+
+def test_login_body_over_16_kb_is_413_unread(make_app: MakeApp, redis_url: str) -> None:
+    client = make_app(redis_url).test_client()
+    padded = {**ALICE, "pad": "x" * 20_000}
+    resp = client.post("/api/auth/login", json=padded)
+    assert resp.status_code == 413
+    assert body(resp)["error"] == "too_large" and "16384 bytes" in body(resp)["message"]
+    # no Content-Length (chunked): cut off at the limit while reading
+    stream = io.BytesIO(json.dumps({**ALICE, "pad": "x" * 1_000_000}).encode())
+    resp = client.post(
+        "/api/auth/login",
+        input_stream=stream,
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn sets it
+    )
+    assert resp.status_code == 413
+    assert stream.tell() <= 16384  # of the 1 MB sent, no more than the limit was read
+    assert client.post("/api/auth/login", json=ALICE).status_code == 200
+
+
+def test_login_is_rate_limited_before_the_body_is_read(
+    make_app: MakeApp, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redispool.demo.app as demo_app
+
+    monkeypatch.setenv("DEMO_LOGIN_LIMIT", "2/hour")
+    parsed: list[int] = []
+    real = demo_app.login_body
+
+    def counting() -> dict[str, str] | None:
+        parsed.append(1)
+        return real()
+
+    monkeypatch.setattr(demo_app, "login_body", counting)
+    client = make_app(redis_url).test_client()
+    statuses = [login(client, "bob", "wrong").status_code for _ in range(5)]
+    assert statuses == [401, 401, 429, 429, 429]
+    assert len(parsed) == 2  # the three refused requests were not parsed
 
 
 def test_wrong_password_is_401_with_exact_ratelimit_headers(

@@ -108,8 +108,9 @@ def _wait_for(what: str, check: Callable[[], bool], timeout: float, log: Callabl
 class Demo:
     """``python -m redispool demo ...`` in its own session, output to a file."""
 
-    def __init__(self, args: list[str], out: Path) -> None:
+    def __init__(self, args: list[str], out: Path, **extra_env: str) -> None:
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        env.update(extra_env)
         for name in ("DEMO_PER_REQUEST", "DEMO_LOGIN_LIMIT"):
             env.pop(name, None)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -145,8 +146,8 @@ class Demo:
 
 
 @contextlib.contextmanager
-def demo(args: list[str], out: Path) -> Iterator[Demo]:
-    d = Demo(args, out)
+def demo(args: list[str], out: Path, **extra_env: str) -> Iterator[Demo]:
+    d = Demo(args, out, **extra_env)
     try:
         yield d
     finally:
@@ -223,4 +224,96 @@ def test_demo_load_prints_the_comparison(tmp_path: Path) -> None:
                 row = re.search(rf"^{mode}\s+{route}\s+(\d+)\s+(\d+)\s", out, re.MULTILINE)
                 assert row and int(row.group(1)) > 0, out
         assert out.count("errors: 0 connection, 0 5xx") == 2, out
+        # slow cache operations: at most the first per 10 s and server process, then a summary
+        assert len(re.findall(r": \S+ took [\d.]+ ms", out)) <= 2, out
         assert not _mentioning(f"127.0.0.1:{port}"), "a server of the load run is still running"
+
+
+def _finish(d: Demo, timeout: float = 30) -> int:
+    try:
+        return d.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {timeout} s; output:\n{d.output()}")
+
+
+def test_busy_port_fails_at_once_saying_so(tmp_path: Path) -> None:
+    """Another server (here: any HTTP server answering 200) holds the port."""
+    import http.server
+    import threading
+
+    busy = http.server.HTTPServer((HOST, 0), http.server.SimpleHTTPRequestHandler)
+    port = busy.server_address[1]
+    thread = threading.Thread(target=busy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with demo(["--port", str(port), "--workers", "1"], tmp_path / "out.txt") as d:
+            rc = _finish(d)
+            out = d.output()
+            assert rc == 1, out
+            assert f"port {port} on {HOST} is already in use" in out, out
+            assert "demo API on" not in out and "Traceback" not in out, out
+            assert "embedded redis-server" not in out, out  # checked before starting anything
+            assert not [p for p in d.track() if _alive(p)]
+    finally:
+        busy.shutdown()
+        busy.server_close()
+
+
+@pytest.mark.parametrize("url", ["localhost:6379", "redis://127.0.0.1:notaport/0"])
+def test_malformed_redis_url_is_one_line_naming_the_variable(tmp_path: Path, url: str) -> None:
+    with demo(["--port", str(_free_port())], tmp_path / "out.txt", REDIS_URL=url) as d:
+        rc = _finish(d)
+        out = d.output()
+        assert rc == 1, out
+        lines = out.strip().splitlines()
+        assert len(lines) == 1, out
+        assert "environment variable REDIS_URL is malformed" in lines[0], out
+        assert "app.config" not in out
+
+
+def _gunicorn(procs: set[Proc]) -> list[Proc]:
+    return [p for p in procs if "gunicorn" in _cmdline(p[0]) and _alive(p)]
+
+
+def _worker_of(master: Proc) -> bool:
+    return any(_alive(p) for p in _descendants(master[0]))
+
+
+STARTUP_MOMENTS: dict[str, Callable[[Demo], bool]] = {
+    "redis-server-running": lambda d: any("redis-server" in _cmdline(p[0]) for p in d.track()),
+    "gunicorn-spawned": lambda d: bool(_gunicorn(d.track())),
+    "gunicorn-forked-a-worker": lambda d: any(_worker_of(m) for m in _gunicorn(d.track())),
+}
+
+
+@pytest.mark.parametrize("moment", list(STARTUP_MOMENTS))
+def test_sigterm_during_startup_stops_what_was_started(tmp_path: Path, moment: str) -> None:
+    """SIGTERM at several moments of startup (before the API answers): every
+    process the command started is gone and the port is free afterwards."""
+    port = _free_port()
+    args = ["--port", str(port), "--workers", "1", "--worker-class", "sync"]
+    with demo(args, tmp_path / "out.txt") as d:
+        reached = STARTUP_MOMENTS[moment]
+        _wait_for(moment, lambda: reached(d) or d.proc.poll() is not None, 30, d.output)
+        d.proc.send_signal(signal.SIGTERM)
+        seen = d.track()
+        rc = _finish(d, 20)
+        assert rc == 0, d.output()
+        assert "demo API on" not in d.output() or moment == "gunicorn-forked-a-worker"
+        _wait_for("children gone", lambda: not any(map(_alive, seen)), 10, d.output)
+        assert not _port_open(port)
+        assert not _mentioning(f"{HOST}:{port}"), d.output()
+        assert "Traceback" not in d.output(), d.output()
+
+
+@pytest.mark.skipif(find_spec("gevent") is None, reason="gevent is not installed")
+def test_gevent_demo_starts_without_monkey_patch_warning(tmp_path: Path) -> None:
+    port = _free_port()
+    base = f"http://{HOST}:{port}"
+    with demo(["--port", str(port), "--workers", "1"], tmp_path / "out.txt") as d:
+        _wait_for("the API URL is printed", lambda: base in d.output(), 60, d.output)
+        assert _get(f"{base}/api/posts/1")[0] == 200
+        d.proc.send_signal(signal.SIGTERM)
+        assert _finish(d) == 0
+        out = d.output()
+        assert "MonkeyPatchWarning" not in out and "Traceback" not in out, out

@@ -7,14 +7,18 @@ import time
 from typing import Any
 
 import pytest
-from flask import Flask
+import redis
+from flask import Flask, current_app
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from werkzeug.test import EnvironBuilder
 
 from redispool import RedisPool
 from redispool.helpers.ratelimit import RateLimiter
 from redispool.web.flask import RedisPoolExtension, current_pool
 from redispool.web.health import pool_health
 from redispool.web.metrics import render_metrics
-from redispool.web.wsgi import RateLimitMiddleware, Rule, api_key
+from redispool.web.wsgi import RateLimitMiddleware, Rule, api_key, routed_path
 
 
 def make_app(url: str, **config: Any) -> Flask:
@@ -107,7 +111,13 @@ def _wsgi_call(
         captured["status"] = status
         captured["headers"] = dict(headers)
 
-    env = {"REQUEST_METHOD": method, "PATH_INFO": path, "REMOTE_ADDR": "203.0.113.9", **environ}
+    env = {
+        **EnvironBuilder().get_environ(),  # complete, for a real Flask app
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "REMOTE_ADDR": "203.0.113.9",
+        **environ,
+    }
     body = b"".join(app(env, start_response))
     return captured["status"], captured["headers"], body
 
@@ -138,13 +148,106 @@ def test_wsgi_middleware_limits_per_route_and_client(redis_url: str) -> None:
     pool.close()
 
 
-def test_wsgi_middleware_keys_by_api_key(redis_url: str) -> None:
+def test_wsgi_middleware_keys_by_verified_api_key(redis_url: str) -> None:
     pool = RedisPool(redis_url, min_size=0, max_size=2)
     rl = RateLimiter(pool, "1/minute")
-    app = RateLimitMiddleware(_hello, [Rule("/api/", rl, key=api_key())])
+    known = {"k1", "k2"}
+    app = RateLimitMiddleware(_hello, [Rule("/api/", rl, key=api_key(verify=known.__contains__))])
     assert _wsgi_call(app, "/api/x", HTTP_X_API_KEY="k1")[0] == "200 OK"
     assert _wsgi_call(app, "/api/x", HTTP_X_API_KEY="k1")[0].startswith("429")
-    assert _wsgi_call(app, "/api/x", HTTP_X_API_KEY="k2")[0] == "200 OK"
+    assert _wsgi_call(app, "/api/x", HTTP_X_API_KEY="k2")[0] == "200 OK"  # same IP, own bucket
+    # made-up keys are not verified: they share the client's IP bucket
+    assert _wsgi_call(app, "/api/x", HTTP_X_API_KEY="made-up-1")[0] == "200 OK"
+    assert _wsgi_call(app, "/api/x", HTTP_X_API_KEY="made-up-2")[0].startswith("429")
+    pool.close()
+
+
+def test_wsgi_rotating_unverified_api_keys_are_limited_by_client_ip(redis_url: str) -> None:
+    pool = RedisPool(redis_url, min_size=0, max_size=2)
+    rl = RateLimiter(pool, "3/minute", algorithm="fixed")
+    app = RateLimitMiddleware(_hello, [Rule("/api/", rl, key=api_key())])
+    statuses = [_wsgi_call(app, "/api/x", HTTP_X_API_KEY=f"k{i}")[0][:3] for i in range(10)]
+    assert statuses == ["200"] * 3 + ["429"] * 7
+    # one key from several addresses: the key's own bucket still counts
+    other = [
+        _wsgi_call(app, "/api/x", HTTP_X_API_KEY="shared", REMOTE_ADDR=f"198.51.100.{i}")[0][:3]
+        for i in range(5)
+    ]
+    assert other == ["200"] * 3 + ["429"] * 2
+    pool.close()
+
+
+LOGIN_PATHS = [
+    "/api/auth/login",
+    "//api/auth/login",
+    "/api//auth/login",
+    "///api/auth/login",
+    "/./api/auth/login",
+    "/api/x/../auth/login",
+    "/api/auth/./login",
+]
+
+
+@pytest.mark.parametrize("path", LOGIN_PATHS)
+def test_wsgi_rule_sees_the_path_the_router_sees(redis_url: str, path: str) -> None:
+    """Each spelling a server passes through counts against the README's login
+    rule: behind it a real Flask app, whose login view may run at most twice."""
+    app = Flask(__name__)
+    ran: list[str] = []
+
+    @app.post("/api/auth/login")
+    def view() -> str:
+        ran.append("login")
+        return "login"
+
+    @app.post("/api/<path:rest>")
+    def other(rest: str) -> str:
+        return "other"
+
+    pool = RedisPool(redis_url, min_size=0, max_size=2)
+    rl = RateLimiter(pool, "2/minute", algorithm="fixed")
+    wrapped = RateLimitMiddleware(app, [Rule(r"/api/auth/login$", rl, methods=["POST"])])
+    seen = [_wsgi_call(wrapped, path, "POST")[0][:3] for _ in range(4)]
+    assert seen[2:] == ["429", "429"], seen
+    assert len(ran) <= 2
+    assert _wsgi_call(wrapped, "/api/auth/login", "POST")[0][:3] == "429"  # one bucket
+    pool.close()
+
+
+def test_routed_path() -> None:
+    assert routed_path("//a///b/") == "/a/b/"
+    assert routed_path("/a/./b/../c") == "/a/c"
+    assert routed_path("/../../a") == "/a"
+    assert routed_path("/a/b/..") == "/a/"
+    assert routed_path("/") == routed_path("") == routed_path("//") == "/"
+    # the server percent-decoded once; a router does not decode again
+    assert routed_path("/a%2Fb") == "/a%2Fb"
+    # latin-1 text of UTF-8 bytes, as WSGI passes it: decoded as Werkzeug does
+    assert routed_path("/caf\xc3\xa9") == "/caf\xe9"
+
+
+@pytest.mark.parametrize(("method", "counted"), [("post", True), ("Post", True), ("GET", False)])
+def test_wsgi_methods_match_in_any_case(redis_url: str, method: str, counted: bool) -> None:
+    pool = RedisPool(redis_url, min_size=0, max_size=2)
+    rl = RateLimiter(pool, "1/minute", algorithm="fixed")
+    app = RateLimitMiddleware(_hello, [Rule("/login", rl, methods=["POST"])])
+    statuses = [_wsgi_call(app, "/login", method)[0][:3] for _ in range(2)]
+    assert statuses == (["200", "429"] if counted else ["200", "200"])
+    pool.close()
+
+
+def test_wsgi_head_counts_as_get(redis_url: str) -> None:
+    app = Flask(__name__)
+
+    @app.get("/api/report")
+    def report() -> str:
+        return "expensive"
+
+    pool = RedisPool(redis_url, min_size=0, max_size=2)
+    rl = RateLimiter(pool, "2/minute", algorithm="fixed")
+    wrapped = RateLimitMiddleware(app, [Rule("/api/report", rl, methods=["get"])])
+    seen = [_wsgi_call(wrapped, "/api/report", m)[0][:3] for m in ("HEAD", "head", "GET")]
+    assert seen == ["200", "200", "429"]
     pool.close()
 
 
@@ -166,3 +269,135 @@ def test_bad_config_is_named(redis_url: str) -> None:
         RedisPoolExtension(app)
     with pytest.raises(TypeError, match="rules must be Rule objects"):
         RateLimitMiddleware(_hello, ["/api"])  # type: ignore[list-item]
+
+
+def test_one_extension_on_two_apps_keeps_each_apps_pool(redis_url: str) -> None:
+    ext = RedisPoolExtension()
+    apps = []
+    for db in (1, 2):
+        app = Flask(f"app{db}")
+        app.config.update(
+            REDIS_URL=redis_url.rsplit("/", 1)[0] + f"/{db}",
+            REDIS_POOL_MIN_SIZE=0,
+            REDIS_POOL_MAX_SIZE=2 + db,
+            REDIS_POOL_OPTIONS={"name": f"two-apps-db{db}"},
+        )
+        ext.init_app(app)
+
+        @app.get("/write")
+        def write() -> Any:
+            current_pool.redis.set("who", current_app.name)
+            return {"ok": True}
+
+        apps.append(app)
+    for app in apps:
+        assert app.test_client().get("/write").status_code == 200
+    admin = redis.Redis.from_url(redis_url, single_connection_client=True)
+    for db in (1, 2):
+        admin.select(db)
+        assert admin.get("who") == f"app{db}".encode()
+    admin.close()
+    for db, app in enumerate(apps, 1):
+        client = app.test_client()
+        assert client.get("/api/health/redis").json["max_size"] == 2 + db
+        text = client.get("/metrics").get_data(as_text=True)
+        assert f'pool_name="two-apps-db{db}"' in text
+        with app.app_context():
+            assert ext.pool is app.extensions["redispool"].pool
+            assert ext.pool.stats().max_size == 2 + db
+    with pytest.raises(RuntimeError, match="several apps"):
+        ext.pool  # noqa: B018  (outside an app context: which one?)
+    for app in apps:
+        app.extensions["redispool"].pool.close()
+
+
+def test_health_hides_address_and_server_unless_configured(redis_url: str) -> None:
+    host_port = redis_url.split("//", 1)[1].split("/", 1)[0]
+    app = make_app(redis_url)
+    default = app.test_client().get("/api/health/redis")
+    assert default.json["status"] == "up"
+    for key in ("active", "idle", "waiting", "total_commands", "timeouts", "errors"):
+        assert key in default.json
+    assert "wait_time_avg_ms" in default.json and "server" not in default.json
+    assert host_port not in default.get_data(as_text=True)
+    app.extensions["redispool"].pool.close()
+
+    app = make_app(
+        redis_url, REDISPOOL_HEALTH_SHOW_DETAILS=lambda req: req.headers.get("X-Ops") == "yes"
+    )
+    client = app.test_client()
+    assert host_port not in client.get("/api/health/redis").get_data(as_text=True)
+    shown = client.get("/api/health/redis", headers={"X-Ops": "yes"}).json
+    assert host_port in shown["server"]["url"] and host_port in shown["name"]
+    server = shown["server"]
+    assert server["version"].count(".") == 2 and server["mode"] == "standalone"
+    assert 1 <= server["connected_clients"] < server["maxclients"]
+    app.extensions["redispool"].pool.close()
+    with pytest.raises(ValueError, match="REDISPOOL_HEALTH_SHOW_DETAILS"):
+        make_app(redis_url, REDISPOOL_HEALTH_SHOW_DETAILS="sometimes")
+
+
+def test_health_details_leave_out_what_the_acl_refuses(redis_server_factory: Any) -> None:
+    server = redis_server_factory()
+    admin = redis.Redis.from_url(server.url, single_connection_client=True)
+    admin.acl_setuser(
+        "probe", enabled=True, passwords=["+probe-pw"], commands=["+ping", "+info"], keys=[]
+    )
+    admin.close()
+    pool = RedisPool(server.url, username="probe", password="probe-pw", min_size=0)
+    status, body = pool_health(pool, show_details=True)
+    assert status == 200 and body["status"] == "up"
+    assert "maxclients" not in body["server"] and body["server"]["connected_clients"] >= 1
+    assert "probe-pw" not in json.dumps(body)
+    pool.close()
+
+
+def test_metrics_counters_start_at_zero(redis_url: str) -> None:
+    app = make_app(redis_url, REDIS_POOL_OPTIONS={"name": "zero-counters"})
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    for family in (
+        "db_client_connection_timeouts_total",
+        "redispool_command_errors_total",
+        "redispool_create_errors_total",
+        "redispool_commands_total",
+    ):
+        assert f'{family}{{pool_name="zero-counters"}} 0.0' in text, family
+    app.extensions["redispool"].pool.close()
+
+
+NOISE = ["", ".", "x/..", "..", "l\u00f6gin/..", "login;x", "%2F", "API", "x"]
+
+
+def _routing_app() -> tuple[Flask, list[str]]:
+    app = Flask(__name__)
+    ran: list[str] = []
+
+    def login() -> str:
+        ran.append("login")
+        return ""
+
+    app.add_url_rule("/api/auth/login", "login", login, methods=["POST"])
+    app.add_url_rule("/api/<path:rest>", "api", lambda rest: "", methods=["POST"])
+    app.add_url_rule("/<path:rest>", "any", lambda rest: "", methods=["POST"])
+    return app, ran
+
+
+ROUTING_APP = _routing_app()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(NOISE), max_size=2), min_size=4, max_size=4))
+def test_every_path_flask_routes_to_the_view_matches_the_rule(noise: list[list[str]]) -> None:
+    """Oracle: Flask itself. ``/api/auth/login`` with noise segments around its
+    parts; whatever ``PATH_INFO`` (as a server passes it: latin-1 text of UTF-8
+    bytes) runs the login view must match the README's rule."""
+    app, ran = ROUTING_APP
+    parts = [*noise[0], "api", *noise[1], "auth", *noise[2], "login", *noise[3]]
+    path = "/" + "/".join(parts)
+    raw = path.encode("utf-8").decode("latin-1")
+    ran.clear()
+    _wsgi_call(app, raw, "POST")
+    limiter = RateLimiter.__new__(RateLimiter)  # Rule only checks its type
+    rule = Rule(r"/api/auth/login$", limiter, methods=["POST"])
+    if ran:
+        assert rule.matches("POST", raw), raw

@@ -5,8 +5,9 @@ Redis connection for every request instead of using the pool, so the two can be
 compared on the same app). Endpoints:
 
 * ``POST /api/auth/login`` ``{"username": ..., "password": ...}``: rate limited
-  per client IP, locked after 5 failures per username; 200, 400 (malformed),
-  401 (wrong credentials), 423 (locked, with ``Retry-After``), 429 (rate limited);
+  per client IP (before the body is read), locked after 5 failures per
+  username; 200, 400 (malformed), 401 (wrong credentials), 413 (a body over
+  16 KB), 423 (locked, with ``Retry-After``), 429 (rate limited);
 * ``GET /api/posts/<id>``: cached, falling back to a slow "database" (50 ms);
 * ``GET /api/stats``: the analytics counters; ``GET /api/health/redis``, ``/metrics``.
 """
@@ -16,13 +17,16 @@ from __future__ import annotations
 import atexit
 import hashlib
 import hmac
+import json
 import os
 import time
 import weakref
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from ..config import parse_redis_url
 from ..helpers.analytics import Analytics
 from ..helpers.cache import Cache
 from ..helpers.lockout import Lockout
@@ -41,6 +45,8 @@ USERS = {
 }
 POSTS = {i: {"id": i, "title": f"Post {i}", "body": "Lorem ipsum " * 8} for i in range(1, 101)}
 DB_LATENCY = 0.05
+MAX_BODY = 16 * 1024  # a login is well under 1 KB; anything larger is refused (413)
+BAD_LOGIN = 'send JSON {"username": "...", "password": "..."}'
 
 
 def slow_database(post_id: int) -> dict[str, Any] | None:
@@ -71,6 +77,40 @@ class _Services:
         self.analytics.close(timeout=1.0)
 
 
+def _text(value: object, max_len: int) -> str | None:
+    """``value`` if it is a non-empty str of at most ``max_len`` characters that
+    can be encoded (no lone surrogate such as ``"\\ud800"``), else None."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
+def login_body() -> dict[str, str] | None:
+    """The login request's ``{"username", "password"}``, or None if malformed
+    (not JSON, nested too deep, wrong types, too long, not encodable). A body
+    over ``MAX_CONTENT_LENGTH`` raises ``RequestEntityTooLarge`` (413)."""
+    if not request.is_json:
+        return None
+    data = request.get_data(cache=False)
+    if request.content_length is None and len(data) >= MAX_BODY:
+        raise RequestEntityTooLarge  # chunked: Werkzeug stops reading at the limit
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[...": nested too deep
+        return None
+    if not isinstance(body, dict):
+        return None
+    username = _text(body.get("username"), 256)
+    password = _text(body.get("password"), 1024)
+    if username is None or password is None:
+        return None
+    return {"username": username, "password": password}
+
+
 def _close_at_exit(ref: weakref.ref[_Services]) -> None:
     svc = ref()
     if svc is not None and not svc.pool.closed:
@@ -81,9 +121,16 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
     """The demo app (a WSGI app: ``gunicorn 'redispool.demo.app:create_app()'``)."""
     app = Flask("redispool.demo")
     url = redis_url or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not redis_url and "REDIS_URL" in os.environ:  # name what the user set, not app.config
+        try:
+            parse_redis_url(url)
+        except (TypeError, ValueError) as exc:  # its messages are redacted
+            raise ValueError(f"the environment variable REDIS_URL is malformed: {exc}") from None
     if per_request is None:
         per_request = os.environ.get("DEMO_PER_REQUEST", "").lower() in ("1", "true", "yes")
-    app.config.update(REDIS_URL=url, REDIS_POOL_MIN_SIZE=2, REDIS_POOL_MAX_SIZE=20)
+    app.config.update(
+        REDIS_URL=url, REDIS_POOL_MIN_SIZE=2, REDIS_POOL_MAX_SIZE=20, MAX_CONTENT_LENGTH=MAX_BODY
+    )
     ext = RedisPoolExtension(app)
     assert ext.pool is not None
     shared = _Services(ext.pool)
@@ -118,20 +165,13 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
     @app.post("/api/auth/login")
     def login() -> Any:
         svc: _Services = g.services
-        body = request.get_json(silent=True)
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("username"), str)
-            or not isinstance(body.get("password"), str)
-            or not body["username"]
-            or len(body["username"]) > 256
-            or len(body["password"]) > 1024
-        ):
-            return _error(400, "bad_request", 'send JSON {"username": "...", "password": "..."}')
         ip = request.remote_addr or "unknown"
-        limit = svc.login_limit.hit(ip)
+        limit = svc.login_limit.hit(ip)  # before the body is read: a refusal costs nothing
         if not limit.allowed:
             return _error(429, "rate_limited", "too many login attempts", limit.headers())
+        body = login_body()
+        if body is None:
+            return _error(400, "bad_request", BAD_LOGIN, limit.headers())
         username = body["username"]
         state = svc.lockout.check_lockout(username)
         if state.degraded:  # fail closed, but say why: it is not the user's fault
@@ -158,6 +198,10 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
             "wrong username or password",
             {**limit.headers(), "X-Remaining-Attempts": str(failed.remaining_attempts)},
         )
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> Any:
+        return _error(413, "too_large", f"the request body must be at most {MAX_BODY} bytes")
 
     @app.get("/api/posts/<int:post_id>")
     def post(post_id: int) -> Any:

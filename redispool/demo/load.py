@@ -12,6 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .run import Stopping, spawn_app, stop, wait_until_serving
+
 __all__ = ["compare", "run_load", "summarize"]
 
 LOGIN = json.dumps({"username": "alice", "password": "wonderland"})
@@ -25,10 +27,16 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run_load(
-    host: str, port: int, seconds: float, concurrency: int, max_requests: int = 200_000
+    host: str,
+    port: int,
+    seconds: float,
+    concurrency: int,
+    stopping: Stopping | None = None,
+    max_requests: int = 200_000,
 ) -> dict[str, Any]:
     """``concurrency`` keep-alive clients for ``seconds`` (and at most
-    ``max_requests``): login and cached reads, half each. Loopback only."""
+    ``max_requests``; until ``stopping``): login and cached reads, half each.
+    Loopback only."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError(f"load is only sent to loopback, not to {host!r}")
     latencies: dict[str, list[float]] = {"login": [], "post": []}
@@ -43,7 +51,7 @@ def run_load(
         conn = http.client.HTTPConnection(host, port, timeout=30)
         local: dict[str, list[float]] = {"login": [], "post": []}
         local_status: dict[int, int] = {}
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stopping:
             with lock:
                 if sent[0] >= max_requests:
                     break
@@ -118,9 +126,8 @@ def warm_cache(host: str, port: int, concurrency: int) -> None:
         list(executor.map(get, range(1, 101)))
 
 
-def compare(opts: argparse.Namespace, url: str) -> int:
-    from .run import start_app, stop
-
+def compare(opts: argparse.Namespace, url: str, stopping: Stopping) -> int:
+    """Pooled, then per-request: one server each, stopped before the next starts."""
     os.environ.setdefault("DEMO_LOGIN_LIMIT", "1000000/minute")  # measure, not limit
     lines = [
         f"{opts.concurrency} clients x {opts.seconds:.0f} s per mode, "
@@ -129,12 +136,16 @@ def compare(opts: argparse.Namespace, url: str) -> int:
         f"{'max ms':>8}",
     ]
     for per_request in (False, True):
-        proc = start_app(opts.host, opts.port, url, opts, per_request)
+        proc = spawn_app(opts.host, opts.port, url, opts, per_request)
         try:
+            if not wait_until_serving(proc, opts.host, opts.port, stopping):
+                return 0
             warm_cache(opts.host, opts.port, opts.concurrency)
-            result = run_load(opts.host, opts.port, opts.seconds, opts.concurrency)
+            result = run_load(opts.host, opts.port, opts.seconds, opts.concurrency, stopping)
         finally:
             stop(proc)
+        if stopping:
+            return 0
         lines += summarize("per-request" if per_request else "pooled", result)
     print("\n".join(lines), flush=True)
     return 0

@@ -33,6 +33,7 @@ import redis
 from redis.exceptions import RedisError
 
 from .._poolparts import _number
+from .._quietlog import SlowLog
 from . import _cache_format as fmt
 from ._singleflight import SingleFlight
 from ._writer import BackgroundWriter
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["Cache"]
 
 log = logging.getLogger("redispool.helpers.cache")
+_SLOW = SlowLog(log)  # slow operations: the first, then a summary per 10 s
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -194,7 +196,7 @@ class Cache(HelperBase):
         elapsed = time.perf_counter() - start
         if elapsed > self.slow_threshold:
             self._inc("slow_operations")
-            log.warning("cache %r: %s took %.1f ms", self.namespace, op, elapsed * 1000)
+            _SLOW.slow(f"cache {self.namespace!r}", op, elapsed)  # count and worst per 10 s
         return result
 
     def _read(self, loc: _Loc, token: str = "") -> tuple[str, bytes | None, int]:

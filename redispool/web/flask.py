@@ -7,7 +7,13 @@
 (a dict of any other ``RedisPool`` option); ``REDISPOOL_HEALTH_URL`` (default
 ``/api/health/redis``, None to disable), ``REDISPOOL_HEALTH_DETAIL`` (``full``,
 ``basic`` or ``status``; or a callable ``(request) -> level`` to decide per
-caller), ``REDISPOOL_METRICS_URL`` (default ``/metrics``, None to disable).
+caller), ``REDISPOOL_HEALTH_SHOW_DETAILS`` (``never``, the default: no address
+or server facts; ``always``; or a callable ``(request) -> bool``, e.g. "is
+this an operator"), ``REDISPOOL_METRICS_URL`` (default ``/metrics``, None to
+disable).
+
+One extension object may serve several apps: each app gets its own pool and
+metrics, kept in ``app.extensions["redispool"]``.
 """
 
 from __future__ import annotations
@@ -16,17 +22,18 @@ import atexit
 import math
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, has_app_context, jsonify, request
 from werkzeug.local import LocalProxy
 
 from ..config import parse_redis_url
 from ..redis_pool import RedisPool
-from .health import DETAIL_LEVELS, pool_health
+from .health import DETAIL_LEVELS, SHOW_DETAILS, pool_health
 from .metrics import CONTENT_TYPE, PoolMetrics, render_metrics
 
-__all__ = ["RedisPoolExtension", "current_pool"]
+__all__ = ["AppState", "RedisPoolExtension", "current_pool"]
 
 # app.config key -> (RedisPool option, type, minimum)
 _CONFIG: dict[str, tuple[str, type, float]] = {
@@ -75,6 +82,12 @@ def _check_config(cfg: Mapping[str, Any]) -> None:
             f"app.config['REDISPOOL_HEALTH_DETAIL'] must be one of {DETAIL_LEVELS} "
             f"or a callable, got {detail!r}"
         )
+    show = cfg.get("REDISPOOL_HEALTH_SHOW_DETAILS", "never")
+    if not callable(show) and show not in SHOW_DETAILS:
+        raise ValueError(
+            f"app.config['REDISPOOL_HEALTH_SHOW_DETAILS'] must be one of {SHOW_DETAILS} "
+            f"or a callable (request) -> bool, got {show!r}"
+        )
     for key in ("REDISPOOL_HEALTH_URL", "REDISPOOL_METRICS_URL"):
         url = cfg.get(key)
         if url and (not isinstance(url, str) or not url.startswith("/")):
@@ -89,15 +102,31 @@ def _close_at_exit(ref: weakref.ref[RedisPool]) -> None:
         pool.close(timeout=1.0)
 
 
+@dataclass
+class AppState:
+    """What the extension keeps for one app, in ``app.extensions["redispool"]``."""
+
+    extension: RedisPoolExtension
+    pool: RedisPool
+    metrics: PoolMetrics | None
+
+
+def _state(app: Flask) -> AppState:
+    state = app.extensions.get("redispool")
+    if not isinstance(state, AppState):
+        raise RuntimeError(f"RedisPoolExtension is not initialised on app {app.name!r}")
+    return state
+
+
 class RedisPoolExtension:
     """The pool is made in ``init_app`` (not connected until first used, so
     gunicorn's ``preload_app`` is safe), kept in ``app.extensions["redispool"]``,
-    and closed when the process exits."""
+    and closed when the process exits. ``pool`` and ``metrics`` are those of
+    the current app (or of the only app, outside an app context)."""
 
     def __init__(self, app: Flask | None = None, **pool_options: Any) -> None:
         self.pool_options = pool_options
-        self.pool: RedisPool | None = None
-        self.metrics: PoolMetrics | None = None
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -113,49 +142,82 @@ class RedisPoolExtension:
             options.setdefault("read_url", cfg["READ_REDIS_URL"])
         url = cfg.get("REDIS_URL", "redis://localhost:6379/0")
         pool = RedisPool(url, **options)
-        self.pool = pool
-        app.extensions["redispool"] = self
-        atexit.register(_close_at_exit, weakref.ref(pool))
+        metrics: PoolMetrics | None = None
         try:
             import prometheus_client  # noqa: F401
 
-            self.metrics = PoolMetrics([pool])
+            metrics = PoolMetrics([pool])
         except ImportError:  # plain text, this process only
-            self.metrics = None
+            pass
+        app.extensions["redispool"] = AppState(self, pool, metrics)
+        self._apps.add(app)
+        atexit.register(_close_at_exit, weakref.ref(pool))
 
         health_url = cfg.get("REDISPOOL_HEALTH_URL", "/api/health/redis")
         if health_url:
-            app.add_url_rule(health_url, "redispool_health", self._health, methods=["GET"])
+            app.add_url_rule(health_url, "redispool_health", _health, methods=["GET"])
         metrics_url = cfg.get("REDISPOOL_METRICS_URL", "/metrics")
         if metrics_url:
-            app.add_url_rule(metrics_url, "redispool_metrics", self._metrics, methods=["GET"])
-        if self.metrics is not None:
-            app.after_request(self._publish)
+            app.add_url_rule(metrics_url, "redispool_metrics", _metrics, methods=["GET"])
+        if metrics is not None:
+            app.after_request(_publish)
 
-    def _publish(self, response: Response) -> Response:
-        if self.metrics is not None:
-            self.metrics.update()
-        return response
+    def state(self, app: Flask | None = None) -> AppState | None:
+        """The state for ``app``, the current app, or the only app (None: no app)."""
+        if app is None and has_app_context():
+            current: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+            app = current if current in self._apps else None
+        if app is None:
+            apps = list(self._apps)
+            if len(apps) > 1:
+                raise RuntimeError(
+                    "RedisPoolExtension serves several apps: use ext.state(app).pool "
+                    "or use it inside an app context"
+                )
+            if not apps:
+                return None
+            app = apps[0]
+        state = app.extensions.get("redispool")
+        return state if isinstance(state, AppState) and state.extension is self else None
 
-    def _health(self) -> Any:
-        detail = current_app.config.get("REDISPOOL_HEALTH_DETAIL", "full")
-        if callable(detail):
-            detail = detail(request)
-        assert self.pool is not None
-        status, body = pool_health(self.pool, detail=detail)
-        return jsonify(body), status
+    @property
+    def pool(self) -> RedisPool | None:
+        state = self.state()
+        return None if state is None else state.pool
 
-    def _metrics(self) -> Response:
-        assert self.pool is not None
-        return Response(render_metrics([self.pool], self.metrics), content_type=CONTENT_TYPE)
+    @property
+    def metrics(self) -> PoolMetrics | None:
+        state = self.state()
+        return None if state is None else state.metrics
+
+
+def _publish(response: Response) -> Response:
+    state = _state(current_app)
+    if state.metrics is not None:
+        state.metrics.update()
+    return response
+
+
+def _health() -> Any:
+    state = _state(current_app)
+    cfg = current_app.config
+    detail = cfg.get("REDISPOOL_HEALTH_DETAIL", "full")
+    if callable(detail):
+        detail = detail(request)
+    show = cfg.get("REDISPOOL_HEALTH_SHOW_DETAILS", "never")
+    show_details = bool(show(request)) if callable(show) else show == "always"
+    status, body = pool_health(state.pool, detail=detail, show_details=show_details)
+    return jsonify(body), status
+
+
+def _metrics() -> Response:
+    state = _state(current_app)
+    text = render_metrics([state.pool], state.metrics)
+    return Response(text, content_type=CONTENT_TYPE)
 
 
 def _current() -> RedisPool:
-    ext = current_app.extensions.get("redispool")
-    if ext is None or ext.pool is None:
-        raise RuntimeError("RedisPoolExtension is not initialised on this app")
-    pool: RedisPool = ext.pool
-    return pool
+    return _state(current_app).pool
 
 
 current_pool: RedisPool = LocalProxy(_current)  # type: ignore[assignment]

@@ -1,4 +1,11 @@
-"""``GET /api/health/redis``: is Redis up, and how is the pool doing?"""
+"""``GET /api/health/redis``: is Redis up, and how is the pool doing?
+
+``pool_health()`` builds the JSON body for any framework (Flask here, the
+Django view next to it). As in Spring Boot Actuator's ``show-details``, the
+default shows status and pool numbers only; where Redis is (address, pool
+name) and what it is (version, ``connected_clients`` of ``maxclients``)
+only with ``show_details=True``.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +13,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import redis
+
     from ..redis_pool import RedisPool, RedisPoolStats
 
-__all__ = ["DETAIL_LEVELS", "pool_health"]
+__all__ = ["DETAIL_LEVELS", "SHOW_DETAILS", "pool_health", "server_details"]
 
 DETAIL_LEVELS = ("status", "basic", "full")
+SHOW_DETAILS = ("never", "always")  # or, in the web glue, a function of the request
 
 
 def _numbers(s: RedisPoolStats) -> dict[str, Any]:
     borrows = max(1, s.borrows)
     return {
-        "name": s.name,
         "active": s.in_use,
         "idle": s.idle,
         "size": s.size,
@@ -39,31 +48,69 @@ def _numbers(s: RedisPoolStats) -> dict[str, Any]:
     }
 
 
-def _ping(pool: RedisPool, timeout: float) -> tuple[float | None, str | None]:
+def server_details(r: redis.Redis) -> dict[str, Any]:
+    """Version, mode, ``connected_clients`` and ``maxclients`` in one round trip;
+    whatever the server's ACL refuses (``INFO``, ``CONFIG``) is left out."""
+    pipe = r.pipeline(transaction=False)
+    pipe.info("server")
+    pipe.info("clients")
+    pipe.config_get("maxclients")
+    server, clients, config = pipe.execute(raise_on_error=False)
+    out: dict[str, Any] = {}
+    if isinstance(server, dict):
+        for key in ("redis_version", "redis_mode"):
+            if key in server:
+                out[key.removeprefix("redis_")] = str(server[key])
+    if isinstance(clients, dict) and "connected_clients" in clients:
+        out["connected_clients"] = int(clients["connected_clients"])
+    if isinstance(config, dict):
+        value = config.get("maxclients", config.get(b"maxclients"))
+        if value is not None:
+            out["maxclients"] = int(value)
+    return out
+
+
+def _probe(
+    pool: RedisPool, timeout: float, details: bool
+) -> tuple[float | None, str | None, dict[str, Any]]:
+    """(PING round trip in ms or None, error class name, server details)."""
     t0 = time.perf_counter()
+    server: dict[str, Any] = {}
     try:
         with pool.client(timeout=timeout, wait=timeout) as r:
             r.ping()
+            rtt = round((time.perf_counter() - t0) * 1000, 3)
+            if details:
+                server = server_details(r)
     except Exception as exc:  # any failure means "down" here
-        return None, type(exc).__name__
-    return round((time.perf_counter() - t0) * 1000, 3), None
+        return None, type(exc).__name__, server
+    return rtt, None, server
 
 
 def pool_health(
-    pool: RedisPool, *, detail: str = "full", ping_timeout: float = 1.0
+    pool: RedisPool,
+    *,
+    detail: str = "full",
+    show_details: bool = False,
+    ping_timeout: float = 1.0,
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body). ``status`` is ``up``, ``degraded`` (answers, but
     callers wait, time out or connections fail to open) or ``down`` (no PING:
     503). ``detail``: ``status`` (only that), ``basic`` (+ pool occupancy) or
-    ``full``. Connection URLs in it carry no password."""
+    ``full`` (+ counters and wait times). ``show_details`` adds the pool's
+    name and address and a ``server`` section (version, mode,
+    ``connected_clients``, ``maxclients``: one more round trip). Connection
+    URLs in it carry no password."""
     from ..redis_pool import RedisPool, _socket_timeout
 
     if not isinstance(pool, RedisPool):
         raise TypeError(f"pool must be a redispool.RedisPool, got {type(pool).__name__}")
     if detail not in DETAIL_LEVELS:
         raise ValueError(f"detail must be one of {DETAIL_LEVELS}, got {detail!r}")
+    if not isinstance(show_details, bool):
+        raise TypeError(f"show_details must be True or False, got {show_details!r}")
     _socket_timeout("ping_timeout", ping_timeout, none_ok=False)
-    rtt, error = _ping(pool, ping_timeout)
+    rtt, error, server = _probe(pool, ping_timeout, show_details and detail != "status")
     stats = pool.stats()
     if rtt is None:
         status = "down"
@@ -83,4 +130,9 @@ def pool_health(
             body["error"] = error
         if detail == "full" and stats.read is not None:
             body["read"] = _numbers(stats.read)
+        if show_details:
+            body["name"] = stats.name
+            body["server"] = {"url": pool.url, **server}
+            if "read" in body and stats.read is not None:
+                body["read"]["name"] = stats.read.name
     return (503 if status == "down" else 200), body

@@ -149,11 +149,12 @@ class PoolMetrics:
         self.idle_min.labels(name).set(s.min_size)
         self.pending.labels(name).set(s.waiting)
         for field, counter in self.counters.items():
+            child = counter.labels(name)  # made at 0: alert rules see it before it moves
             value = float(getattr(s, field))
             key = (name, field)
             delta = value - self._sent.get(key, 0.0)
             if delta > 0:
-                counter.labels(name).inc(delta)
+                child.inc(delta)
                 self._sent[key] = value
 
 

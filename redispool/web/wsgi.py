@@ -6,16 +6,18 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..helpers.ratelimit import RateLimiter, RateLimitResult
 
-__all__ = ["RateLimitMiddleware", "Rule", "api_key", "client_ip"]
+__all__ = ["RateLimitMiddleware", "Rule", "api_key", "client_ip", "routed_path"]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
-KeyFunc = Callable[[Environ], "str | None"]
+KeyFunc = Callable[[Environ], "str | tuple[str, ...] | None"]
+"""``key(environ)``: the bucket (a str), several buckets that must all allow
+(a tuple), or None to fall back to the middleware's ``key``."""
 
 
 def client_ip(environ: Environ) -> str:
@@ -24,28 +26,73 @@ def client_ip(environ: Environ) -> str:
     return str(environ.get("REMOTE_ADDR") or "unknown")
 
 
-def api_key(header: str = "X-API-Key") -> KeyFunc:
-    """A key function reading an API key header (None when absent: falls back)."""
+def api_key(header: str = "X-API-Key", *, verify: Callable[[str], bool] | None = None) -> KeyFunc:
+    """A key function for an API key header (None when absent: the client IP).
+
+    The header is whatever the client sent, and the limit runs before your
+    app checks it: rotating made-up keys would get a fresh bucket each. So
+    without ``verify`` a request counts against its key *and* its client IP
+    (both must allow). With ``verify(key) -> bool`` (e.g. a lookup in your key
+    store, cached), a verified key has its own bucket and any other request
+    counts against its client IP only.
+    """
+    if not isinstance(header, str) or not header:
+        raise TypeError(f"header must be a header name such as 'X-API-Key', got {header!r}")
+    if verify is not None and not callable(verify):
+        raise TypeError(f"verify must be callable or None, got {verify!r}")
     var = "HTTP_" + header.upper().replace("-", "_")
 
-    def key(environ: Environ) -> str | None:
+    def key(environ: Environ) -> str | tuple[str, ...] | None:
         value = environ.get(var)
-        return f"key:{value}" if value else None
+        if not value or not isinstance(value, str):
+            return None
+        if verify is None:
+            return (f"key:{value}", client_ip(environ))
+        return f"key:{value}" if verify(value) else None
 
     return key
+
+
+def routed_path(path_info: str) -> str:
+    """``PATH_INFO`` as a router sees the request: decoded as Werkzeug does
+    (the server already percent-decoded it; its latin-1 text is UTF-8 bytes;
+    ``%2F`` stays decoded once, never twice), runs of slashes collapsed and
+    ``.``/``..`` segments resolved (RFC 3986, 5.2.4), trailing slash kept."""
+    try:
+        path = path_info.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # already text (some servers, test clients)
+        path = path_info
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    routed = "/" + "/".join(segments)
+    if segments and (path.endswith("/") or path.rsplit("/", 1)[-1] in (".", "..")):
+        routed += "/"
+    return routed
 
 
 @dataclass(frozen=True)
 class Rule:
     """Requests whose path matches ``path`` (a regex, anchored at the start)
     and whose method is in ``methods`` (all when empty) are counted by
-    ``limiter`` under ``key(environ)`` (falling back to the client IP)."""
+    ``limiter`` under ``key(environ)`` (falling back to the client IP).
+
+    The path is matched both as sent and as the router sees it
+    (``routed_path``: ``//api/auth/login`` and ``/api/x/../auth/login`` are
+    ``/api/auth/login``); methods match in any case, and ``HEAD`` counts as
+    ``GET`` (frameworks run the GET view for it).
+    """
 
     path: str
     limiter: RateLimiter
     methods: Sequence[str] = ()
     key: KeyFunc | None = None
     name: str | None = None
+    _methods: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str):
@@ -60,15 +107,20 @@ class Rule:
             raise TypeError(
                 f"methods must be a sequence of str such as ('POST',), got {self.methods!r}"
             )
+        methods = {m.upper() for m in self.methods}
+        if "GET" in methods:
+            methods.add("HEAD")
+        object.__setattr__(self, "_methods", frozenset(methods))
         if self.key is not None and not callable(self.key):
             raise TypeError(f"key must be callable or None, got {self.key!r}")
         if self.name is not None and not isinstance(self.name, str):
             raise TypeError(f"name must be a str or None, got {self.name!r}")
 
     def matches(self, method: str, path: str) -> bool:
-        if self.methods and method not in self.methods:
+        """Does a request (method and ``PATH_INFO``) fall under this rule?"""
+        if self._methods and method.upper() not in self._methods:
             return False
-        return re.match(self.path, path) is not None
+        return any(re.match(self.path, p) is not None for p in {path, routed_path(path)})
 
 
 def _bounded(who: str) -> str:
@@ -77,6 +129,21 @@ def _bounded(who: str) -> str:
     if isinstance(who, str) and len(who) > 256:
         return "sha256:" + hashlib.sha256(who.encode("utf-8", "surrogatepass")).hexdigest()
     return who
+
+
+def _hit(limiter: RateLimiter, rule: str, who: str | tuple[str, ...] | None) -> RateLimitResult:
+    """Count the request in each of its buckets; the first that refuses, or
+    the one with the least left, answers."""
+    buckets = who if isinstance(who, tuple) and who else (who or "-",)
+    tightest: RateLimitResult | None = None
+    for bucket in buckets:
+        result = limiter.hit((rule, _bounded(str(bucket))))
+        if not result.allowed:
+            return result
+        if tightest is None or result.remaining < tightest.remaining:
+            tightest = result
+    assert tightest is not None
+    return tightest
 
 
 class RateLimitMiddleware:
@@ -118,14 +185,14 @@ class RateLimitMiddleware:
         self.limited = 0
 
     def _limit(self, environ: Environ) -> RateLimitResult | None:
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "/")
+        method = str(environ.get("REQUEST_METHOD") or "GET")
+        path = str(environ.get("PATH_INFO") or "/")
         for i, rule in enumerate(self.rules):
             if rule.matches(method, path):
-                who = (rule.key(environ) if rule.key else None) or self.key(environ) or "-"
-                return rule.limiter.hit((rule.name or f"rule{i}:{rule.path}", _bounded(who)))
+                who = (rule.key(environ) if rule.key else None) or self.key(environ)
+                return _hit(rule.limiter, rule.name or f"rule{i}:{rule.path}", who)
         if self.default is not None:
-            return self.default.hit(("default", _bounded(self.key(environ) or "-")))
+            return _hit(self.default, "default", self.key(environ))
         return None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
