@@ -2,8 +2,8 @@
 
 Under gunicorn when it is installed (``--no-gunicorn``: Flask's threaded
 server). Ctrl-C or SIGTERM stops the workers and the embedded server.
-``--load`` runs a short bounded load against pooled and per-request mode and
-prints the latency table.
+``--load`` runs a short, bounded open-loop load against the pooled, redis-py
+and per-request modes at one rate and prints the latency table.
 """
 
 from __future__ import annotations
@@ -74,8 +74,13 @@ def _command(host: str, port: int, opts: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def start_app(host: str, port: int, url: str, opts: argparse.Namespace, per_request: bool) -> Any:
+def start_app(
+    host: str, port: int, url: str, opts: argparse.Namespace, per_request: bool, mode: str = ""
+) -> Any:
+    """Start the demo server; ``mode`` (``DEMO_POOL``) overrides ``per_request``."""
     env = dict(os.environ, REDIS_URL=url, DEMO_PER_REQUEST="1" if per_request else "0")
+    if mode:
+        env.update(DEMO_POOL=mode, DEMO_PER_REQUEST="0")
     proc = subprocess.Popen(_command(host, port, opts), env=env, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -110,9 +115,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--worker-class", default="gevent", choices=["sync", "gthread", "gevent"])
     parser.add_argument("--per-request", action="store_true", help="no pool: connect per request")
     parser.add_argument("--no-gunicorn", action="store_true")
-    parser.add_argument("--load", action="store_true", help="measure pooled vs per-request")
-    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per case")
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--load", action="store_true", help="measure the three connection modes")
+    from .load import add_arguments
+
+    add_arguments(parser)
     opts = parser.parse_args(argv)
 
     stopping = []
