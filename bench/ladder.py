@@ -138,7 +138,7 @@ def plot(results: dict[str, Any], path: str) -> None:
     fig, axes = plt.subplots(
         len(panels), 1, figsize=(7, 2.8 * len(panels)), squeeze=False, sharex=True
     )
-    for ax, (worker_class, route) in zip(axes[:, 0], panels):
+    for ax, (worker_class, route) in zip(axes[:, 0], panels, strict=True):
         for run in results["runs"]:
             if (run["class"], run["route"]) != (worker_class, route):
                 continue

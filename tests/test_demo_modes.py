@@ -35,7 +35,7 @@ def test_each_mode_serves_login_and_reads(
 def test_unknown_mode_is_named(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEMO_POOL", "bogus")
     monkeypatch.delenv("DEMO_PER_REQUEST", raising=False)
-    with pytest.raises(ValueError, match="DEMO_POOL.*'bogus'"):
+    with pytest.raises(ValueError, match=r"DEMO_POOL.*'bogus'"):
         create_app(redis_url)
 
 

@@ -16,8 +16,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from redispool.testing import server as testing
 from redispool.testing import RedisServer, find_redis_server, tls_supported
+from redispool.testing import server as testing
 
 Factory = Callable[..., RedisServer]
 

@@ -114,4 +114,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=None, help="requests/s (default: probe)")
     parser.add_argument("--load-fraction", type=float, default=0.7, help="of the probed rate")
     parser.add_argument("--probe-seconds", type=float, default=1.0)
-

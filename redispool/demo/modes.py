@@ -51,4 +51,3 @@ class RedisPyBlockingPool(RedisPool):
     def close(self, timeout: float = 5.0) -> None:
         self._blocking.disconnect()
         super().close(timeout)
-

@@ -8,8 +8,8 @@ One asyncio event loop, raw HTTP/1.1 on keep-alive connections (a new one when
 the server closes, as gunicorn's sync workers do; up to ``max_connections``,
 after which due requests queue in the generator, still timed from their due
 time). ``lags`` in the result are how late the generator itself issued each
-request: when their p99 is small next to the latencies, the schedule was kept. Loopback only; bounded by ``duration`` and
-``max_connections``.
+request: when their p99 is small next to the latencies, the schedule was kept.
+Loopback only; bounded by ``duration`` and ``max_connections``.
 """
 
 from __future__ import annotations
@@ -193,9 +193,7 @@ class _Generator:
 
     async def _open(self) -> None:
         try:
-            _, conn = await self.loop.create_connection(
-                lambda: _Conn(self), self.host, self.port
-            )
+            _, conn = await self.loop.create_connection(lambda: _Conn(self), self.host, self.port)
         except OSError:
             self.opening -= 1
             if self.backlog:  # the request that wanted it fails
