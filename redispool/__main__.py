@@ -11,7 +11,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "usage: python -m redispool demo [--host H] [--port P] [--workers N]\n"
             "                                [--worker-class sync|gthread|gevent]\n"
-            "                                [--per-request] [--no-gunicorn] [--load]\n"
+            "                                [--per-request] [--no-gunicorn]\n"
+            "                                [--load [--rate R] [--seconds S]]\n"
             "       python -m redispool bench [--workers N] [--ops M] [--gevent] [--maxclients K]"
         )
         return 0 if args else 2

@@ -1,8 +1,9 @@
 """The demo public API, to try redispool and to measure it.
 
-``create_app()`` reads ``REDIS_URL`` (and ``DEMO_PER_REQUEST=1`` to open a new
-Redis connection for every request instead of using the pool, so the two can be
-compared on the same app). Endpoints:
+``create_app()`` reads ``REDIS_URL`` and ``DEMO_POOL`` (``pooled``, the default;
+``redis-py`` for redis-py's ``BlockingConnectionPool``; ``per-request`` for a new
+Redis connection every request; ``DEMO_PER_REQUEST=1`` is the same as
+``per-request``), so the three can be compared on the same app. Endpoints:
 
 * ``POST /api/auth/login`` ``{"username": ..., "password": ...}``: rate limited
   per client IP (before the body is read), locked after 5 failures per
@@ -33,6 +34,7 @@ from ..helpers.lockout import Lockout
 from ..helpers.ratelimit import RateLimiter
 from ..redis_pool import RedisPool
 from ..web.flask import RedisPoolExtension
+from .modes import MODES, RedisPyBlockingPool
 
 __all__ = ["create_app"]
 
@@ -117,6 +119,17 @@ def _close_at_exit(ref: weakref.ref[_Services]) -> None:
         svc.close()
 
 
+def _mode(per_request: bool | None) -> str:
+    if per_request is not None:
+        return "per-request" if per_request else "pooled"
+    if os.environ.get("DEMO_PER_REQUEST", "").lower() in ("1", "true", "yes"):
+        return "per-request"
+    mode = os.environ.get("DEMO_POOL") or "pooled"
+    if mode not in MODES:
+        raise ValueError(f"DEMO_POOL must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
 def create_app(redis_url: str | None = None, *, per_request: bool | None = None) -> Flask:
     """The demo app (a WSGI app: ``gunicorn 'redispool.demo.app:create_app()'``)."""
     app = Flask("redispool.demo")
@@ -126,14 +139,14 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
             parse_redis_url(url)
         except (TypeError, ValueError) as exc:  # its messages are redacted
             raise ValueError(f"the environment variable REDIS_URL is malformed: {exc}") from None
-    if per_request is None:
-        per_request = os.environ.get("DEMO_PER_REQUEST", "").lower() in ("1", "true", "yes")
+    mode = _mode(per_request)
+    per_request = mode == "per-request"
     app.config.update(
         REDIS_URL=url, REDIS_POOL_MIN_SIZE=2, REDIS_POOL_MAX_SIZE=20, MAX_CONTENT_LENGTH=MAX_BODY
     )
     ext = RedisPoolExtension(app)
     assert ext.pool is not None
-    shared = _Services(ext.pool)
+    shared = _Services(RedisPyBlockingPool(url) if mode == "redis-py" else ext.pool)
     # Registered after the pool's own atexit close, so it runs before it (LIFO): the
     # buffered analytics and queued cache writes are flushed while the pool is open.
     atexit.register(_close_at_exit, weakref.ref(shared))
@@ -221,6 +234,7 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
                 "unique_logins_this_minute": svc.analytics.count_unique("logins"),
                 "cache": svc.cache.stats(),
                 "per_request_connections": per_request,
+                "pool_mode": mode,
             }
         )
 

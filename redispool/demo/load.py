@@ -1,4 +1,12 @@
-"""A short, bounded HTTP load on the demo API: pooled vs per-request."""
+"""``python -m redispool demo --load``: open-loop load on the demo API, the same
+offered rate for each way of getting connections (pooled, redis-py's
+``BlockingConnectionPool``, a new connection per request).
+
+The rate is picked by a short probe of the pooled mode (the highest rate whose
+p99 stays under 50 ms, of a few short steps) times ``--load-fraction``, unless
+``--rate`` is given. Latency is counted from each request's intended send time
+(see ``openloop``). Loopback only, bounded.
+"""
 
 from __future__ import annotations
 
@@ -6,111 +14,38 @@ import argparse
 import http.client
 import json
 import os
-import random
-import threading
-import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
+from .modes import MODES
+from .openloop import LoadResult, http_request, run_open_loop
 from .run import Stopping, spawn_app, stop, wait_until_serving
 
-__all__ = ["compare", "run_load", "summarize"]
+__all__ = ["ROUTES", "compare", "format_row", "probe_rate", "warm_cache"]
 
-LOGIN = json.dumps({"username": "alice", "password": "wonderland"})
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def run_load(
-    host: str,
-    port: int,
-    seconds: float,
-    concurrency: int,
-    stopping: Stopping | None = None,
-    max_requests: int = 200_000,
-) -> dict[str, Any]:
-    """``concurrency`` keep-alive clients for ``seconds`` (and at most
-    ``max_requests``; until ``stopping``): login and cached reads, half each.
-    Loopback only."""
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"load is only sent to loopback, not to {host!r}")
-    latencies: dict[str, list[float]] = {"login": [], "post": []}
-    statuses: dict[int, int] = {}
-    errors = [0]
-    lock = threading.Lock()
-    deadline = time.monotonic() + seconds
-    sent = [0]
-
-    def client(seed: int) -> None:
-        rnd = random.Random(seed)
-        conn = http.client.HTTPConnection(host, port, timeout=30)
-        local: dict[str, list[float]] = {"login": [], "post": []}
-        local_status: dict[int, int] = {}
-        while time.monotonic() < deadline and not stopping:
-            with lock:
-                if sent[0] >= max_requests:
-                    break
-                sent[0] += 1
-            kind = "login" if rnd.random() < 0.5 else "post"
-            t0 = time.perf_counter()
-            try:
-                if kind == "login":
-                    conn.request(
-                        "POST", "/api/auth/login", LOGIN, {"Content-Type": "application/json"}
-                    )
-                else:
-                    conn.request("GET", f"/api/posts/{rnd.randint(1, 100)}")
-                resp = conn.getresponse()
-                resp.read()
-            except (OSError, http.client.HTTPException):
-                with lock:
-                    errors[0] += 1
-                conn.close()
-                conn = http.client.HTTPConnection(host, port, timeout=30)
-                continue
-            local[kind].append(time.perf_counter() - t0)
-            local_status[resp.status] = local_status.get(resp.status, 0) + 1
-        conn.close()
-        with lock:
-            for k, v in local.items():
-                latencies[k].extend(v)
-            for code, n in local_status.items():
-                statuses[code] = statuses.get(code, 0) + n
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
-    return {"latencies": latencies, "statuses": statuses, "errors": errors[0], "elapsed": elapsed}
+LOGIN = json.dumps({"username": "alice", "password": "wonderland"}).encode()
+ROUTES: dict[str, list[bytes]] = {
+    "login": [http_request("POST", "/api/auth/login", LOGIN)],
+    "post": [http_request("GET", f"/api/posts/{i}") for i in range(1, 101)],
+}
+PROBE_RATES = (50, 100, 200, 400, 700, 1000, 1500, 2000, 3000, 4000)
+HEADER = (
+    f"{'mode':<12} {'route':<6} {'rate/s':>7} {'done/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+    f"{'p99.9 ms':>9} {'errors':>7} {'lag p99':>8}"
+)
 
 
-def summarize(name: str, result: dict[str, Any]) -> list[str]:
-    rows = []
-    for kind, values in result["latencies"].items():
-        rows.append(
-            f"{name:<12} {kind:<6} {len(values):>7} {len(values) / result['elapsed']:>9.0f} "
-            f"{_percentile(values, 0.5) * 1000:>8.1f} {_percentile(values, 0.99) * 1000:>8.1f} "
-            f"{max(values, default=float('nan')) * 1000:>8.1f}"
-        )
-    server_errors = sum(n for code, n in result["statuses"].items() if code >= 500)
-    rows.append(
-        f"{'':<12} errors: {result['errors']} connection, {server_errors} 5xx; "
-        f"statuses {dict(sorted(result['statuses'].items()))}"
+def format_row(mode: str, route: str, result: LoadResult) -> str:
+    s = result.summary()
+    return (
+        f"{mode:<12} {route:<6} {s['rate']:>7.0f} {s['achieved']:>7.0f} {s['p50_ms']:>8.1f} "
+        f"{s['p99_ms']:>8.1f} {s['p999_ms']:>9.1f} {int(s['errors']):>7} {s['lag_p99_ms']:>8.1f}"
     )
-    return rows
 
 
 def warm_cache(host: str, port: int, concurrency: int) -> None:
     """Read every post once: without it the first mode measured would pay for the
-    cold cache (50 ms database reads) and the second would get the hits."""
+    cold cache (50 ms database reads) and the next would get the hits."""
 
     def get(post_id: int) -> None:
         conn = http.client.HTTPConnection(host, port, timeout=30)
@@ -126,26 +61,60 @@ def warm_cache(host: str, port: int, concurrency: int) -> None:
         list(executor.map(get, range(1, 101)))
 
 
+def probe_rate(
+    host: str, port: int, requests: Sequence[bytes], *, seconds: float = 1.0,
+    limit_ms: float = 50.0, rates: Sequence[float] = PROBE_RATES,
+    run: Callable[..., LoadResult] = run_open_loop,
+) -> float:  # fmt: skip
+    """The highest of ``rates`` (climbing, ``seconds`` each) with no error and a
+    p99 under ``limit_ms``; the first rate if even that one fails."""
+    best = float(rates[0])
+    for rate in rates:
+        result = run(host, port, requests, rate, seconds, timeout=2.0)
+        if result.failed or result.summary()["p99_ms"] >= limit_ms:
+            break
+        best = float(rate)
+    return best
+
+
 def compare(opts: argparse.Namespace, url: str, stopping: Stopping) -> int:
-    """Pooled, then per-request: one server each, stopped before the next starts."""
-    os.environ.setdefault("DEMO_LOGIN_LIMIT", "1000000/minute")  # measure, not limit
-    lines = [
-        f"{opts.concurrency} clients x {opts.seconds:.0f} s per mode, "
-        f"{opts.workers} {opts.worker_class} workers",
-        f"{'mode':<12} {'route':<6} {'requests':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8}",
-    ]
-    for per_request in (False, True):
-        proc = spawn_app(opts.host, opts.port, url, opts, per_request)
+    """Start the demo once per mode (each stopped before the next starts) and load
+    each route at one fixed rate; a stop signal ends it between steps."""
+    os.environ.setdefault("DEMO_LOGIN_LIMIT", "100000000/minute")  # measure, not limit
+    host, port = opts.host, opts.port
+    rate: float | None = opts.rate
+    rows: list[str] = []
+    for mode in MODES:
+        proc = spawn_app(host, port, url, opts, False, mode)
         try:
-            if not wait_until_serving(proc, opts.host, opts.port, stopping):
+            if not wait_until_serving(proc, host, port, stopping):
                 return 0
-            warm_cache(opts.host, opts.port, opts.concurrency)
-            result = run_load(opts.host, opts.port, opts.seconds, opts.concurrency, stopping)
+            warm_cache(host, port, 20)
+            if rate is None:  # probed on the first mode, the pooled one
+                probed = probe_rate(host, port, ROUTES["login"], seconds=opts.probe_seconds)
+                rate = max(10.0, round(probed * opts.load_fraction))
+                print(f"probe: pooled login keeps p99 < 50 ms up to {probed:.0f}/s", flush=True)
+            for route, requests in ROUTES.items():
+                if stopping:
+                    return 0
+                result = run_open_loop(host, port, requests, rate, opts.seconds)
+                rows.append(format_row(mode, route, result))
         finally:
             stop(proc)
-        if stopping:
-            return 0
-        lines += summarize("per-request" if per_request else "pooled", result)
-    print("\n".join(lines), flush=True)
+    print(
+        f"open loop at {rate:.0f} requests/s x {opts.seconds:g} s per mode and route, "
+        f"{opts.workers} {opts.worker_class} workers; latency from the intended send time",
+        HEADER,
+        *rows,
+        sep="\n",
+        flush=True,
+    )
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--load`` options of ``python -m redispool demo``."""
+    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per case")
+    parser.add_argument("--rate", type=float, default=None, help="requests/s (default: probe)")
+    parser.add_argument("--load-fraction", type=float, default=0.7, help="of the probed rate")
+    parser.add_argument("--probe-seconds", type=float, default=1.0)

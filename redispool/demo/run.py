@@ -4,8 +4,8 @@ Under gunicorn when it is installed (``--no-gunicorn``: Flask's threaded
 server). Ctrl-C or SIGTERM stops the workers and the embedded server, at
 whatever moment it arrives: the signal only sets a flag, so no start is
 interrupted halfway and everything started is stopped. ``--load`` runs a
-short bounded load against pooled and per-request mode and prints the
-latency table.
+short, bounded open-loop load against the pooled, redis-py and per-request
+modes at one rate and prints the latency table.
 """
 
 from __future__ import annotations
@@ -162,18 +162,21 @@ def _command(host: str, port: int, opts: argparse.Namespace) -> list[str]:
 
 
 def spawn_app(
-    host: str, port: int, url: str, opts: argparse.Namespace, per_request: bool
+    host: str, port: int, url: str, opts: argparse.Namespace, per_request: bool, mode: str = ""
 ) -> subprocess.Popen[bytes]:
-    """Start the server process (in its own session); see ``wait_until_serving``."""
+    """Start the server process (in its own session); see ``wait_until_serving``.
+    ``mode`` (``DEMO_POOL``: pooled, redis-py, per-request) overrides ``per_request``."""
     env = dict(os.environ, REDIS_URL=url, DEMO_PER_REQUEST="1" if per_request else "0")
+    if mode:
+        env.update(DEMO_POOL=mode, DEMO_PER_REQUEST="0")
     return subprocess.Popen(_command(host, port, opts), env=env, start_new_session=True)
 
 
 def start_app(
-    host: str, port: int, url: str, opts: argparse.Namespace, per_request: bool
+    host: str, port: int, url: str, opts: argparse.Namespace, per_request: bool, mode: str = ""
 ) -> subprocess.Popen[bytes]:
     """``spawn_app`` and ``wait_until_serving`` (stopped again if it never answers)."""
-    proc = spawn_app(host, port, url, opts, per_request)
+    proc = spawn_app(host, port, url, opts, per_request, mode)
     try:
         wait_until_serving(proc, host, port, Stopping())
     except BaseException:
@@ -251,9 +254,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--worker-class", default="gevent", choices=["sync", "gthread", "gevent"])
     parser.add_argument("--per-request", action="store_true", help="no pool: connect per request")
     parser.add_argument("--no-gunicorn", action="store_true")
-    parser.add_argument("--load", action="store_true", help="measure pooled vs per-request")
-    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per case")
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--load", action="store_true", help="measure the three connection modes")
+    from .load import add_arguments
+
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -1,0 +1,123 @@
+"""The open-loop load generator keeps its schedule and counts latency from each
+request's intended send time (no coordinated omission)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from redispool.demo.load import probe_rate
+from redispool.demo.openloop import LoadResult, http_request, percentile, run_open_loop
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.fixture
+def stalling_server() -> Iterator[tuple[int, list[float]]]:
+    """A keep-alive HTTP server on loopback, one thread per connection, that
+    answers the very first request after 0.5 s and the rest at once. Yields its
+    port and the times requests arrived."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    arrivals: list[float] = []
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while not stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    _, buf = buf.split(b"\r\n\r\n", 1)
+                    arrivals.append(time.monotonic())
+                    if len(arrivals) == 1:
+                        time.sleep(0.5)
+                    conn.sendall(OK)
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], arrivals
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_latency_counts_from_the_intended_send_time(
+    stalling_server: tuple[int, list[float]],
+) -> None:
+    port, arrivals = stalling_server
+    # One connection: while the first request stalls for 0.5 s, the next ones
+    # are due every 20 ms and must wait. A closed-loop tool would report one
+    # slow request; an open-loop one reports every request that was held up.
+    result = run_open_loop(
+        "127.0.0.1", port, [http_request("GET", "/")], 50, 1.0, max_connections=1
+    )
+    assert result.sent == 50 and result.statuses == {200: 50}, result.statuses
+    assert result.failed == 0
+    held_up = [lat for lat in result.latencies if lat > 0.1]
+    assert len(held_up) >= 15, sorted(result.latencies)
+    assert max(result.latencies) >= 0.45
+    assert len(arrivals) == 50
+
+
+def test_schedule_is_kept_and_spread(stalling_server: tuple[int, list[float]]) -> None:
+    port, arrivals = stalling_server
+    result = run_open_loop("127.0.0.1", port, [http_request("GET", "/")], 200, 1.0)
+    assert result.sent == 200 and result.failed == 0
+    # The generator issued requests on time (it is the server that stalled) ...
+    assert percentile(sorted(result.lags), 0.5) < 0.05
+    # ... spread over the second, not in a burst: arrivals span most of it.
+    assert arrivals[-1] - arrivals[0] > 0.8
+
+
+def test_refused_connections_are_errors() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens once closed
+    result = run_open_loop("127.0.0.1", port, [http_request("GET", "/")], 50, 0.2, timeout=1)
+    assert result.sent == 0 and result.failed == 10 and not result.latencies
+
+
+def test_only_loopback_and_valid_arguments() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        run_open_loop("10.0.0.1", 80, [b"x"], 10, 1)
+    with pytest.raises(ValueError, match="rate"):
+        run_open_loop("127.0.0.1", 80, [b"x"], 0, 1)
+    with pytest.raises(ValueError, match="requests"):
+        run_open_loop("127.0.0.1", 80, [], 10, 1)
+
+
+def test_probe_climbs_until_p99_breaks() -> None:
+    seen: list[float] = []
+
+    def fake_run(host: str, port: int, requests: object, rate: float, seconds: float,
+                 **kw: object) -> LoadResult:  # fmt: skip
+        seen.append(rate)
+        result = LoadResult(rate=rate, duration=seconds)
+        result.latencies = [0.002 if rate < 400 else 0.2] * 100
+        return result
+
+    assert probe_rate("127.0.0.1", 1, [b"x"], run=fake_run) == 200
+    assert seen == [50, 100, 200, 400]
