@@ -257,9 +257,10 @@ def server_cannot_serve(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, redis.ResponseError) or not exc.args:
         return False
-    text = exc.args[0]
-    code = (text if isinstance(text, str) else str(text)).split(" ", 1)[0]
-    return code in _UNAVAILABLE_CODES
+    text = str(exc.args[0])
+    if text.startswith("Command # "):  # redis-py's note on a pipeline's error
+        text = text.rpartition(" of pipeline caused error: ")[2]
+    return text.split(" ", 1)[0] in _UNAVAILABLE_CODES
 
 
 class HelperBase:
