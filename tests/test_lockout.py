@@ -163,7 +163,18 @@ def test_bad_input(pool: RedisPool) -> None:
         Lockout(pool, window="15m")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="on_error must be"):
         Lockout(pool, on_error="sometimes")
-    assert pool.stats().borrows == 0
+    with pytest.raises(ValueError, match="max_identities_per_client must be >= 1"):
+        Lockout(pool, max_identities_per_client=0)
+    with pytest.raises(TypeError, match="client_window must be a number"):
+        Lockout(pool, client_window="1h")  # type: ignore[arg-type]
+    capped = Lockout(pool, max_identities_per_client=3)
+    with pytest.raises(TypeError, match="identity must be a str"):
+        capped.attempt(None)
+    with pytest.raises(ValueError, match="client must not be empty"):
+        capped.attempt("u", client="")
+    with pytest.raises(ValueError, match="client is too long"):
+        capped.attempt("u", client="c" * 5000)
+    assert pool.stats().borrows == 0  # refused before anything was counted
 
 
 # -- attempt(): the check is reserved before it happens ---------------------------------
