@@ -157,10 +157,10 @@ class LockoutAttempt:
     call) counts as ``failed()``: the password may have been checked.
     """
 
-    __slots__ = ("_client", "_counted", "_identity", "_lockout", "_verdict", "allowed", "result")
+    __slots__ = ("_counted", "_digest", "_lockout", "_verdict", "allowed", "result")
 
-    def __init__(self, lockout: Lockout, identity: Any, client: Any, result: LockoutResult) -> None:
-        self._lockout, self._identity, self._client = lockout, identity, client
+    def __init__(self, lockout: Lockout, digest: str, result: LockoutResult) -> None:
+        self._lockout, self._digest = lockout, digest
         self.result = result
         self.allowed = not result.locked
         self._counted = not result.degraded  # Redis holds this attempt's reservation
@@ -176,20 +176,20 @@ class LockoutAttempt:
     def succeeded(self) -> LockoutResult:
         """The password was right: forget the identity's failures and lock."""
         self._settle("succeeded")
-        return self._lockout._run(self._identity, "clear")
+        return self._lockout._script(self._digest, "clear")
 
     def failed(self) -> LockoutResult:
         """The password was wrong: the attempt stays counted; locks when the
         attempts are used up (``newly_locked``)."""
         self._settle("failed")
-        return self._lockout._run(self._identity, "failed" if self._counted else "fail")
+        return self._lockout._script(self._digest, "failed" if self._counted else "fail")
 
     def release(self) -> LockoutResult:
         """The password was not checked: give the attempt back."""
         self._settle("released")
         if not self._counted:
             return self.result
-        return self._lockout._run(self._identity, "release")
+        return self._lockout._script(self._digest, "release")
 
     def __enter__(self) -> LockoutAttempt:
         return self
@@ -277,10 +277,6 @@ class Lockout(HelperBase):
     def _digest(self, identity: Any, field: str = "identity") -> str:
         return key_digest(self.namespace, identity, self._secret, field)
 
-    def _keys(self, identity: Any) -> list[str]:
-        digest = self._digest(identity)
-        return [slot_key(self.namespace, digest, kind) for kind in ("a", "l", "n")]
-
     def _degraded(self, exc: HelperUnavailable) -> LockoutResult:
         if self.on_error == "raise":
             raise exc
@@ -296,7 +292,10 @@ class Lockout(HelperBase):
         )
 
     def _run(self, identity: Any, mode: str) -> LockoutResult:
-        keys = self._keys(identity)
+        return self._script(self._digest(identity), mode)
+
+    def _script(self, digest: str, mode: str) -> LockoutResult:
+        keys = [slot_key(self.namespace, digest, kind) for kind in ("a", "l", "n")]
         try:
             raw = self._call(lambda r: _SCRIPT(r, keys, (*self._args, mode)))
         except HelperUnavailable as exc:
@@ -311,13 +310,10 @@ class Lockout(HelperBase):
             reason="identity" if is_locked else None,
         )
 
-    def _check_client(self, identity: Any, client: Any) -> LockoutResult | None:
-        """None if ``client`` may try ``identity``, else the refusal."""
-        cap = self.max_identities_per_client
-        if cap is None:
-            return None
-        key = slot_key(self.namespace, self._digest(client, "client"), "c")
-        args = (cap, int(self.client_window * 1000), self._digest(identity))
+    def _check_client(self, client: str, digest: str, cap: int) -> LockoutResult | None:
+        """None if the client (digest) may try the identity (digest), else the refusal."""
+        key = slot_key(self.namespace, client, "c")
+        args = (cap, int(self.client_window * 1000), digest)
         try:
             allowed, _, retry_ms = self._call(lambda r: _CLIENT_SCRIPT(r, [key], args))
         except HelperUnavailable as exc:
@@ -348,13 +344,14 @@ class Lockout(HelperBase):
         Exact: at most ``max_attempts`` attempts are allowed per window (until
         a success clears them), however many arrive at once.
         """
-        self._digest(identity)  # bad input raises before anything is counted
-        if client is not None:
-            self._digest(client, "client")
-            refused = self._check_client(identity, client)
+        digest = self._digest(identity)  # bad input raises before anything is counted
+        client_digest = None if client is None else self._digest(client, "client")
+        cap = self.max_identities_per_client
+        if client_digest is not None and cap is not None:
+            refused = self._check_client(client_digest, digest, cap)
             if refused is not None:
-                return LockoutAttempt(self, identity, client, refused)
-        return LockoutAttempt(self, identity, client, self._run(identity, "reserve"))
+                return LockoutAttempt(self, digest, refused)
+        return LockoutAttempt(self, digest, self._script(digest, "reserve"))
 
     def check_lockout(self, identity: Any) -> LockoutResult:
         """Is ``identity`` locked? (Counts nothing.)"""
