@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from redispool import RedisPool
 from redispool.helpers import HelperUnavailable, lockout
@@ -416,3 +418,63 @@ def test_demo_login_checks_at_most_5_passwords_in_a_burst(
             assert resp.status_code == 423 and len(checks) <= 5
     finally:
         app.extensions["redispool"].pool.close(timeout=1.0)
+
+
+# -- a model of attempt(), driven by random interleavings --------------------------------
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["attempt", "failed", "succeeded", "release", "drop"]), st.integers(0, 9)
+    ),
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(max_attempts=st.integers(1, 4), ops=_OPS)
+def test_attempts_follow_the_model_in_any_interleaving(
+    pool: RedisPool, max_attempts: int, ops: list[tuple[str, int]]
+) -> None:
+    """Attempts opened and ended in any order (a verdict, a release, or dropped
+    without one): every answer is the model's. The model: at most
+    ``max_attempts`` open-or-failed attempts; the failure that fills the count
+    locks; a success clears; a release gives one back."""
+    lo = Lockout(pool, max_attempts=max_attempts, window=60, lockout=60)
+    who = f"model-{time.monotonic_ns()}"
+    count, locked = 0, False
+    open_: list[Any] = []
+    for op, n in ops:
+        if op == "attempt":
+            a = lo.attempt(who)
+            assert a.allowed == (not locked and count < max_attempts), (count, locked)
+            if a.allowed:
+                count += 1
+                assert a.result.attempts == count
+                open_.append(a)
+            continue
+        if not open_:
+            continue
+        a = open_.pop(n % len(open_))
+        if op == "succeeded":
+            a.succeeded()
+            count, locked = 0, False
+        elif op == "release":
+            r = a.release()
+            if not locked:
+                count = max(0, count - 1)
+            assert r.locked == locked and (locked or r.attempts == count)
+        else:  # failed, or dropped: leaving the block without a verdict
+            if op == "failed":
+                r = a.failed()
+            else:
+                a.__exit__(None, None, None)
+                r = lo.check_lockout(who)
+            if not locked:
+                count = max(count, 1)
+                if count >= max_attempts:
+                    count, locked = 0, True
+                    assert op == "drop" or r.newly_locked
+            assert r.locked == locked
+    assert lo.check_lockout(who).locked == locked
