@@ -175,8 +175,8 @@ class Analytics(HelperBase):
         return int(t // self.bucket) * self.bucket
 
     def _key(self, kind: str, name: str, start: int) -> str:
-        if any(ch in name for ch in "%:{}"):  # no name spells another key or hash tag
-            for ch in "%:{}":
+        for ch in "%:{}":  # "%" first; no name spells another key or a hash tag
+            if ch in name:
                 name = name.replace(ch, f"%{ord(ch):02X}")
         return f"{self.namespace}:{kind}:{{{name}}}:{start}"  # a name's buckets: one slot
 

@@ -6,8 +6,8 @@ bounded background writer. Concurrent misses of one key call the loader once per
 process (single flight) and, across processes, once per lease. Optional XFetch
 early recomputation; a separate TTL for cached ``None`` ("not found").
 
-Keys: every user key is hashed (HMAC with a secret) and embeds the namespace version (and the
-versions of its tags), so ``invalidate_all()`` / ``invalidate_tag()`` are one
+Keys: every user key is hashed (HMAC with a secret) and embeds the namespace
+version (and the versions of its tags), so ``invalidate_all()`` / ``invalidate_tag()`` are one
 INCR: old entries are never read again and expire on their own. Each call reads
 the versions and the value in ONE round trip, with a Lua script that builds the
 versioned key server-side (so an invalidation is seen at once, by every process).
