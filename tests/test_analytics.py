@@ -77,11 +77,11 @@ def test_incr_get_key_layout_and_ttl(pool: RedisPool, admin: redis.Redis) -> Non
     assert a.incr("hits", 5) == 6
     assert a.get("hits") == 6
     assert a.get("other") == 0
-    assert admin.get("t:c:hits:960") == b"6"  # 1000 // 60 * 60
-    assert WEEK * 1000 - 5000 < admin.pttl("t:c:hits:960") <= WEEK * 1000
+    assert admin.get("t:c:{hits}:960") == b"6"  # 1000 // 60 * 60
+    assert WEEK * 1000 - 5000 < admin.pttl("t:c:{hits}:960") <= WEEK * 1000
     short = Analytics(pool, namespace="t2", retention=100, clock=FakeClock(1000.0))
     short.incr("hits")
-    assert 95_000 < admin.pttl("t2:c:hits:960") <= 100_000
+    assert 95_000 < admin.pttl("t2:c:{hits}:960") <= 100_000
     assert a.stats()["increments"] == 2 and a.stats()["errors"] == 0
 
 
@@ -139,7 +139,7 @@ def test_unique_counts_close_to_truth(pool: RedisPool, admin: redis.Redis) -> No
     a.add_unique("visitors", *(f"user-{i}" for i in range(5_000, 15_000)))
     both = a.count_unique("visitors", start=600)
     assert both is not None and abs(both - 15_000) <= 300  # merged, not 20k
-    assert 0 < admin.pttl("u:u:visitors:600") <= WEEK * 1000
+    assert 0 < admin.pttl("u:u:{visitors}:600") <= WEEK * 1000
     assert a.add_unique("ids", 42) is True and a.add_unique("ids", "42") is False  # same member
 
 
@@ -168,7 +168,7 @@ def test_buffered_flush_is_one_round_trip(pool: RedisPool, admin: redis.Redis) -
             assert a.incr(name) is None
     a.add_unique("u1", "x", "y")
     a.add_unique("u2", "z")
-    assert admin.get("b:c:a:0") is None  # nothing written yet
+    assert admin.get("b:c:{a}:0") is None  # nothing written yet
     assert a.stats()["buffered"] == 5 and a.stats()["buffered_entries"] == 6
     before, cmds = pool.stats().borrows, admin.info("commandstats")
     assert a.flush() == 5
@@ -180,8 +180,8 @@ def test_buffered_flush_is_one_round_trip(pool: RedisPool, admin: redis.Redis) -
         return int(after.get(key, {}).get("calls", 0)) - int(cmds.get(key, {}).get("calls", 0))
 
     assert (delta("incrby"), delta("pfadd"), delta("expire")) == (3, 2, 5)
-    assert admin.mget("b:c:a:0", "b:c:b:0", "b:c:c:0") == [b"10"] * 3
-    assert admin.pfcount("b:u:u1:0") == 2 and admin.pttl("b:c:a:0") > 0
+    assert admin.mget("b:c:{a}:0", "b:c:{b}:0", "b:c:{c}:0") == [b"10"] * 3
+    assert admin.pfcount("b:u:{u1}:0") == 2 and admin.pttl("b:c:{a}:0") > 0
     s = a.stats()
     assert (s["flushes"], s["flushed_keys"], s["buffered"], s["increments"]) == (1, 5, 0, 30)
     before = pool.stats().borrows
@@ -215,7 +215,7 @@ def test_large_flush_is_chunked_and_a_failed_chunk_goes_back(
 
 
 def test_refused_commands_are_counted_not_retried(pool: RedisPool, admin: redis.Redis) -> None:
-    admin.set("stats:u:bad:0", "not a HyperLogLog")
+    admin.set("stats:u:{bad}:0", "not a HyperLogLog")
     a = Analytics(pool, buffered=True, flush_interval=60, clock=FakeClock(0))
     a.incr("ok")
     a.add_unique("bad", "m")
@@ -247,8 +247,8 @@ def test_close_flushes_then_writes_go_direct(pool: RedisPool, admin: redis.Redis
     with Analytics(pool, buffered=True, flush_interval=60, clock=FakeClock(0)) as a:
         a.incr("x", 3)
         thread = a._thread
-        assert thread is not None and thread.is_alive() and admin.get("stats:c:x:0") is None
-    assert admin.get("stats:c:x:0") == b"3"
+        assert thread is not None and thread.is_alive() and admin.get("stats:c:{x}:0") is None
+    assert admin.get("stats:c:{x}:0") == b"3"
     assert not thread.is_alive()
     assert a.incr("x") == 4  # closed: direct
     a.close()  # idempotent
@@ -261,7 +261,7 @@ def test_atexit_closes_live_instances_and_abandoned_ones_are_collected(
     a.incr("y", 2)
     assert a in analytics_mod._LIVE
     analytics_mod._close_all()
-    assert admin.get("stats:c:y:0") == b"2" and a not in analytics_mod._LIVE
+    assert admin.get("stats:c:{y}:0") == b"2" and a not in analytics_mod._LIVE
     b = Analytics(pool, buffered=True, flush_interval=0.01)
     b.incr("z")
     thread, ref = b._thread, weakref.ref(b)
@@ -289,10 +289,10 @@ def test_forked_child_starts_with_an_empty_buffer(pool: RedisPool, admin: redis.
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert admin.get("stats:c:child:0") == b"1"
+    assert admin.get("stats:c:{child}:0") == b"1"
     assert a.stats()["buffered"] == 1  # the parent's buffer is untouched
     a.close()
-    assert admin.get("stats:c:parent:0") == b"1"
+    assert admin.get("stats:c:{parent}:0") == b"1"
 
 
 # -- Redis down ----------------------------------------------------------------

@@ -60,7 +60,7 @@ def make_cache(pool: RedisPool) -> Iterator[Callable[..., Cache]]:
 
 def data_keys(admin: redis.Redis, namespace: str = "cache") -> list[bytes]:
     """Stored entries (never lease or version keys). KEYS is fine in a test."""
-    keys = cast(list[bytes], admin.keys(f"{namespace}:v*"))
+    keys = cast(list[bytes], admin.keys(f"{namespace}:{{{namespace}}}:v*"))
     return [k for k in keys if not k.endswith(b":lease")]
 
 
@@ -103,7 +103,7 @@ def test_keys_are_hashed_never_raw(make_cache: Callable[..., Cache], admin: redi
     cache.set("alice@example.com\r\nFLUSHALL", 1)
     (key,) = data_keys(admin, "web")
     assert b"alice" not in key and len(key) < 64
-    assert admin.get("web:version") is None  # versions start at 0 without a write
+    assert admin.get("web:{web}:version") is None  # versions start at 0 without a write
 
 
 def test_one_round_trip_per_read(
@@ -460,7 +460,7 @@ def test_namespace_and_tag_invalidation(
     assert cache.get("a") == 4
     assert cache.invalidate("a") is True and cache.get("a") is None
     assert cache.invalidate("a") is False
-    assert int(admin.get("cache:version") or 0) == 1
+    assert int(admin.get("cache:{cache}:version") or 0) == 1
 
 
 def test_value_loaded_before_an_invalidation_is_not_written(

@@ -413,7 +413,12 @@ NASTY: list[Any] = [
     ("alice:10.0.0.1",),
 ]
 MAX_KEY = 128  # the namespace (<= 64) plus a kind and a 32-hex digest
-HASHED_KEY = re.compile(r"^(?:a|l|n|f|s|g|t|tag|v[0-9.]+):[0-9a-f]{32}(?::lease)?$")
+# After "<ns>:": "{<digest>}:<kind>" (the identity's hash slot), or, for the cache,
+# "{<ns>}:<kind>:<digest>" (the namespace's hash slot).
+HASHED_KEY = re.compile(
+    r"^\{(?:[0-9a-f]{32}\}:(?:a|l|n|c|f|s|g)"
+    r"|[A-Za-z0-9_.:-]{1,64}\}:(?:tag|v[0-9.]+):[0-9a-f]{32}(?::lease)?)$"
+)
 
 
 def _keys(admin: redis.Redis) -> set[bytes]:
@@ -510,7 +515,7 @@ def test_cache_keys(key_pool: tuple[RedisPool, redis.Redis]) -> None:
     _assert_separate(written, HASHED_KEY)
     for ns in NAMESPACES:  # and each namespace's own version key, when invalidated
         with Cache(pool, ns, secret=KEY_SECRET) as cache:
-            assert _new_keys(admin, cache.invalidate_all) == {f"{ns}:version"}
+            assert _new_keys(admin, cache.invalidate_all) == {f"{ns}:{{{ns}}}:version"}
 
 
 def test_analytics_keys(key_pool: tuple[RedisPool, redis.Redis]) -> None:
@@ -530,7 +535,7 @@ def test_analytics_keys(key_pool: tuple[RedisPool, redis.Redis]) -> None:
         assert len(keys) == 2
         for key in keys:
             assert key.startswith(ns + ":") and len(key) <= 64 + 3 + 3 * 200 + 21, key
-            assert re.fullmatch(r"[cu]:[^:\s]{1,600}:0", key[len(ns) + 1 :]), key
+            assert re.fullmatch(r"[cu]:\{[^:\s{}]{1,600}\}:0", key[len(ns) + 1 :]), key
             assert owner.setdefault(key, (ns, i)) == (ns, i), key
             for member in members:  # members are hashed: none reaches Redis
                 if isinstance(member, str) and len(member) > 3:
@@ -542,7 +547,7 @@ def test_analytics_keys(key_pool: tuple[RedisPool, redis.Redis]) -> None:
     assert a.incr("x:c:logins", at=600) == 1
     assert b.incr("logins", at=600) == 1
     assert a.get("x:c:logins", at=600) == 1 and b.get("logins", at=600) == 1
-    assert admin.get("app:x:c:logins:600") == b"1"
+    assert admin.get("app:x:c:{logins}:600") == b"1"
 
 
 def test_rate_limit_middleware_bounds_client_keys(

@@ -186,23 +186,27 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
         if body is None:
             return _error(400, "bad_request", BAD_LOGIN, limit.headers())
         username = body["username"]
-        state = svc.lockout.check_lockout(username)
-        if state.degraded:  # fail closed, but say why: it is not the user's fault
-            return _error(
-                503, "unavailable", "login is unavailable; try again shortly", {"Retry-After": "5"}
-            )
-        if state.locked:
-            return _locked(state.retry_after, limit.headers())
-        expected = USERS.get(username, "0" * 64)  # same work for unknown users
-        given = hashlib.sha256(_SALT + body["password"].encode()).hexdigest()
-        if hmac.compare_digest(expected, given) and username in USERS:
-            if state.attempts:  # only a round trip when there is something to clear
-                svc.lockout.clear_lockout(username)
-            svc.analytics.add_unique("logins", username)
-            resp = jsonify({"ok": True, "user": username, "token": os.urandom(16).hex()})
-            resp.headers.update(limit.headers())
-            return resp
-        failed = svc.lockout.record_failed_attempt(username)
+        # Reserve the password check first (one round trip), report its outcome
+        # after: however many guesses arrive at once, at most 5 are checked.
+        with svc.lockout.attempt(username) as attempt:
+            if attempt.result.degraded and not attempt.allowed:  # fail closed, but say why
+                return _error(
+                    503,
+                    "unavailable",
+                    "login is unavailable; try again shortly",
+                    {"Retry-After": "5"},
+                )
+            if not attempt.allowed:
+                return _locked(attempt.result.retry_after, limit.headers())
+            expected = USERS.get(username, "0" * 64)  # same work for unknown users
+            given = hashlib.sha256(_SALT + body["password"].encode()).hexdigest()
+            if hmac.compare_digest(expected, given) and username in USERS:
+                attempt.succeeded()
+                svc.analytics.add_unique("logins", username)
+                resp = jsonify({"ok": True, "user": username, "token": os.urandom(16).hex()})
+                resp.headers.update(limit.headers())
+                return resp
+            failed = attempt.failed()
         if failed.locked:
             return _locked(failed.retry_after, limit.headers())
         return _error(

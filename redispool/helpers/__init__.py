@@ -9,7 +9,7 @@ from __future__ import annotations
 from .analytics import Analytics
 from .base import CircuitBreaker, HelperUnavailable, RedisScript, hashed_key
 from .cache import Cache
-from .lockout import Lockout, LockoutResult
+from .lockout import Lockout, LockoutAttempt, LockoutResult
 from .ratelimit import RateLimiter, RateLimitResult, parse_limit
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "CircuitBreaker",
     "HelperUnavailable",
     "Lockout",
+    "LockoutAttempt",
     "LockoutResult",
     "RateLimitResult",
     "RateLimiter",

@@ -1,8 +1,9 @@
 """Counters and unique counts per time bucket, optionally buffered in memory.
 
-Keys: ``<ns>:c:<name>:<bucket_start>`` (INCRBY) and ``<ns>:u:<name>:<bucket_start>``
-(HyperLogLog; ``%`` and ``:`` in a name are written ``%25`` and ``%3A``, so that
-no name can spell a key of another namespace), with a TTL of ``retention`` seconds
+Keys: ``<ns>:c:{<name>}:<bucket_start>`` (INCRBY) and ``<ns>:u:{<name>}:<bucket_start>``
+(HyperLogLog; ``%``, ``:``, ``{`` and ``}`` in a name are written ``%25``, ``%3A``,
+``%7B`` and ``%7D``, so that no name can spell a key of another namespace; all
+buckets of a name share a Redis Cluster hash slot), with a TTL of ``retention`` seconds
 from the last write (EXPIRE, not EXPIREAT: an injected clock never makes an
 expired key). Buckets are aligned to the epoch (``"day"`` = UTC days); use one
 bucket width per namespace (widths share keys).
@@ -31,7 +32,13 @@ import redis
 from redis.exceptions import RedisError
 
 from .._poolparts import _number
-from .base import CircuitBreaker, HelperBase, HelperUnavailable, check_seconds
+from .base import (
+    CircuitBreaker,
+    HelperBase,
+    HelperUnavailable,
+    check_seconds,
+    server_cannot_serve,
+)
 
 if TYPE_CHECKING:
     from ..redis_pool import RedisPool
@@ -168,9 +175,10 @@ class Analytics(HelperBase):
         return int(t // self.bucket) * self.bucket
 
     def _key(self, kind: str, name: str, start: int) -> str:
-        if "%" in name or ":" in name:  # ns "a" + name "b:c:x" must not be ns "a:c:b" + "x"
-            name = name.replace("%", "%25").replace(":", "%3A")
-        return f"{self.namespace}:{kind}:{name}:{start}"
+        for ch in "%:{}":  # "%" first; no name spells another key or a hash tag
+            if ch in name:
+                name = name.replace(ch, f"%{ord(ch):02X}")
+        return f"{self.namespace}:{kind}:{{{name}}}:{start}"  # a name's buckets: one slot
 
     def _range(self, start: When, end: When) -> list[int]:
         last = self.bucket_start(_timestamp(end, "end"))
@@ -384,6 +392,9 @@ class Analytics(HelperBase):
                 pipe.pfadd(key, *value)
             pipe.expire(key, self.retention)
         refused = [x for x in pipe.execute(raise_on_error=False) if isinstance(x, Exception)]
+        for exc in refused:
+            if server_cannot_serve(exc):  # OOM, READONLY, ...: the policy, and keep the data
+                raise exc
         if refused:
             log.error("Analytics: flush: redis refused %d commands: %r", len(refused), refused[0])
         return len(refused)

@@ -23,7 +23,15 @@ from ..errors import PoolError, PoolTimeout
 if TYPE_CHECKING:
     from ..redis_pool import RedisPool
 
-__all__ = ["CircuitBreaker", "HelperBase", "HelperUnavailable", "RedisScript", "hashed_key"]
+__all__ = [
+    "CircuitBreaker",
+    "HelperBase",
+    "HelperUnavailable",
+    "RedisScript",
+    "hashed_key",
+    "key_digest",
+    "slot_key",
+]
 
 log = logging.getLogger("redispool.helpers")
 R = TypeVar("R")
@@ -90,31 +98,49 @@ def _identity_bytes(identity: Any, field: str, limit: int = MAX_IDENTITY) -> byt
     return bytes(out)
 
 
-def hashed_key(
+def key_digest(
     namespace: str,
-    kind: str,
     identity: Any,
-    secret: bytes,
+    secret: bytes | None,
     field: str = "key",
     *,
     limit: int = MAX_IDENTITY,
 ) -> str:
-    """``namespace:kind:<hmac>``: bounded in size, never the plaintext input, and
-    keyed so that nobody can compute (or collide with) another user's key."""
-    digest = hmac.new(secret, _identity_bytes(identity, field, limit), hashlib.blake2b).hexdigest()
-    return f"{namespace}:{kind}:{digest[:32]}"
+    """32 hex digits naming ``identity`` within ``namespace``: the same in every
+    process, host and restart. With a ``secret``: HMAC-BLAKE2b, so that nobody
+    without it can tell which input a key belongs to; without: plain BLAKE2b of
+    the length-prefixed namespace and input."""
+    data = _identity_bytes((namespace,), "namespace", 64) + _identity_bytes(identity, field, limit)
+    if secret is None:
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return hmac.new(secret, data, hashlib.blake2b).hexdigest()[:32]
 
 
-def default_secret() -> bytes:
-    """``REDISPOOL_KEY_SECRET`` from the environment, else a per-process random key
-    (fine for one process; set the variable so that all workers agree)."""
-    env = os.environ.get("REDISPOOL_KEY_SECRET")
-    if env:
-        return env.encode()
-    return _PROCESS_SECRET
+def slot_key(namespace: str, tag: str, *suffix: str) -> str:
+    """``namespace:{tag}:suffix...``. Redis Cluster hashes only what is between the
+    braces, so all keys of one tag share a hash slot (and one Lua call may touch
+    them together). ``tag`` must not contain braces."""
+    return ":".join((namespace, "{" + tag + "}", *suffix))
 
 
-_PROCESS_SECRET = os.urandom(32)
+def hashed_key(
+    namespace: str,
+    kind: str,
+    identity: Any,
+    secret: bytes | None,
+    field: str = "key",
+    *,
+    limit: int = MAX_IDENTITY,
+) -> str:
+    """``namespace:{<digest>}:kind``: bounded in size, never the plaintext input,
+    the same in every process, and in the hash slot of every other key of the
+    same identity (see ``key_digest`` and ``slot_key``)."""
+    return slot_key(namespace, key_digest(namespace, identity, secret, field, limit=limit), kind)
+
+
+def default_secret() -> bytes | None:
+    """``REDISPOOL_KEY_SECRET`` from the environment, else None (a plain hash)."""
+    return os.environ.get("REDISPOOL_KEY_SECRET", "").encode() or None
 
 
 class RedisScript:
@@ -133,7 +159,13 @@ class RedisScript:
 
 class CircuitBreaker:
     """Stops calling Redis after ``threshold`` failures in a row, for a jittered
-    ``cooldown``; then lets one trial call through (half-open)."""
+    ``cooldown``; then lets one trial call through (half-open).
+
+    The trial ends with ``success()``, ``failure()`` or, when the call ended
+    without a verdict (no connection free in time, an interruption such as
+    ``gevent.Timeout`` or ``KeyboardInterrupt``), ``leave(ticket)``: whatever
+    ends the trial call ends the trial.
+    """
 
     def __init__(
         self,
@@ -150,7 +182,8 @@ class CircuitBreaker:
         self.failures = 0
         self.opened = 0  # how many times it opened
         self._open_until = 0.0
-        self._trial = False
+        self._trial = 0  # ticket of the running half-open trial; 0: none
+        self._tickets = 0
 
     @property
     def state(self) -> str:
@@ -158,26 +191,41 @@ class CircuitBreaker:
             return "closed"
         return "open" if self._clock() < self._open_until else "half-open"
 
-    def allow(self) -> bool:
-        """May a call go to Redis now?"""
+    def enter(self) -> int | None:
+        """May a call go to Redis now? None: no. 0: yes (closed). A positive
+        ticket: yes, as the half-open trial, which the caller must end."""
         if self.failures < self.threshold:
-            return True
+            return 0
         with self._lock:
             if self._clock() < self._open_until or self._trial:
-                return False
-            self._trial = True  # one trial call at a time
-            return True
+                return None
+            self._tickets += 1
+            self._trial = self._tickets  # one trial call at a time
+            return self._trial
+
+    def allow(self) -> bool:
+        """``enter() is not None`` (a trial it grants ends with ``success()`` or
+        ``failure()``; prefer ``enter()``, whose ticket ``leave()`` can end)."""
+        return self.enter() is not None
+
+    def leave(self, ticket: int) -> None:
+        """The call holding ``ticket`` ended without a verdict: if it was the
+        trial and nothing ended it yet, the next call may try."""
+        if ticket and self._trial == ticket:
+            with self._lock:
+                if self._trial == ticket:
+                    self._trial = 0
 
     def success(self) -> None:
-        if self.failures:
+        if self.failures or self._trial:
             with self._lock:
                 self.failures = 0
-                self._trial = False
+                self._trial = 0
 
     def failure(self) -> None:
         with self._lock:
             self.failures += 1
-            self._trial = False
+            self._trial = 0
             if self.failures >= self.threshold:
                 if self.failures == self.threshold:
                     self.opened += 1
@@ -186,6 +234,33 @@ class CircuitBreaker:
 
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "failures": self.failures, "opened": self.opened}
+
+
+# Error replies that mean "this server cannot serve now", not "this call is wrong".
+_UNAVAILABLE_CLASSES: tuple[type[Exception], ...] = (
+    redis.exceptions.OutOfMemoryError,  # OOM: maxmemory reached, noeviction
+    redis.exceptions.ReadOnlyError,  # READONLY: a replica (a demoted primary)
+    redis.exceptions.MasterDownError,  # MASTERDOWN: replica lost its primary
+    redis.exceptions.TryAgainError,  # TRYAGAIN
+    redis.exceptions.ClusterDownError,  # CLUSTERDOWN
+)
+_UNAVAILABLE_CODES = frozenset(
+    ("OOM", "READONLY", "MISCONF", "BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN")
+)
+
+
+def server_cannot_serve(exc: BaseException) -> bool:
+    """Is ``exc`` an error reply saying Redis is unable to serve (out of memory,
+    read-only, cannot persist, busy, loading), rather than a wrong call
+    (WRONGTYPE, a script error)? Such replies get the helper's failure policy."""
+    if isinstance(exc, _UNAVAILABLE_CLASSES):
+        return True
+    if not isinstance(exc, redis.ResponseError) or not exc.args:
+        return False
+    text = str(exc.args[0])
+    if text.startswith("Command # "):  # redis-py's note on a pipeline's error
+        text = text.rpartition(" of pipeline caused error: ")[2]
+    return text.split(" ", 1)[0] in _UNAVAILABLE_CODES
 
 
 class HelperBase:
@@ -216,17 +291,24 @@ class HelperBase:
     def _call(self, fn: Callable[[redis.Redis], R]) -> R:
         """Run ``fn`` on a pinned client: wait and each command bounded by ``timeout``.
 
-        Raises ``HelperUnavailable`` (a ``redis.RedisError``) when Redis fails or
-        the breaker is open; the caller applies its policy.
+        Raises ``HelperUnavailable`` (a ``redis.RedisError``) when Redis fails, is
+        unable to serve (OOM, READONLY, MISCONF, ...) or the breaker is open; the
+        caller applies its policy. Other error replies (WRONGTYPE, a script
+        error: a bug, not an outage) are raised as they are.
         """
-        if not self.breaker.allow():
+        ticket = self.breaker.enter()
+        if ticket is None:
             self.rejected += 1
             raise HelperUnavailable(f"{type(self).__name__}: circuit breaker open")
         try:
             with self.pool.client(timeout=self.timeout, wait=self.timeout) as r:
                 result = fn(r)
         except (RedisError, PoolError, OSError) as exc:
-            if isinstance(exc, redis.ResponseError) and not isinstance(exc, NoScriptError):
+            if (
+                isinstance(exc, redis.ResponseError)
+                and not isinstance(exc, NoScriptError)
+                and not server_cannot_serve(exc)
+            ):
                 self.breaker.success()  # the server answered: it is up
                 raise
             self.errors += 1
@@ -239,5 +321,8 @@ class HelperBase:
                 self.breaker.failure()
                 log.warning("%s: redis call failed: %r", type(self).__name__, exc)
             raise HelperUnavailable(f"{type(self).__name__}: redis unavailable: {exc}") from exc
-        self.breaker.success()
-        return result
+        else:
+            self.breaker.success()
+            return result
+        finally:
+            self.breaker.leave(ticket)  # no-op unless the trial ended without a verdict

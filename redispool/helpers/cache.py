@@ -6,13 +6,14 @@ bounded background writer. Concurrent misses of one key call the loader once per
 process (single flight) and, across processes, once per lease. Optional XFetch
 early recomputation; a separate TTL for cached ``None`` ("not found").
 
-Keys: every user key is HMAC-hashed and embeds the namespace version (and the
-versions of its tags), so ``invalidate_all()`` / ``invalidate_tag()`` are one
+Keys: every user key is hashed (HMAC with a secret) and embeds the namespace
+version (and the versions of its tags), so ``invalidate_all()`` / ``invalidate_tag()`` are one
 INCR: old entries are never read again and expire on their own. Each call reads
 the versions and the value in ONE round trip, with a Lua script that builds the
 versioned key server-side (so an invalidation is seen at once, by every process).
-The script touches keys it does not declare: fine on the single Redis server (or
-primary) a RedisPool talks to, not on Redis Cluster.
+All keys of a namespace carry the hash tag ``{namespace}`` (one Redis Cluster
+slot). The script touches a key it does not declare (the versioned data key),
+in that same slot.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from .base import (
     HelperBase,
     _identity_bytes,
     default_secret,
-    hashed_key,
+    key_digest,
+    slot_key,
 )
 
 if TYPE_CHECKING:
@@ -63,7 +65,6 @@ _COUNTERS = (
     *("hits", "misses", "errors", "fallbacks", "loader_calls", "slow_operations"),
     *("early_recomputes", "lease_waits", "lease_timeouts"),
 )
-_warned_secret = False
 
 
 class _CacheWrites(HelperBase):
@@ -137,11 +138,9 @@ class Cache(HelperBase):
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise TypeError("secret must be non-empty bytes or str")
         self._secret = secret or default_secret()
-        global _warned_secret
-        if secret is None and not os.environ.get("REDISPOOL_KEY_SECRET") and not _warned_secret:
-            _warned_secret = True
-            log.warning("Cache: no secret and no REDISPOOL_KEY_SECRET: keys are per-process")
-        self._version_key = f"{namespace}:version"
+        # Every key of a namespace shares one hash slot (Redis Cluster): each call
+        # reads the namespace's version together with its data key.
+        self._version_key = slot_key(namespace, namespace, "version")
         self._writer = BackgroundWriter(writer_queue, name=f"redispool-cache-{namespace}")
         self._flight = SingleFlight()
         self._lock = threading.Lock()
@@ -179,14 +178,17 @@ class Cache(HelperBase):
         identity = key
         limit = MAX_IDENTITY
         if tag_list:
-            keys += [hashed_key(self.namespace, "tag", t, self._secret, "tags") for t in tag_list]
+            keys += [self._tag_key(t, "tags") for t in tag_list]
             parts = key if isinstance(key, tuple) else (key,)
             _identity_bytes(parts, "key")  # the key itself: at most MAX_IDENTITY bytes
             identity = (*parts, *tag_list, f"#{len(parts)}")  # tags are part of the identity
             limit += MAX_TAGS * MAX_IDENTITY + 16  # each tag was checked on its own above
-        digest = hashed_key(self.namespace, "v", identity, self._secret, limit=limit)
-        digest = digest.rsplit(":", 1)[1]
-        return _Loc(keys, f"{self.namespace}:v", digest)
+        digest = key_digest(self.namespace, identity, self._secret, limit=limit)
+        return _Loc(keys, slot_key(self.namespace, self.namespace, "v"), digest)
+
+    def _tag_key(self, tag: str, field: str) -> str:
+        digest = key_digest(self.namespace, tag, self._secret, field)
+        return slot_key(self.namespace, self.namespace, "tag", digest)
 
     # -- Redis calls (one round trip each) -----------------------------------
 
@@ -388,7 +390,7 @@ class Cache(HelperBase):
 
     def invalidate_tag(self, tag: str) -> int:
         """Invalidate every key cached with ``tag`` (one INCR); returns its new version."""
-        key = hashed_key(self.namespace, "tag", tag, self._secret, "tag")
+        key = self._tag_key(tag, "tag")
         return int(self._timed("INCR", self._writes, lambda r: r.incr(key)))
 
     def cached(

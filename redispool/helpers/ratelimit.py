@@ -200,7 +200,7 @@ class RateLimiter(HelperBase):
     ``algorithm``: ``"fixed"`` (fixed window), ``"sliding"`` (sliding window,
     counter approximation) or ``"gcra"`` (token bucket: smooth, bursts up to the
     limit). ``on_error``: ``"allow"`` (fail open, the default) or ``"deny"``.
-    Keys hold a keyed hash of the caller's key, never the key itself.
+    Keys hold a hash of the caller's key (keyed with ``secret``), never the key itself.
     """
 
     def __init__(
