@@ -19,6 +19,7 @@ from redispool.helpers import CircuitBreaker
 from redispool.helpers.ratelimit import RateLimiter, parse_limit
 
 from .helpers_redis import command_calls, delta
+from .lua_keys import script_keys
 
 ALGORITHMS = ["fixed", "sliding", "gcra"]
 
@@ -271,3 +272,14 @@ def test_bad_arguments(pool: RedisPool) -> None:
     with pytest.raises(ValueError, match="key is too long"):
         rl.hit("x" * 10_000)
     assert pool.stats().borrows == 0  # bad input never reached Redis
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_script_declares_every_key_it_touches(
+    pool: RedisPool, redis_url: str, algorithm: str
+) -> None:
+    rl = RateLimiter(pool, "2/minute", algorithm=algorithm)
+    with script_keys(redis_url) as check:
+        for op in (lambda: rl.hit("k"), lambda: rl.peek("k"), lambda: rl.hit("k", cost=5)):
+            assert check(op) == []
+        assert check(lambda: [rl.hit("k") for _ in range(3)]) == []
