@@ -413,7 +413,7 @@ NASTY: list[Any] = [
     ("alice:10.0.0.1",),
 ]
 MAX_KEY = 128  # the namespace (<= 64) plus a kind and a 32-hex digest
-HASHED_KEY = re.compile(r"^(?:a|l|n|f|s|g|t|tag|v[0-9.]+):[0-9a-f]{32}(?::lease)?$")
+HASHED_KEY = re.compile(r"^(?:a|l|n|f|s|g|t|tag|v):[0-9a-f]{32}(?::lease)?$")
 
 
 def _keys(admin: redis.Redis) -> set[bytes]:
