@@ -591,11 +591,14 @@ def test_invalidating_a_key_during_its_load_keeps_the_loaded_value_out(
     assert cache.stats()["refused_writes"] == 3
 
 
-def _stale_oracle(caches: list[Cache], seconds: float, seed: int) -> tuple[int, list[str]]:
+def _stale_oracle(
+    caches: list[Cache], seconds: float, seed: int, kill: redis.Redis | None = None
+) -> tuple[int, list[str]]:
     """Readers on several caches (as separate processes would be) race one
     invalidator. Each database row holds a version; the invalidator bumps a row,
     invalidates (the key, its tag, or everything), then raises the row's floor.
-    A read that starts after a floor was raised must never see a lower version."""
+    A read that starts after a floor was raised must never see a lower version.
+    With ``kill``, every connection is cut every few ms (CLIENT KILL)."""
     keys = [f"k{i}" for i in range(3)]
     tags = {k: [f"t{i % 2}"] for i, k in enumerate(keys)}
     db = dict.fromkeys(keys, 0)
@@ -616,7 +619,7 @@ def _stale_oracle(caches: list[Cache], seconds: float, seed: int) -> tuple[int, 
                 return value
 
             if rnd.random() < 0.8:
-                got = cache.get_with_fallback(key, load, tags=tags[key])
+                got = cache.get_with_fallback(key, load, 0.3, tags=tags[key])
             else:
                 got = cache.get(key, tags=tags[key])
             reads[0] += 1
@@ -630,19 +633,28 @@ def _stale_oracle(caches: list[Cache], seconds: float, seed: int) -> tuple[int, 
             key = rnd.choice(keys)
             db[key] += 1
             how = rnd.choice(["key", "tag", "all", "set"])
-            if how == "key":
-                inv.invalidate(key, tags=tags[key])
-            elif how == "tag":
-                inv.invalidate_tag(tags[key][0])
-            elif how == "all":
-                inv.invalidate_all()
-            else:
-                inv.set(key, db[key], tags=tags[key])
-            floor[key] = db[key]
+            try:
+                if how == "key":
+                    inv.invalidate(key, tags=tags[key])
+                elif how == "tag":
+                    inv.invalidate_tag(tags[key][0])
+                elif how == "all":
+                    inv.invalidate_all()
+                elif not inv.set(key, db[key], tags=tags[key]):
+                    continue  # not stored (or not known to be): no promise made
+                floor[key] = db[key]
+            except HelperUnavailable:
+                pass  # it may or may not have happened: no promise made
             time.sleep(rnd.random() * 0.01)
 
+    def killer() -> None:
+        rnd = random.Random(seed)
+        while kill is not None and not stop.is_set():
+            time.sleep(rnd.random() * 0.03)
+            kill.client_kill_filter(_type="normal", skipme=True)
+
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)]
-    threads.append(threading.Thread(target=invalidator))
+    threads += [threading.Thread(target=invalidator), threading.Thread(target=killer)]
     for t in threads:
         t.start()
     time.sleep(seconds)
@@ -656,10 +668,33 @@ def test_no_value_loaded_before_an_invalidation_is_ever_served(
     make_cache: Callable[..., Cache],
 ) -> None:
     caches = [
-        make_cache(lease_wait=0.02, lease_ttl=0.03, set_timeout=1, get_timeout=1) for _ in range(3)
+        make_cache(
+            lease_wait=0.02,
+            lease_ttl=0.03,
+            set_timeout=1,
+            get_timeout=1,
+            early_recompute_beta=20.0 * (i % 2),  # XFetch's flights too
+        )
+        for i in range(3)
     ]
     reads, violations = _stale_oracle(caches, seconds=2.0, seed=1)
     assert reads > 100 and not violations, violations[:5]
+    assert caches[1].stats()["early_recomputes"] > 0
+
+
+def test_no_stale_value_while_connections_are_cut(
+    make_cache: Callable[..., Cache], admin: redis.Redis
+) -> None:
+    """The same oracle while every connection is killed every few ms: reads and
+    write-backs fail at every point (before, during, after the server ran them)."""
+    breaker = CircuitBreaker(threshold=1000)  # keep calling Redis through the faults
+    caches = [
+        make_cache(lease_wait=0.02, lease_ttl=0.03, set_timeout=1, get_timeout=1, breaker=breaker)
+        for _ in range(3)
+    ]
+    reads, violations = _stale_oracle(caches, seconds=2.0, seed=2, kill=admin)
+    assert reads > 100 and not violations, violations[:5]
+    assert sum(c.stats()["errors"] for c in caches) > 0  # the faults did hit
 
 
 def test_value_loaded_before_an_invalidation_is_not_written(

@@ -340,7 +340,7 @@ class Cache(HelperBase):
                 if self.beta and 0 < pttl <= -delta * self.beta * math.log(self._rand()) * 1000:
                     return self._flight.do(  # type: ignore[no-any-return]
                         loc.flight,
-                        lambda _: self._recompute(loc, loader, ttl, value),
+                        lambda flight: self._recompute(loc, loader, ttl, value, flight),
                         lambda: value,  # someone is on it: serve what we have
                         0,
                     )
@@ -353,9 +353,13 @@ class Cache(HelperBase):
             self.lease_wait + self.lease_ttl,  # is older than this caller's miss
         )
 
-    def _recompute(self, loc: _Loc, loader: Callable[[], T], ttl: Any, old: T) -> T:
+    def _recompute(
+        self, loc: _Loc, loader: Callable[[], T], ttl: Any, old: T, flight: Flight[T]
+    ) -> T:
         """XFetch: take the lease even though the value is there; if another caller
-        has it (or Redis fails), serve the cached value."""
+        has it (or Redis fails), serve the cached value. Followers keep their own
+        (``old`` may predate their miss) unless the new value was stored."""
+        flight.share_upto = 0
         token = os.urandom(12).hex()
         try:
             read = self._read(loc, token, renew=True)
@@ -366,8 +370,10 @@ class Cache(HelperBase):
             return old
         self._inc("early_recomputes")
         try:
-            return self._load(loc, loader, ttl, (read.version, token), share_failure=False)
+            lease = (read.version, token)
+            return self._load(loc, loader, ttl, lease, share_failure=False, flight=flight)
         except Exception:  # the cached value is still valid: serve it
+            flight.share_upto = 0
             log.warning("cache %r: early recompute failed", self.namespace, exc_info=True)
             return old
 
@@ -386,9 +392,11 @@ class Cache(HelperBase):
             joined = flight.followers if flight is not None else 0
             try:
                 read = self._read(loc, token, renew)
-            except RedisError:  # Redis is down: nothing to invalidate, share the load
+            except RedisError:
                 self._inc("errors")
                 self._inc("fallbacks")
+                if flight is not None:  # loaded after this attempt: fresh for them
+                    flight.share_upto = joined
                 return self._load(loc, loader, ttl, None)
             if read.value is not None:
                 value = self._decode(read.value)[0]
