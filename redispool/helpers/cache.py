@@ -317,10 +317,13 @@ class Cache(HelperBase):
         *,
         tags: Iterable[str] = (),
     ) -> T:
-        """The cached value, else ``loader()``'s (written back in the background).
+        """The cached value, else ``loader()``'s (written back in the background,
+        or at once when other callers of this process wait for it).
 
-        Only the loader's own exceptions (and TypeError for a value the serializer
-        cannot encode) propagate; a Redis failure just means calling the loader."""
+        Only loader exceptions propagate (this caller's loader's, or the one it
+        waited for; ``LoaderError`` if it failed in another process within
+        ``error_ttl``), and TypeError for a value the serializer cannot encode; a
+        Redis failure just means calling the loader."""
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {loader!r}")
         if ttl is not None:

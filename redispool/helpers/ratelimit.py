@@ -2,7 +2,9 @@
 
 Each check is one Lua script that reads and updates the state and returns
 everything the IETF ``RateLimit`` headers need, using the server's clock (so
-many processes agree). Exact under concurrency: N allowed, never N+1.
+many processes agree). Exact under concurrency: N allowed, never N+1; GCRA in
+integers (microseconds scaled by the limit, as redis-cell), exact for any N/period.
+Every script touches only the one key it is given.
 """
 
 from __future__ import annotations
