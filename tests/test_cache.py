@@ -947,3 +947,16 @@ def test_every_script_declares_every_key_it_touches(
         for i, op in enumerate(ops):
             assert check(op) == [], i
     assert cache.stats()["early_recomputes"] == 1
+
+
+def test_a_load_slower_than_the_lease_is_returned_not_cached(
+    make_cache: Callable[..., Cache],
+) -> None:
+    """Once its lease expired nothing proves the key was not invalidated meanwhile
+    (an invalidation deletes the lease): the value is served, not stored."""
+    cache = make_cache(lease_ttl=0.05)
+    assert cache.get_with_fallback("k", lambda: time.sleep(0.1) or "slow") == "slow"
+    assert cache.flush(2)
+    assert cache.get("k") is None and cache.stats()["refused_writes"] == 1
+    assert cache.get_with_fallback("k", lambda: "fast") == "fast"
+    assert cache.flush(2) and cache.get("k") == "fast"
