@@ -13,11 +13,12 @@ discarded unless it is connected, owes no reply and holds no session state.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -418,8 +419,34 @@ class RedisPool:
         if self.read_pool is not None:
             self.read_pool.open(wait=wait, timeout=timeout)
 
+    _close_hooks: tuple[Callable[[], Callable[[], object] | None], ...] = ()
+
+    def on_close(self, hook: Callable[[], object]) -> None:
+        """Run ``hook()`` at the start of ``close()``, while the pool still works: a
+        helper that buffers writes flushes there, whatever order exit hooks run in.
+        Hooks run once, in order; a bound method is held weakly (it does not keep
+        its object alive); an exception is logged, not raised."""
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {hook!r}")
+        if hasattr(hook, "__self__") and hasattr(hook, "__func__"):
+            ref: Callable[[], Callable[[], object] | None] = weakref.WeakMethod(hook)
+        else:
+            ref = lambda: hook  # noqa: E731 - a plain function is held strongly
+        with self._stats_lock:
+            self._close_hooks = (*(r for r in self._close_hooks if r() is not None), ref)
+
     def close(self, timeout: float = 5.0) -> None:
-        """Close the pool(s): idle connections now, borrowed ones when returned."""
+        """Run the ``on_close`` hooks, then close the pool(s): idle connections now,
+        borrowed ones when returned."""
+        with self._stats_lock:
+            hooks, self._close_hooks = self._close_hooks, ()
+        for ref in hooks:
+            hook = ref()
+            try:
+                if hook is not None:
+                    hook()
+            except Exception:
+                logging.getLogger("redispool").exception("%s: a close hook failed", self.name)
         self._pool.close(timeout)
         if self.read_pool is not None:
             self.read_pool.close(timeout)

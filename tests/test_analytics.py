@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -424,3 +427,71 @@ def test_bad_input_names_the_argument(
     with pytest.raises(exc, match=field.replace(".", r"\.")):
         call(a, pool)
     assert pool.stats().borrows == 0  # rejected before touching Redis
+
+
+def test_pool_close_flushes_the_buffer_first(redis_url: str, admin: redis.Redis) -> None:
+    # Regression: closing the pool before the Analytics (the user's exit hooks in
+    # the "wrong" order) lost what was buffered. The pool runs its close hooks first.
+    p = RedisPool(redis_url, min_size=0, max_size=2)
+    a = Analytics(p, namespace="pc", buffered=True, flush_interval=60, clock=FakeClock(0))
+    a.incr("x", 3)
+    a.add_unique("u", "m1", "m2")
+    p.close()
+    assert admin.get("pc:c:{x}:0") == b"3" and admin.pfcount("pc:u:{u}:0") == 2
+    a.close()  # later: nothing left to write, no error
+    assert a.stats()["errors"] == 0 and a.stats()["buffered"] == 0
+
+
+_EXIT_CHILD = """
+import atexit, sys
+from redispool import RedisPool
+from redispool.helpers.analytics import Analytics
+
+pool = RedisPool(sys.argv[1], min_size=0, max_size=2)
+stats = Analytics(pool, namespace="exit", buffered=True, flush_interval=60, clock=lambda: 0.0)
+atexit.register(pool.close)  # registered last, so it runs first (LIFO)
+stats.incr("shutdown", 5)
+"""
+
+
+def test_buffer_reaches_redis_whatever_the_exit_hook_order(
+    redis_url: str, admin: redis.Redis
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run(
+        [sys.executable, "-c", _EXIT_CHILD, redis_url], env=env, capture_output=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert admin.get("exit:c:{shutdown}:0") == b"5", out.stderr[-2000:]
+
+
+def test_close_hooks_run_once_weakly_and_a_failing_one_is_logged(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = RedisPool(redis_url, min_size=0, max_size=2)
+    ran: list[str] = []
+
+    class Helper:
+        def close(self) -> None:
+            ran.append("collected")
+
+    gone = Helper()
+    p.on_close(gone.close)  # held weakly: does not keep the helper alive
+    ref = weakref.ref(gone)
+    del gone
+    gc.collect()
+    assert ref() is None
+
+    def broken() -> None:
+        ran.append("broken")
+        raise RuntimeError("boom")
+
+    p.on_close(broken)
+    p.on_close(lambda: ran.append("after"))
+    with pytest.raises(TypeError, match="hook must be callable"):
+        p.on_close("close")  # type: ignore[arg-type]
+    with caplog.at_level("ERROR", logger="redispool"):
+        p.close()
+    p.close()  # hooks run once
+    assert ran == ["broken", "after"]
+    assert any("close hook failed" in r.getMessage() for r in caplog.records)

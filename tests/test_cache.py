@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -21,8 +22,10 @@ import redis
 from redispool import RedisPool
 from redispool._quietlog import SlowLog
 from redispool.helpers import CircuitBreaker, HelperUnavailable
-from redispool.helpers.cache import Cache
+from redispool.helpers.cache import Cache, LoaderError
 from redispool.testing import RedisServer
+
+from .lua_keys import script_keys
 
 SECRET = b"test-secret"
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +63,7 @@ def make_cache(pool: RedisPool) -> Iterator[Callable[..., Cache]]:
 
 def data_keys(admin: redis.Redis, namespace: str = "cache") -> list[bytes]:
     """Stored entries (never lease or version keys). KEYS is fine in a test."""
-    keys = cast(list[bytes], admin.keys(f"{namespace}:{{{namespace}}}:v*"))
+    keys = cast(list[bytes], admin.keys(f"{namespace}:{{{namespace}}}:v:*"))
     return [k for k in keys if not k.endswith(b":lease")]
 
 
@@ -252,45 +255,82 @@ def test_single_flight_in_process(make_cache: Callable[..., Cache]) -> None:
     assert cache.stats()["loader_calls"] == 1
 
 
-def test_followers_call_the_loader_themselves_if_the_leader_fails(
-    make_cache: Callable[..., Cache], admin: redis.Redis
+def test_a_failing_loader_is_called_once_for_50_concurrent_misses(
+    make_cache: Callable[..., Cache],
 ) -> None:
+    # Regression: every follower of a failed leader ran the loader itself (50
+    # concurrent misses, 50 loader calls). Followers share the leader's exception;
+    # callers arriving after it see the failure in Redis for error_ttl.
     cache = make_cache()
-    first = threading.Event()
-    lock = threading.Lock()
     n_calls = 0
+    lock = threading.Lock()
+    barrier = threading.Barrier(50)
 
     def loader() -> str:
         nonlocal n_calls
         with lock:
             n_calls += 1
-            leader = n_calls == 1
-        if leader:
-            first.set()
-            time.sleep(0.2)
-            raise KeyError("the leader's own error")
-        return "ok"
+        time.sleep(0.3)
+        raise KeyError("the leader's own error")
 
-    errors: list[BaseException] = []
-    results: list[str] = []
+    outcomes: list[BaseException | str] = []
 
     def worker() -> None:
+        barrier.wait()
         try:
-            results.append(cache.get_with_fallback("k", loader))
-        except KeyError as exc:
-            errors.append(exc)
+            outcomes.append(cache.get_with_fallback("k", loader))
+        except (KeyError, LoaderError) as exc:
+            outcomes.append(exc)
 
-    leader = threading.Thread(target=worker)
-    leader.start()
-    first.wait(2)
-    followers = [threading.Thread(target=worker) for _ in range(3)]
-    for t in followers:
+    threads = [threading.Thread(target=worker) for _ in range(50)]
+    for t in threads:
         t.start()
-    for t in [leader, *followers]:
-        t.join(5)
-    assert len(errors) == 1 and results == ["ok"] * 3
+    for t in threads:
+        t.join(10)
+    assert n_calls == 1 and cache.stats()["loader_calls"] == 1
+    assert len(outcomes) == 50 and all(isinstance(o, (KeyError, LoaderError)) for o in outcomes)
+    assert sum(isinstance(o, KeyError) for o in outcomes) >= 2  # the leader's, shared
     assert cache.flush(2)
-    assert admin.keys("*:lease") == []  # the failed leader released its lease
+    with pytest.raises(LoaderError, match="KeyError"):  # the short negative result
+        cache.get_with_fallback("k", loader)
+    assert n_calls == 1
+    time.sleep(1.1)  # error_ttl (1 s) later the loader is tried again
+    assert cache.get_with_fallback("k", lambda: "ok") == "ok"
+
+
+def test_a_failure_is_not_shared_when_error_ttl_is_0(make_cache: Callable[..., Cache]) -> None:
+    cache = make_cache(error_ttl=0)
+    with pytest.raises(ZeroDivisionError):
+        cache.get_with_fallback("k", lambda: 1 / 0)
+    assert cache.flush(2)
+    assert cache.get_with_fallback("k", lambda: "ok") == "ok"  # the lease was released
+
+
+def test_an_interrupted_leader_is_not_shared(make_cache: Callable[..., Cache]) -> None:
+    """A BaseException (KeyboardInterrupt, gevent.Timeout) is the leader's own:
+    followers load for themselves instead of raising it."""
+    cache = make_cache()
+    entered = threading.Event()
+
+    def interrupted() -> str:
+        entered.set()
+        time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    caught: list[BaseException] = []
+
+    def leader() -> None:
+        try:
+            cache.get_with_fallback("k", interrupted)
+        except KeyboardInterrupt as exc:
+            caught.append(exc)
+
+    t = threading.Thread(target=leader)
+    t.start()
+    assert entered.wait(2)
+    assert cache.get_with_fallback("k", lambda: "mine") == "mine"
+    t.join(5)
+    assert len(caught) == 1
 
 
 _CHILD = """
@@ -299,7 +339,7 @@ import redis
 from redispool import RedisPool
 from redispool.helpers.cache import Cache
 
-url, ctl_url = sys.argv[1], sys.argv[2]
+url, ctl_url, mode = sys.argv[1:4]
 ctl = redis.Redis.from_url(ctl_url)
 pool = RedisPool(url, min_size=1, max_size=2)
 pool.open(wait=True)
@@ -308,22 +348,29 @@ cache = Cache(pool, secret=b"shared", lease_wait=5.0)
 def loader():
     ctl.incr("loader_calls")
     time.sleep(0.3)
+    if mode == "fail":
+        raise ValueError("the database is down")
     return {"pid": os.getpid()}
 
 ctl.incr("ready")
 ctl.blpop("go", timeout=20)
-value = cache.get_with_fallback("hot", loader)
+try:
+    value = cache.get_with_fallback("hot", loader)
+except Exception as exc:
+    value = type(exc).__name__
 cache.close(2)
 print(json.dumps([value, cache.stats()["lease_waits"]]))
 """
 
 
-def test_lease_across_processes(redis_server: RedisServer, redis_url: str) -> None:
+def _two_processes_miss_together(redis_server: RedisServer, mode: str) -> list[Any]:
+    """Two processes miss one key at once; their outputs and the loader calls.
+    (The caller takes ``redis_url``: every database starts empty.)"""
     ctl = redis.Redis.from_url(redis_server.url_for(1))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _CHILD, redis_url, redis_server.url_for(1)],
+            [sys.executable, "-c", _CHILD, redis_server.url, redis_server.url_for(1), mode],
             stdout=subprocess.PIPE,
             env=env,
         )
@@ -340,10 +387,26 @@ def test_lease_across_processes(redis_server: RedisServer, redis_url: str) -> No
     finally:
         for p in procs:
             p.kill()
-    assert int(ctl.get("loader_calls") or 0) == 1
+    outs.append(int(ctl.get("loader_calls") or 0))
+    ctl.close()
+    return outs
+
+
+def test_lease_across_processes(redis_server: RedisServer, redis_url: str) -> None:
+    *outs, loader_calls = _two_processes_miss_together(redis_server, "ok")
+    assert loader_calls == 1
     assert outs[0][0] == outs[1][0]  # both got the leader's value
     assert sorted(o[1] for o in outs) == [0, 1]  # the other one waited for it
-    ctl.close()
+
+
+def test_a_loader_failure_is_shared_across_processes(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    # Regression: the other process won the lease after the failure and ran its
+    # loader too. It waits for the leader's outcome and raises LoaderError.
+    *outs, loader_calls = _two_processes_miss_together(redis_server, "fail")
+    assert loader_calls == 1
+    assert sorted(o[0] for o in outs) == ["LoaderError", "ValueError"]
 
 
 def test_lease_held_elsewhere_is_waited_for_then_bounded(
@@ -351,13 +414,14 @@ def test_lease_held_elsewhere_is_waited_for_then_bounded(
 ) -> None:
     cache = make_cache(lease_wait=0.3)
     loc = cache._locate("k", ())
-    assert cache._read(loc, "another-process")[2] == 1  # it holds the lease, then stalls
+    assert cache._read(loc, "another-process").lease == 1  # it holds the lease, then stalls
     start = time.monotonic()
     assert cache.get_with_fallback("k", lambda: "mine") == "mine"
     assert 0.25 < time.monotonic() - start < 1.0
     s = cache.stats()
     assert (s["lease_waits"], s["lease_timeouts"], s["loader_calls"]) == (1, 1, 1)
-    assert cache.flush(2) and cache.get("k") == "mine"
+    # Loaded without the lease: not written (it could predate an invalidation).
+    assert cache.flush(2) and cache.get("k") is None
 
 
 def test_writer_queue_full_drops_and_counts(
@@ -418,7 +482,9 @@ def loader():
 jobs = [gevent.spawn(cache.get_with_fallback, "hot", loader) for _ in range(20)]
 gevent.joinall(jobs, timeout=5)
 assert [j.value for j in jobs] == ["v"] * 20 and len(calls) == 1, calls
-assert cache.flush(2) and cache.get("hot") == "v"
+assert cache.get("hot") == "v"  # written before the followers took it
+assert cache.get_with_fallback("cold", lambda: "c") == "c"  # no followers: written later
+assert cache.flush(2) and cache.get("cold") == "c"
 assert type(cache._writer._thread).__module__.startswith("gevent"), cache._writer._thread
 assert cache.close(2)
 print("ok")
@@ -461,6 +527,175 @@ def test_namespace_and_tag_invalidation(
     assert cache.invalidate("a") is True and cache.get("a") is None
     assert cache.invalidate("a") is False
     assert int(admin.get("cache:{cache}:version") or 0) == 1
+
+
+@pytest.mark.parametrize("how", ["all", "tag"])
+def test_a_follower_of_a_slow_leader_stores_no_value_older_than_an_invalidation(
+    make_cache: Callable[..., Cache], how: str
+) -> None:
+    # Regression: a follower that gave up on a slow leader wrote back with an
+    # empty version ("any"): a value read before invalidate_all()/invalidate_tag()
+    # was stored under the new version and served until its TTL.
+    cache = make_cache(lease_wait=0.05, lease_ttl=0.1)
+    release = threading.Event()
+    leader = threading.Thread(
+        target=cache.get_with_fallback,
+        args=("k", lambda: release.wait(5) and "leader", None),
+        kwargs={"tags": ["t"]},
+    )
+    leader.start()
+    deadline = time.monotonic() + 5
+    while cache.stats()["loader_calls"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+    def follower_loader() -> str:
+        value = "old"  # read from the database, which then changes, and the app
+        cache.invalidate_all() if how == "all" else cache.invalidate_tag("t")  # invalidates
+        return value
+
+    try:
+        assert cache.get_with_fallback("k", follower_loader, tags=["t"]) == "old"
+    finally:
+        release.set()
+        leader.join(5)
+    assert cache.flush(2)
+    assert cache.get("k", tags=["t"]) is None  # neither value predates nothing: both refused
+    assert cache.stats()["refused_writes"] == 2
+
+
+def test_invalidating_a_key_during_its_load_keeps_the_loaded_value_out(
+    make_cache: Callable[..., Cache],
+) -> None:
+    # Regression: invalidate(key) was a plain DEL, after which the load in flight
+    # wrote its pre-invalidation value. Another process's invalidation too.
+    cache, elsewhere = make_cache(), make_cache()
+    for invalidator in (cache, elsewhere):
+
+        def loader(inv: Cache = invalidator) -> str:
+            value = "old"
+            assert inv.invalidate("k") is False  # nothing cached yet: still revokes
+            return value
+
+        assert cache.get_with_fallback("k", loader) == "old"
+        assert cache.flush(2)
+        assert cache.get("k") is None
+
+    def overwritten() -> str:
+        value = "old"
+        elsewhere.set("k", "new")  # a newer value stored while we load
+        return value
+
+    assert cache.get_with_fallback("k", overwritten) == "old"
+    assert cache.flush(2)
+    assert cache.get("k") == "new"
+    assert cache.stats()["refused_writes"] == 3
+
+
+def _stale_oracle(
+    caches: list[Cache], seconds: float, seed: int, kill: redis.Redis | None = None
+) -> tuple[int, list[str]]:
+    """Readers on several caches (as separate processes would be) race one
+    invalidator. Each database row holds a version; the invalidator bumps a row,
+    invalidates (the key, its tag, or everything), then raises the row's floor.
+    A read that starts after a floor was raised must never see a lower version.
+    With ``kill``, every connection is cut every few ms (CLIENT KILL)."""
+    keys = [f"k{i}" for i in range(3)]
+    tags = {k: [f"t{i % 2}"] for i, k in enumerate(keys)}
+    db = dict.fromkeys(keys, 0)
+    floor = dict.fromkeys(keys, 0)
+    stop = threading.Event()
+    violations: list[str] = []
+    reads = [0]
+
+    def reader(n: int) -> None:
+        rnd = random.Random(seed * 100 + n)
+        while not stop.is_set():
+            cache, key = rnd.choice(caches), rnd.choice(keys)
+            low = floor[key]
+
+            def load(key: str = key) -> int:
+                value = db[key]
+                time.sleep(rnd.random() * 0.01)
+                return value
+
+            if rnd.random() < 0.8:
+                got = cache.get_with_fallback(key, load, 0.3, tags=tags[key])
+            else:
+                got = cache.get(key, tags=tags[key])
+            reads[0] += 1
+            if got is not None and got < low:
+                violations.append(f"{key}: served {got} after the invalidation for {low}")
+
+    def invalidator() -> None:
+        rnd = random.Random(seed)
+        inv = caches[-1]
+        while not stop.is_set():
+            key = rnd.choice(keys)
+            db[key] += 1
+            how = rnd.choice(["key", "tag", "all", "set"])
+            try:
+                if how == "key":
+                    inv.invalidate(key, tags=tags[key])
+                elif how == "tag":
+                    inv.invalidate_tag(tags[key][0])
+                elif how == "all":
+                    inv.invalidate_all()
+                elif not inv.set(key, db[key], tags=tags[key]):
+                    continue  # not stored (or not known to be): no promise made
+                floor[key] = db[key]
+            except HelperUnavailable:
+                pass  # it may or may not have happened: no promise made
+            time.sleep(rnd.random() * 0.01)
+
+    def killer() -> None:
+        rnd = random.Random(seed)
+        while kill is not None and not stop.is_set():
+            time.sleep(rnd.random() * 0.03)
+            kill.client_kill_filter(_type="normal", skipme=True)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)]
+    threads += [threading.Thread(target=invalidator), threading.Thread(target=killer)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    return reads[0], violations
+
+
+def test_no_value_loaded_before_an_invalidation_is_ever_served(
+    make_cache: Callable[..., Cache],
+) -> None:
+    caches = [
+        make_cache(
+            lease_wait=0.02,
+            lease_ttl=0.03,
+            set_timeout=1,
+            get_timeout=1,
+            early_recompute_beta=20.0 * (i % 2),  # XFetch's flights too
+        )
+        for i in range(3)
+    ]
+    reads, violations = _stale_oracle(caches, seconds=2.0, seed=1)
+    assert reads > 100 and not violations, violations[:5]
+    assert caches[1].stats()["early_recomputes"] > 0
+
+
+def test_no_stale_value_while_connections_are_cut(
+    make_cache: Callable[..., Cache], admin: redis.Redis
+) -> None:
+    """The same oracle while every connection is killed every few ms: reads and
+    write-backs fail at every point (before, during, after the server ran them)."""
+    breaker = CircuitBreaker(threshold=1000)  # keep calling Redis through the faults
+    caches = [
+        make_cache(lease_wait=0.02, lease_ttl=0.03, set_timeout=1, get_timeout=1, breaker=breaker)
+        for _ in range(3)
+    ]
+    reads, violations = _stale_oracle(caches, seconds=2.0, seed=2, kill=admin)
+    assert reads > 100 and not violations, violations[:5]
+    assert sum(c.stats()["errors"] for c in caches) > 0  # the faults did hit
 
 
 def test_value_loaded_before_an_invalidation_is_not_written(
@@ -630,6 +865,8 @@ def test_bad_input(
         ({"default_ttl": 0}, ValueError, "default_ttl"),
         ({"negative_ttl": -1}, ValueError, "negative_ttl"),
         ({"lease_ttl": 0}, ValueError, "lease_ttl"),
+        ({"error_ttl": -1}, ValueError, "error_ttl"),
+        ({"error_ttl": 1e12}, ValueError, "error_ttl"),
         ({"writer_queue": 0}, ValueError, "writer_queue"),
         ({"writer_queue": 1.5}, TypeError, "writer_queue"),
         ({"early_recompute_beta": -1}, ValueError, "early_recompute_beta"),
@@ -670,3 +907,62 @@ def test_forked_child_starts_its_own_writer(make_cache: Callable[..., Cache]) ->
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert cache.get("child") == 2
+
+
+def test_pool_close_runs_queued_write_backs_first(redis_url: str, admin: redis.Redis) -> None:
+    # Write-backs still queued when the pool closes go out first (the pool runs
+    # the cache's close hook), whatever order the app closes things in.
+    p = RedisPool(redis_url, min_size=0, max_size=2)
+    cache = Cache(p, secret=SECRET)
+    gate = threading.Event()
+    assert cache._writer.submit(lambda: gate.wait(5))  # the writer is busy
+    assert cache.get_with_fallback("k", lambda: "v") == "v"  # queued behind it
+    threading.Timer(0.2, gate.set).start()
+    p.close()
+    assert cache.stats()["errors"] == 0
+    assert len(data_keys(admin)) == 1
+    with RedisPool(redis_url, min_size=0) as p2:
+        assert Cache(p2, secret=SECRET).get("k") == "v"
+
+
+def failing_fill(cache: Cache) -> None:
+    with pytest.raises(ZeroDivisionError):
+        cache.get_with_fallback("e", lambda: 1 / 0)
+    assert cache.flush(2)
+
+
+def test_every_script_declares_every_key_it_touches(
+    make_cache: Callable[..., Cache], redis_url: str
+) -> None:
+    # Regression: the scripts built the versioned data key inside Lua (a key not
+    # in KEYS: wrong on any server, unroutable on Redis Cluster).
+    cache = make_cache(early_recompute_beta=1.0, rand=lambda: 1e-300)
+    ops: list[Callable[[], Any]] = [
+        lambda: cache.set("a", 1),
+        lambda: cache.set("t", 1, tags=["x", "y"]),
+        lambda: cache.get("a"),
+        lambda: cache.get("t", tags=["x", "y"]),
+        lambda: cache.get_with_fallback("miss", lambda: 2, tags=["x"]) and cache.flush(2),
+        lambda: cache.get_with_fallback("s", lambda: time.sleep(0.02) or 3, 1) and cache.flush(2),
+        lambda: cache.get_with_fallback("s", lambda: 4, 1) and cache.flush(2),  # XFetch: lease
+        functools.partial(failing_fill, cache),  # the failure marker
+        lambda: cache.invalidate("a"),
+        lambda: cache.invalidate("t", tags=["y", "x"]),
+    ]
+    with script_keys(redis_url) as check:
+        for i, op in enumerate(ops):
+            assert check(op) == [], i
+    assert cache.stats()["early_recomputes"] == 1
+
+
+def test_a_load_slower_than_the_lease_is_returned_not_cached(
+    make_cache: Callable[..., Cache],
+) -> None:
+    """Once its lease expired nothing proves the key was not invalidated meanwhile
+    (an invalidation deletes the lease): the value is served, not stored."""
+    cache = make_cache(lease_ttl=0.05)
+    assert cache.get_with_fallback("k", lambda: time.sleep(0.1) or "slow") == "slow"
+    assert cache.flush(2)
+    assert cache.get("k") is None and cache.stats()["refused_writes"] == 1
+    assert cache.get_with_fallback("k", lambda: "fast") == "fast"
+    assert cache.flush(2) and cache.get("k") == "fast"

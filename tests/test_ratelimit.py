@@ -10,12 +10,16 @@ import time
 from typing import Any
 
 import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from redispool import RedisPool
 from redispool.helpers import CircuitBreaker
 from redispool.helpers.ratelimit import RateLimiter, parse_limit
 
 from .helpers_redis import command_calls, delta
+from .lua_keys import script_keys
 
 ALGORITHMS = ["fixed", "sliding", "gcra"]
 
@@ -144,10 +148,71 @@ def test_fixed_window_resets(pool: RedisPool) -> None:
     assert rl.hit("k").allowed
 
 
-def test_cost_larger_than_the_limit_can_never_pass(pool: RedisPool) -> None:
-    rl = RateLimiter(pool, "5/minute", algorithm="sliding")
-    r = rl.hit("k", cost=6)
-    assert not r.allowed and r.retry_after == -1
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_cost_larger_than_the_limit_can_never_pass(pool: RedisPool, algorithm: str) -> None:
+    rl = RateLimiter(pool, "5/minute", algorithm=algorithm)
+    for r in (rl.hit("k", cost=6), rl.peek("k", cost=6)):
+        assert not r.allowed and r.retry_after == -1 and r.remaining == 5
+        assert "Retry-After" not in r.headers()  # retrying can never help
+    assert rl.hit("k", cost=5).allowed  # nothing was counted
+
+
+def burst(rl: RateLimiter, redis_url: str, n: int, key: str = "k") -> list[list[int]]:
+    """``n`` hits executed back to back by the server (one pipeline): usually all
+    inside one server millisecond, and never more than a few apart."""
+    r = redis.Redis.from_url(redis_url)
+    pipe = r.pipeline(transaction=False)
+    for _ in range(n):
+        pipe.eval(rl._script.source, 1, rl.key_for(key), *rl._argv(1, False))
+    out = [[int(x) for x in row] for row in pipe.execute()]
+    r.close()
+    return out
+
+
+GCRA_LIMITS = ["7/13 seconds", "6/7 seconds", "3/second", "100/7 seconds", "13/minute"]
+GCRA_LIMITS += ["1000/hour", "97/3 seconds", "5/day", "999/999 seconds", "11/6 seconds"]
+
+
+@pytest.mark.parametrize("limit", GCRA_LIMITS)
+def test_gcra_burst_is_exactly_n_with_exact_remaining(
+    pool: RedisPool, redis_url: str, limit: str
+) -> None:
+    # Regression: the arrival time was stored rounded to 3 decimals of a ms, so
+    # for 7/13 s or 6/7 s the N-th hit of a burst was denied, and Remaining was
+    # under-reported ([4, 3, 2, 2, 1, 0] for 6/7 s).
+    for i in range(3):
+        rl = RateLimiter(pool, limit, algorithm="gcra", namespace=f"b{i}")
+        rows = burst(rl, redis_url, rl.limit + 2)
+        assert [row[0] for row in rows] == [1] * rl.limit + [0, 0], (limit, rows)
+        assert [row[1] for row in rows[: rl.limit]] == list(range(rl.limit - 1, -1, -1))
+        assert rows[-1][1] == 0 and rows[-1][3] > 0
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(n=st.integers(1, 60), period=st.integers(1, 100_000), cost=st.integers(1, 5))
+def test_gcra_exact_for_any_n_per_period(
+    pool: RedisPool, redis_url: str, n: int, period: int, cost: int
+) -> None:
+    """A burst of hits of ``cost`` gets exactly floor(N / cost) through, whatever
+    N/period (period in ms here, down to one hit per millisecond of tolerance)."""
+    rl = RateLimiter(
+        pool, n, period=max(period / 1000, n / 1000), algorithm="gcra", namespace="prop"
+    )
+    rl.reset("k")
+    r = redis.Redis.from_url(redis_url)
+    pipe = r.pipeline(transaction=False)
+    for _ in range(n // cost + 1):
+        pipe.eval(rl._script.source, 1, rl.key_for("k"), *rl._argv(cost, False))
+    rows = pipe.execute()
+    r.close()
+    allowed = [int(row[0]) for row in rows]
+    # Time passing between hits can only add tokens; a burst of n // cost + 1
+    # spans microseconds, far below one interval (>= 1 ms) in all but a loaded run.
+    assert allowed[: n // cost] == [1] * (n // cost), rows
+    if period >= 1000 * n:  # interval >= 1 s: the extra hit cannot have been refilled
+        assert allowed[-1] == 0, rows
 
 
 def test_keys_hold_a_hash_never_the_input(pool: RedisPool, redis_server: Any) -> None:
@@ -194,6 +259,9 @@ def test_bad_arguments(pool: RedisPool) -> None:
         RateLimiter(pool, "1/s", namespace="has space")
     with pytest.raises(TypeError, match=r"pool must be a redispool\.RedisPool"):
         RateLimiter("redis://", "1/s")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="too fine for algorithm='gcra'"):
+        RateLimiter(pool, 10**15, period=365 * 86400.5)
+    assert RateLimiter(pool, "1000000/day")._unit == 1000  # exact in milliseconds
     rl = RateLimiter(pool, "1/s")
     with pytest.raises(ValueError, match="cost must be"):
         rl.hit("k", cost=0)
@@ -204,3 +272,14 @@ def test_bad_arguments(pool: RedisPool) -> None:
     with pytest.raises(ValueError, match="key is too long"):
         rl.hit("x" * 10_000)
     assert pool.stats().borrows == 0  # bad input never reached Redis
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_script_declares_every_key_it_touches(
+    pool: RedisPool, redis_url: str, algorithm: str
+) -> None:
+    rl = RateLimiter(pool, "2/minute", algorithm=algorithm)
+    with script_keys(redis_url) as check:
+        for op in (lambda: rl.hit("k"), lambda: rl.peek("k"), lambda: rl.hit("k", cost=5)):
+            assert check(op) == []
+        assert check(lambda: [rl.hit("k") for _ in range(3)]) == []

@@ -416,8 +416,8 @@ MAX_KEY = 128  # the namespace (<= 64) plus a kind and a 32-hex digest
 # After "<ns>:": "{<digest>}:<kind>" (the identity's hash slot), or, for the cache,
 # "{<ns>}:<kind>:<digest>" (the namespace's hash slot).
 HASHED_KEY = re.compile(
-    r"^\{(?:[0-9a-f]{32}\}:(?:a|l|n|c|f|s|g)"
-    r"|[A-Za-z0-9_.:-]{1,64}\}:(?:tag|v[0-9.]+):[0-9a-f]{32}(?::lease)?)$"
+    r"^\{(?:[0-9a-f]{32}\}:(?:a|l|n|c|f|s|g|t)"
+    r"|[A-Za-z0-9_.:-]{1,64}\}:(?:tag|v):[0-9a-f]{32}(?::lease)?)$"
 )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .analytics import Analytics
 from .base import CircuitBreaker, HelperUnavailable, RedisScript, hashed_key
-from .cache import Cache
+from .cache import Cache, LoaderError
 from .lockout import Lockout, LockoutAttempt, LockoutResult
 from .ratelimit import RateLimiter, RateLimitResult, parse_limit
 
@@ -17,6 +17,7 @@ __all__ = [
     "Cache",
     "CircuitBreaker",
     "HelperUnavailable",
+    "LoaderError",
     "Lockout",
     "LockoutAttempt",
     "LockoutResult",

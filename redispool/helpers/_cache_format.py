@@ -58,40 +58,79 @@ def encode(dumps: Dumps, value: Any, delta: float) -> bytes:
     return header + (data.encode() if isinstance(data, str) else data)
 
 
-# KEYS: the namespace's version key, then one per tag. ARGV[1], ARGV[2]: the data
-# key around its version ("ns:v" .. "3.1" .. ":digest"); missing versions are 0.
-_KEY = """
-local v = {}
-for i, k in ipairs(KEYS) do v[i] = redis.call('GET', k) or '0' end
-local ver = table.concat(v, '.')
-local key = ARGV[1] .. ver .. ARGV[2]
+# Every script gets KEYS = the namespace's version key, one per tag, the data key,
+# the lease key; it touches no other key. An entry and a lease are stored behind
+# the version they were made under ("3.1|"): a version bump hides both at once.
+_PRELUDE = """
+local n = #KEYS - 2
+local parts = {}
+for i = 1, n do parts[i] = redis.call('GET', KEYS[i]) or '0' end
+local ver = table.concat(parts, '.') .. '|'
+local data, lease = KEYS[n + 1], KEYS[n + 2]
+local function current(s)
+  if s and string.sub(s, 1, #ver) == ver then return string.sub(s, #ver + 1) end
+  return false
+end
 """
-# -> {version, value or nil, PTTL if found else 1/0 = lease won (ARGV[3] = token)}
+# ARGV[1]: lease token ('' = only read), ARGV[2]: lease PX, ARGV[3]: '1' = take
+# the lease even on a hit (early recompute). -> {version, value or nil, PTTL,
+# lease: 1 won / 0 held elsewhere / -1 the holder's loader failed, its error name}
 READ = RedisScript(
-    _KEY
+    _PRELUDE
     + """
-local value = redis.call('GET', key)
-if value then return {ver, value, redis.call('PTTL', key)} end
-if ARGV[3] == '' then return {ver, false, 0} end
-local won = redis.call('SET', key .. ':lease', ARGV[3], 'NX', 'PX', ARGV[4])
-return {ver, false, won and 1 or 0}
+local value = current(redis.call('GET', data))
+local pttl = value and redis.call('PTTL', data) or 0
+if ARGV[1] == '' or (value and ARGV[3] ~= '1') then return {ver, value, pttl, 0} end
+local held = current(redis.call('GET', lease))
+if held then
+  if string.sub(held, 1, 1) == '!' then return {ver, value, pttl, -1, string.sub(held, 2)} end
+  return {ver, value, pttl, 0}
+end
+redis.call('SET', lease, ver .. ARGV[1], 'PX', ARGV[2])
+return {ver, value, pttl, 1}
 """
 )
-# ARGV[3]: the version read before loading ('' = any): a value loaded before an
-# invalidation is not written after it. ARGV[4]: payload, ARGV[5]: PX ('0' = only
-# release the lease), ARGV[6]: lease token to release ('' = none).
+# ARGV[1]: lease token ('' = set(): store now, and revoke any fill in flight),
+# ARGV[2]: the version the lease was won under, ARGV[3]: payload, ARGV[4]: PX ('0'
+# = store nothing), ARGV[5]: the loader's error name ('' = it succeeded), ARGV[6]:
+# how long to keep that failure for other callers. A fill is written only if its
+# lease is still held under the version it was won under: an invalidation of the
+# key, its tags or its namespace since the lease was won refuses it.
+# -> 1 stored, 0 nothing to store, -1 refused. A SET comes before any DEL: once a
+# script has written, Redis lets its later writes through even when out of memory.
 WRITE = RedisScript(
-    _KEY
+    _PRELUDE
     + """
-local expected = ARGV[3]
-if expected == '' then expected = ver end
-if ARGV[6] ~= '' then
-  local lease = ARGV[1] .. expected .. ARGV[2] .. ':lease'
-  if redis.call('GET', lease) == ARGV[6] then redis.call('DEL', lease) end
+if ARGV[1] == '' then
+  redis.call('SET', data, ver .. ARGV[3], 'PX', ARGV[4])
+  redis.call('DEL', lease)
+  return 1
 end
-if ver ~= expected or ARGV[5] == '0' then return 0 end
-redis.call('SET', key, ARGV[4], 'PX', ARGV[5])
+if redis.call('GET', lease) ~= ARGV[2] .. ARGV[1] then return -1 end
+if ver ~= ARGV[2] then
+  redis.call('DEL', lease)
+  return -1
+end
+if ARGV[5] ~= '' and ARGV[6] ~= '0' then
+  redis.call('SET', lease, ver .. '!' .. ARGV[5], 'PX', ARGV[6])
+  return 0
+end
+if ARGV[4] == '0' then
+  redis.call('DEL', lease)
+  return 0
+end
+redis.call('SET', data, ver .. ARGV[3], 'PX', ARGV[4])
+redis.call('DEL', lease)
 return 1
 """
 )
-DELETE = RedisScript(_KEY + "return redis.call('DEL', key)")
+# Invalidate one key: its entry and its lease (so a fill in flight is refused).
+# -> 1 if it held an entry of the current version.
+DELETE = RedisScript(
+    _PRELUDE
+    + """
+local value = current(redis.call('GET', data))
+redis.call('DEL', data, lease)
+return value and 1 or 0
+"""
+)

@@ -18,7 +18,7 @@ __all__ = ["BackgroundWriter"]
 
 log = logging.getLogger("redispool.helpers")
 
-Job = Callable[[], None]
+Job = Callable[[], object]
 
 
 def _stop() -> None:  # the stop sentinel; never run

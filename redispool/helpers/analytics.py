@@ -155,6 +155,7 @@ class Analytics(HelperBase):
         self._reset_buffer()
         if self.buffered:
             _LIVE.add(self)
+            pool.on_close(self.close)  # flushed before the pool closes, whatever the exit order
 
     def _reset_buffer(self) -> None:
         """Fresh buffer state (at start, and in a forked child)."""

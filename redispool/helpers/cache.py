@@ -6,14 +6,22 @@ bounded background writer. Concurrent misses of one key call the loader once per
 process (single flight) and, across processes, once per lease. Optional XFetch
 early recomputation; a separate TTL for cached ``None`` ("not found").
 
-Keys: every user key is hashed (HMAC with a secret) and embeds the namespace
-version (and the versions of its tags), so ``invalidate_all()`` / ``invalidate_tag()`` are one
-INCR: old entries are never read again and expire on their own. Each call reads
-the versions and the value in ONE round trip, with a Lua script that builds the
-versioned key server-side (so an invalidation is seen at once, by every process).
-All keys of a namespace carry the hash tag ``{namespace}`` (one Redis Cluster
-slot). The script touches a key it does not declare (the versioned data key),
-in that same slot.
+Keys: every user key is hashed (see ``helpers.base.key_digest``; HMAC with a
+secret). An entry is stored with the namespace's version (and its tags'
+versions), so ``invalidate_all()`` / ``invalidate_tag()`` are one INCR: older
+entries are never served again and expire on their own. Each call reads the
+versions and the value in ONE round trip, with a Lua script given every key it
+touches (version keys, data key, lease key). All keys of a namespace carry the
+hash tag ``{namespace}``: one Redis Cluster slot (spread a large cache over
+several namespaces).
+
+No stale fill: a loaded value is written back only by the caller that won the
+key's lease before loading, and only if the lease is still its own under the
+same versions. ``invalidate(key)`` deletes the entry and the lease, ``set()``
+replaces both, a version bump changes the versions: a value loaded before any of
+them returns is never stored after it (memcache's leases). Callers that did not
+win the lease wait for the winner's outcome (its value, or its failure for
+``error_ttl``) and never write back.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
 import redis
 from redis.exceptions import RedisError
@@ -36,7 +44,7 @@ from redis.exceptions import RedisError
 from .._poolparts import _number
 from .._quietlog import SlowLog
 from . import _cache_format as fmt
-from ._singleflight import SingleFlight
+from ._singleflight import Flight, SingleFlight
 from ._writer import BackgroundWriter
 from .base import (
     MAX_IDENTITY,
@@ -51,7 +59,7 @@ from .base import (
 if TYPE_CHECKING:
     from ..redis_pool import RedisPool
 
-__all__ = ["Cache"]
+__all__ = ["Cache", "LoaderError"]
 
 log = logging.getLogger("redispool.helpers.cache")
 _SLOW = SlowLog(log)  # slow operations: the first, then a summary per 10 s
@@ -63,22 +71,36 @@ MAX_TTL = 10 * 365 * 86400.0
 _MISS: Any = object()
 _COUNTERS = (
     *("hits", "misses", "errors", "fallbacks", "loader_calls", "slow_operations"),
-    *("early_recomputes", "lease_waits", "lease_timeouts"),
+    *("early_recomputes", "lease_waits", "lease_timeouts", "refused_writes", "shared_failures"),
 )
+MAX_ERROR_NAME = 64
+
+
+class LoaderError(Exception):
+    """The loader for this key failed in another process moments ago (within the
+    cache's ``error_ttl``); this caller did not run its own."""
 
 
 class _CacheWrites(HelperBase):
     """Writes and invalidations: the cache's pool and breaker, ``set_timeout``."""
 
 
+class _Read(NamedTuple):
+    version: bytes  # the versions the value (or lease) is under
+    value: bytes | None
+    pttl: int  # of the value, if any
+    lease: int  # 1: won, 0: not asked or held elsewhere, -1: the holder's loader failed
+    failed: str  # that loader's error name
+
+
 class _Loc:
-    """Where a (key, tags) lives: version keys and the data key around its version."""
+    """Where a (key, tags) lives: KEYS for the scripts (version keys, data, lease)."""
 
-    __slots__ = ("flight", "keys", "prefix", "suffix")
+    __slots__ = ("flight", "keys")
 
-    def __init__(self, keys: list[str], prefix: str, digest: str) -> None:
-        self.keys, self.prefix, self.suffix = keys, prefix, f":{digest}"
-        self.flight = f"{len(keys)}:{digest}"
+    def __init__(self, versions: list[str], data: str) -> None:
+        self.keys = [*versions, data, f"{data}:lease"]
+        self.flight = data
 
 
 class Cache(HelperBase):
@@ -88,8 +110,11 @@ class Cache(HelperBase):
     for a connection); ``serializer``: ``"json"`` (default), ``"pickle"`` (opt-in),
     a ``(dumps, loads)`` pair or an object with both; ``negative_ttl``: TTL of a
     cached ``None`` (0: never cache it); ``lease_ttl``: how long one process may
-    hold the right to fill a key; ``lease_wait``: how long a process that lost
-    it polls for the value before calling its loader; ``early_recompute_beta``:
+    hold the right to fill a key (a load that takes longer is returned but not
+    written back); ``lease_wait``: how long a process that lost it polls for the
+    value before calling its loader (not written back either); ``error_ttl``: how
+    long a loader's failure is shared with callers in other processes (they raise
+    ``LoaderError``; 0: not shared, they load); ``early_recompute_beta``:
     XFetch's beta (0: off, 1: the paper's default); ``rand``: uniform in (0, 1].
     """
 
@@ -105,6 +130,7 @@ class Cache(HelperBase):
         negative_ttl: float = 30,
         lease_ttl: float = 5.0,
         lease_wait: float = 1.0,
+        error_ttl: float = 1.0,
         writer_queue: int = 1000,
         slow_threshold: float = 0.01,
         early_recompute_beta: float = 0.0,
@@ -126,6 +152,7 @@ class Cache(HelperBase):
         )
         self.lease_ttl = self._check_ttl("lease_ttl", lease_ttl)
         self.lease_wait = float(_number("lease_wait", lease_wait, minimum=0))
+        self.error_ttl = 0.0 if error_ttl == 0 else self._check_ttl("error_ttl", error_ttl)
         self.slow_threshold = float(_number("slow_threshold", slow_threshold, minimum=0))
         self.beta = float(_number("early_recompute_beta", early_recompute_beta, minimum=0))
         _number("writer_queue", writer_queue, minimum=1, integer=True)
@@ -145,6 +172,7 @@ class Cache(HelperBase):
         self._flight = SingleFlight()
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)
+        pool.on_close(self.close)  # queued write-backs go out before the pool closes
 
     # -- validation and keys -------------------------------------------------
 
@@ -184,7 +212,7 @@ class Cache(HelperBase):
             identity = (*parts, *tag_list, f"#{len(parts)}")  # tags are part of the identity
             limit += MAX_TAGS * MAX_IDENTITY + 16  # each tag was checked on its own above
         digest = key_digest(self.namespace, identity, self._secret, limit=limit)
-        return _Loc(keys, slot_key(self.namespace, self.namespace, "v"), digest)
+        return _Loc(keys, slot_key(self.namespace, self.namespace, "v", digest))
 
     def _tag_key(self, tag: str, field: str) -> str:
         digest = key_digest(self.namespace, tag, self._secret, field)
@@ -201,22 +229,34 @@ class Cache(HelperBase):
             _SLOW.slow(f"cache {self.namespace!r}", op, elapsed)  # count and worst per 10 s
         return result
 
-    def _read(self, loc: _Loc, token: str = "") -> tuple[str, bytes | None, int]:
-        args = (loc.prefix, loc.suffix, token, round(self.lease_ttl * 1000))
-        ver, raw, n = self._timed(
+    def _read(self, loc: _Loc, token: str = "", renew: bool = False) -> _Read:
+        """One round trip: the value, and with ``token`` an attempt at the lease
+        (on a miss, or always with ``renew``)."""
+        args = (token, round(self.lease_ttl * 1000), int(renew))
+        row = self._timed(
             "GET+lease" if token else "GET", self, lambda r: fmt.READ(r, loc.keys, args)
         )
-        return ver.decode(), raw, n
+        failed = row[4].decode(errors="replace") if len(row) > 4 else ""
+        return _Read(row[0], row[1], int(row[2]), int(row[3]), failed)
 
-    def _store(self, loc: _Loc, payload: bytes, ttl_ms: int, ver: str, token: str) -> bool:
-        args = (loc.prefix, loc.suffix, ver, payload, ttl_ms, token)
-        return bool(self._timed("SET", self._writes, lambda r: fmt.WRITE(r, loc.keys, args)))
+    def _store(self, loc: _Loc, args: tuple[Any, ...]) -> int:
+        return int(self._timed("SET", self._writes, lambda r: fmt.WRITE(r, loc.keys, args)))
 
-    def _write_back(self, loc: _Loc, payload: bytes, ttl_ms: int, ver: str, token: str) -> None:
+    def _write_back(
+        self, loc: _Loc, lease: tuple[bytes, str], payload: bytes, ttl_ms: int, failed: str
+    ) -> int:
+        """1 stored, 0 nothing to store, -1 refused (invalidated or the lease lost
+        meanwhile), -2 Redis failed."""
+        ver, token = lease
+        error_ms = round(self.error_ttl * 1000)
         try:
-            self._store(loc, payload, ttl_ms, ver, token)
+            done = self._store(loc, (token, ver, payload, ttl_ms, failed, error_ms))
         except RedisError:
             self._inc("errors")
+            return -2
+        if done < 0:
+            self._inc("refused_writes")
+        return done
 
     def _inc(self, name: str) -> None:
         with self._lock:
@@ -249,7 +289,7 @@ class Cache(HelperBase):
         Never raises because of Redis: an error counts and returns ``default``."""
         loc = self._locate(key, tags)
         try:
-            _, raw, _ = self._read(loc)
+            raw = self._read(loc).value
         except RedisError:
             self._inc("errors")
             return default
@@ -271,7 +311,7 @@ class Cache(HelperBase):
         if not ttl_ms:
             return False
         try:
-            return self._store(loc, payload, ttl_ms, "", "")
+            return self._store(loc, ("", "", payload, ttl_ms, "", 0)) == 1
         except RedisError:
             self._inc("errors")
             return False
@@ -284,21 +324,24 @@ class Cache(HelperBase):
         *,
         tags: Iterable[str] = (),
     ) -> T:
-        """The cached value, else ``loader()``'s (written back in the background).
+        """The cached value, else ``loader()``'s (written back in the background,
+        or at once when other callers of this process wait for it).
 
-        Only the loader's own exceptions (and TypeError for a value the serializer
-        cannot encode) propagate; a Redis failure just means calling the loader."""
+        Only loader exceptions propagate (this caller's loader's, or the one it
+        waited for; ``LoaderError`` if it failed in another process within
+        ``error_ttl``), and TypeError for a value the serializer cannot encode; a
+        Redis failure just means calling the loader."""
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {loader!r}")
         if ttl is not None:
             self._check_ttl("ttl", ttl)
         loc = self._locate(key, tags)
         try:
-            ver, raw, pttl = self._read(loc)
+            raw, pttl = self._read(loc)[1:3]
         except RedisError:
             self._inc("errors")
             self._inc("fallbacks")
-            return self._load(loc, loader, ttl, None, "")
+            return self._load(loc, loader, ttl, None)
         if raw is not None:
             value, delta = self._decode(raw)
             if value is not _MISS:
@@ -307,7 +350,7 @@ class Cache(HelperBase):
                 if self.beta and 0 < pttl <= -delta * self.beta * math.log(self._rand()) * 1000:
                     return self._flight.do(  # type: ignore[no-any-return]
                         loc.flight,
-                        lambda: self._recompute(loc, loader, ttl, ver, value),
+                        lambda flight: self._recompute(loc, loader, ttl, value, flight),
                         lambda: value,  # someone is on it: serve what we have
                         0,
                     )
@@ -315,74 +358,129 @@ class Cache(HelperBase):
         self._inc("misses")
         return self._flight.do(
             loc.flight,
-            lambda: self._fill(loc, loader, ttl),
-            lambda: self._load(loc, loader, ttl, "", ""),  # the leader failed or is slow
-            self.lease_wait + self.lease_ttl,
+            lambda flight: self._fill(loc, loader, ttl, flight),
+            lambda: self._fill(loc, loader, ttl, None),  # the leader is slow, or its value
+            self.lease_wait + self.lease_ttl,  # is older than this caller's miss
         )
 
-    def _recompute(self, loc: _Loc, loader: Callable[[], T], ttl: Any, ver: str, old: T) -> T:
+    def _recompute(
+        self, loc: _Loc, loader: Callable[[], T], ttl: Any, old: T, flight: Flight[T]
+    ) -> T:
+        """XFetch: take the lease even though the value is there; if another caller
+        has it (or Redis fails), serve the cached value. Followers keep their own
+        (``old`` may predate their miss) unless the new value was stored."""
+        flight.share_upto = 0
+        token = os.urandom(12).hex()
+        try:
+            read = self._read(loc, token, renew=True)
+        except RedisError:
+            self._inc("errors")
+            return old
+        if read.lease != 1:
+            return old
         self._inc("early_recomputes")
         try:
-            return self._load(loc, loader, ttl, ver, "")
+            lease = (read.version, token)
+            return self._load(loc, loader, ttl, lease, share_failure=False, flight=flight)
         except Exception:  # the cached value is still valid: serve it
+            flight.share_upto = 0
             log.warning("cache %r: early recompute failed", self.namespace, exc_info=True)
             return old
 
-    def _fill(self, loc: _Loc, loader: Callable[[], T], ttl: float | None) -> T:
-        """The process's leader after a miss: win the lease and load, or poll."""
+    def _fill(
+        self, loc: _Loc, loader: Callable[[], T], ttl: float | None, flight: Flight[T] | None
+    ) -> T:
+        """After a miss: win the lease and load, or wait for the holder's outcome
+        (at most ``lease_wait``, then load without writing back). As the leader of
+        ``flight``, let only the followers that joined before a value was read
+        (or, for a loaded value, before its write-back was accepted) share it."""
         token = os.urandom(12).hex()
         deadline = time.monotonic() + self.lease_wait
         delay = 0.01
+        renew = False
         while True:
+            joined = flight.followers if flight is not None else 0
             try:
-                ver, raw, won = self._read(loc, token)
+                read = self._read(loc, token, renew)
             except RedisError:
                 self._inc("errors")
                 self._inc("fallbacks")
-                return self._load(loc, loader, ttl, None, "")
-            if raw is not None:
-                value = self._decode(raw)[0]
+                if flight is not None:  # loaded after this attempt: fresh for them
+                    flight.share_upto = joined
+                return self._load(loc, loader, ttl, None)
+            if read.value is not None:
+                value = self._decode(read.value)[0]
                 if value is not _MISS:
+                    if flight is not None:
+                        flight.share_upto = joined
                     return value  # type: ignore[no-any-return]
-                return self._load(loc, loader, ttl, ver, "")
-            if won:
-                return self._load(loc, loader, ttl, ver, token)
+                if not renew:  # unreadable: take the lease to replace it
+                    renew = True
+                    continue
+            if read.lease == 1:
+                return self._load(loc, loader, ttl, (read.version, token), flight=flight)
+            if read.lease == -1:
+                self._inc("shared_failures")
+                raise LoaderError(
+                    f"cache {self.namespace!r}: the loader for this key failed in another "
+                    f"process ({read.failed}); not retried for {self.error_ttl:g} s"
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._inc("lease_timeouts")
-                return self._load(loc, loader, ttl, ver, "")
+                if flight is not None:  # loaded after this read: fresh for them
+                    flight.share_upto = joined
+                return self._load(loc, loader, ttl, None)
             if delay == 0.01:
                 self._inc("lease_waits")
             time.sleep(min(delay * (0.5 + random.random()), remaining))
             delay = min(delay * 1.5, 0.1)
 
-    def _load(self, loc: _Loc, loader: Callable[[], T], ttl: Any, ver: str | None, token: str) -> T:
-        """Call the loader; queue the write-back (and the lease release). ``ver``:
-        the version read ('' = unknown), None: Redis just failed, do not write."""
+    def _load(
+        self,
+        loc: _Loc,
+        loader: Callable[[], T],
+        ttl: Any,
+        lease: tuple[bytes, str] | None,
+        *,
+        share_failure: bool = True,
+        flight: Flight[T] | None = None,
+    ) -> T:
+        """Call the loader. With the ``lease`` (version, token) won before loading,
+        queue the write-back: the value, or the failure for ``error_ttl``, or just
+        the lease's release. Without it, write nothing. If followers of ``flight``
+        wait for the value, write it now and share it only if Redis accepted it
+        (else it predates an invalidation they may have seen)."""
         self._inc("loader_calls")
-        payload, ttl_ms = b"", 0
         start = time.monotonic()
         try:
             value = loader()
             ttl_ms = self._ttl_ms(None if value is None else ttl, value)  # 0: do not cache
-            if ttl_ms:
-                payload = fmt.encode(self._dumps, value, time.monotonic() - start)
-        except BaseException:
-            ttl_ms = 0  # only release the lease
+            payload = fmt.encode(self._dumps, value, time.monotonic() - start) if ttl_ms else b""
+        except BaseException as exc:
+            if lease is not None:
+                name = type(exc).__name__[:MAX_ERROR_NAME]
+                failed = name if share_failure and isinstance(exc, Exception) else ""
+                self._writer.submit(functools.partial(self._write_back, loc, lease, b"", 0, failed))
             raise
-        finally:
-            if ver is not None and (ttl_ms or token):
-                self._writer.submit(
-                    functools.partial(self._write_back, loc, payload, ttl_ms, ver, token)
-                )
+        if lease is None:
+            return value
+        if flight is not None and flight.seal():
+            flight.share_upto = 0
+            if self._write_back(loc, lease, payload, ttl_ms, "") >= 0:
+                flight.share_upto = flight.followers
+        else:
+            self._writer.submit(
+                functools.partial(self._write_back, loc, lease, payload, ttl_ms, "")
+            )
         return value
 
     def invalidate(self, key: Any, *, tags: Iterable[str] = ()) -> bool:
-        """Delete one key (of the current version). Raises ``HelperUnavailable``
-        if Redis failed: a silently failed invalidation would serve stale data."""
+        """Delete one key and revoke its lease: a value being loaded now is not
+        written back. True if it held an entry. Raises ``HelperUnavailable`` if
+        Redis failed: a silently failed invalidation would serve stale data."""
         loc = self._locate(key, tags)
-        args = (loc.prefix, loc.suffix)
-        return bool(self._timed("DEL", self._writes, lambda r: fmt.DELETE(r, loc.keys, args)))
+        return bool(self._timed("DEL", self._writes, lambda r: fmt.DELETE(r, loc.keys, [])))
 
     def invalidate_all(self) -> int:
         """Invalidate the whole namespace (one INCR); returns its new version."""
@@ -447,6 +545,7 @@ class Cache(HelperBase):
         out["dropped_writes"] = self._writer.dropped
         out["pending_writes"] = self._writer.pending
         out["single_flight_shared"] = self._flight.shared
+        out["single_flight_shared_errors"] = self._flight.shared_errors
         out["breaker"] = self.breaker.as_dict()
         return out
 

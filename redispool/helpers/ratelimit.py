@@ -2,7 +2,9 @@
 
 Each check is one Lua script that reads and updates the state and returns
 everything the IETF ``RateLimit`` headers need, using the server's clock (so
-many processes agree). Exact under concurrency: N allowed, never N+1.
+many processes agree). Exact under concurrency: N allowed, never N+1; GCRA in
+integers (microseconds scaled by the limit, as redis-cell), exact for any N/period.
+Every script touches only the one key it is given.
 """
 
 from __future__ import annotations
@@ -88,9 +90,8 @@ local reset = (idx + 1) * period - now
 local st = redis.call('HMGET', KEYS[1], 'w', 'c')
 local count = 0
 if tonumber(st[1]) == idx then count = tonumber(st[2]) end
-if count + cost > limit then
-  return {0, limit - count, reset, reset}
-end
+if cost > limit then return {0, limit - count, reset, -1} end
+if count + cost > limit then return {0, limit - count, reset, reset} end
 if not peek then
   count = count + cost
   redis.call('HSET', KEYS[1], 'w', idx, 'c', count)
@@ -138,26 +139,54 @@ return {1, math.max(0, math.floor(limit - used)), reset, 0}
 """
 )
 
+# GCRA in exact integers. Time is counted in ``unit`` microseconds (ARGV[5]: 1,
+# 1000 or 1000000, the finest for which every number below stays under 2**53) and
+# scaled by the limit N: one emission interval is ``period`` scaled units (ARGV[2],
+# in units) and the tolerance is N intervals, so "N at once" is exactly N whatever
+# N/period. The key holds the theoretical arrival time as "<units> <remainder/N>".
 _GCRA = RedisScript(
-    _PRELUDE
-    + """
-local interval = period / limit
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local new_tat = tat + cost * interval
-local allow_at = new_tat - period
-if now < allow_at then
-  local remaining = math.floor((period - (tat - now)) / interval)
-  return {0, math.max(0, remaining), math.ceil(tat - now), math.ceil(allow_at - now)}
+    """
+local t = redis.call('TIME')
+local unit = tonumber(ARGV[5])
+local now
+if unit == 1 then now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+elseif unit == 1000 then now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else now = tonumber(t[1]) end
+local n, interval, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tolerance = n * interval
+local d = 0  -- how far the arrival time is ahead of now, in units / n
+local tat, rem = string.match(redis.call('GET', KEYS[1]) or '', '^(%d+) (%d+)$')
+if tat then d = math.max(0, (tonumber(tat) - now) * n + tonumber(rem)) end
+local function ms(x)  -- scaled units -> milliseconds, rounded up
+  return math.ceil(x / n * unit / 1000)
 end
-if peek then new_tat = tat end
-if not peek then
-  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
+local function left(x)  -- whole intervals still free below the tolerance
+  local room = tolerance - x
+  return (room - math.fmod(room, interval)) / interval
 end
-local remaining = math.floor((period - (new_tat - now)) / interval)
-return {1, math.max(0, remaining), math.ceil(new_tat - now), 0}
+if cost > n then return {0, left(d), ms(d), -1} end
+local new_d = d + cost * interval
+if new_d > tolerance then return {0, left(d), ms(d), ms(new_d - tolerance)} end
+if ARGV[4] == '1' then return {1, left(d), ms(d), 0} end
+local r = math.fmod(new_d, n)
+redis.call('SET', KEYS[1], string.format('%d %d', now + (new_d - r) / n, r), 'PX', ms(new_d) + 1)
+return {1, left(new_d), ms(new_d), 0}
 """
 )
+
+
+def _gcra_unit(limit: int, period: float) -> tuple[int, int]:
+    """(unit in microseconds, period in units) for the exact GCRA script: the
+    finest unit in which ``2 * limit * period`` stays exact in Lua's doubles."""
+    period_us = round(period * 1_000_000)
+    for unit in (1, 1000, 1_000_000):
+        if period_us % unit == 0 and 2 * limit * (period_us // unit) <= 2**53:
+            return unit, period_us // unit
+    raise ValueError(
+        f"limit {limit} per {period:g} s is too fine for algorithm='gcra' "
+        "(limit x period must stay under 2**52 in microseconds, milliseconds or seconds)"
+    )
+
 
 _SCRIPTS = {"fixed": _FIXED, "sliding": _SLIDING, "gcra": _GCRA, "token_bucket": _GCRA}
 
@@ -247,6 +276,8 @@ class RateLimiter(HelperBase):
         self._script = _SCRIPTS[algorithm]
         self._secret = check_secret(secret) or default_secret()
         self._period_ms = int(self.period * 1000)
+        if algorithm in ("gcra", "token_bucket"):
+            self._unit, self._period_units = _gcra_unit(self.limit, self.period)
         self.allowed = self.denied = self.failed_open = self.failed_closed = 0
 
     def key_for(self, key: Any) -> str:
@@ -266,7 +297,7 @@ class RateLimiter(HelperBase):
         if cost == 0:
             raise ValueError("cost must be >= 1")
         redis_key = self.key_for(key)
-        args = (self.limit, self._period_ms, cost, "1" if peek else "0")
+        args = self._argv(cost, peek)
         try:
             raw = self._call(lambda r: self._script(r, [redis_key], args))
         except HelperUnavailable:
@@ -285,6 +316,12 @@ class RateLimiter(HelperBase):
             retry_after=retry_ms / 1000.0 if retry_ms >= 0 else -1.0,
             period=self.period,
         )
+
+    def _argv(self, cost: int, peek: bool) -> tuple[int, ...]:
+        """The script's ARGV: limit, period (ms; GCRA: in its unit), cost, peek[, unit]."""
+        if self._script is _GCRA:
+            return (self.limit, self._period_units, cost, int(peek), self._unit)
+        return (self.limit, self._period_ms, cost, int(peek))
 
     def _degraded(self) -> RateLimitResult:
         allow = self.on_error == "allow"
