@@ -23,6 +23,7 @@ import select
 import ssl
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from redis.connection import (
@@ -158,7 +159,7 @@ class _PooledMixin:
             self._rp_pending += 1
             self._rp_mark(_DIRTY)
         try:
-            # May reconnect first: see connect_check_health.
+            # May reconnect first (see _rp_connect): these commands go to the new session.
             super().send_packed_command(command, check_health)  # type: ignore[misc]
         except BaseException:
             self._rp_give_up()
@@ -231,20 +232,31 @@ class _PooledMixin:
         while marks and marks[0][0] <= flushed:
             marks.popleft()
 
-    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
-        # redis-py (re)connects here: from connect(), and inside send_packed_command
-        # after the commands to send were packed (and counted).
+    def _rp_connect(self, connect: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Connect and shake hands, then start tracking the new session. redis-py
+        connects from connect(), and inside send_packed_command after the commands
+        to send were packed (and counted)."""
         if self._sock is not None:
-            return super().connect_check_health(*args, **kwargs)  # type: ignore[misc, no-any-return]
+            connect(*args, **kwargs)  # redis-py returns at once
+            return
         saved = self._rp_sent, self._rp_flushed, self._rp_marks, self._rp_errors
         self._rp_marks = None
         try:
-            super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+            connect(*args, **kwargs)
         except BaseException:
             self._rp_connected(saved, complete=False)
             raise
         self._rp_connected(saved, complete=True)
-        return None
+
+    if hasattr(Connection, "connect_check_health"):  # newer redis-py: connect() calls it
+
+        def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+            self._rp_connect(super().connect_check_health, *args, **kwargs)  # type: ignore[misc]
+
+    else:  # pragma: no cover - older redis-py connects (sends included) in connect()
+
+        def connect(self, *args: Any, **kwargs: Any) -> None:
+            self._rp_connect(super().connect, *args, **kwargs)  # type: ignore[misc]
 
     def _rp_connected(self, saved: tuple[Any, ...], *, complete: bool) -> None:
         """Forget the handshake's commands; start the new session's tracking."""
