@@ -3,7 +3,8 @@
 The regression tests replay the reported cases; the oracle at the end drives
 random blocks of plain and stateful commands, error replies, timeouts, CLIENT
 KILL, redis-py retries and exceptions, and after every block checks that the
-next borrower of the same slot sees exactly a fresh connection's session.
+next borrower of the same slot sees exactly a fresh connection's session
+(``SESSION_ORACLE_EXAMPLES=20000`` for a longer run than CI's).
 """
 
 from __future__ import annotations
