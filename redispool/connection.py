@@ -202,7 +202,7 @@ class _PooledMixin:
         marks = self._rp_marks
         seq = self._rp_sent - self._rp_pending  # the command this reply answers
         while marks and marks[0][0] <= seq:
-            mark, kind = marks.popleft()
+            mark, kind = marks[0]  # popped once applied: an interruption leaves doubt
             state = self._rp_state
             if mark < seq:  # its reply went unseen: nobody knows what it did
                 state |= DIRTY
@@ -219,6 +219,7 @@ class _PooledMixin:
             else:
                 state |= DIRTY
             self._rp_state = state
+            marks.popleft()
 
     # -- sessions: a connect starts one, a disconnect ends it
 
