@@ -1,10 +1,20 @@
 """redis-py connections that know when they are dirty, plus the cheap liveness test.
 
-A pooled connection counts the replies it still owes (commands sent minus replies
-read) and notes commands that leave server-side session state behind (MULTI, WATCH,
-SUBSCRIBE, SELECT, CLIENT TRACKING, ...). ``is_clean()`` says whether the next
-borrower may have it; ``is_alive()`` says, without a round trip, whether the
-server closed it or sent bytes nobody asked for.
+A pooled connection keeps, per server session, what the session owes and holds:
+
+* ``_rp_sent`` counts the commands packed (their sequence numbers), ``_rp_flushed``
+  the ones handed to the socket, ``_rp_pending`` the replies still owed;
+* commands that change the session (MULTI, WATCH, SELECT, SUBSCRIBE, CLIENT
+  TRACKING, ...) wait in ``_rp_marks`` as (sequence number, kind) and take effect
+  on ``_rp_state`` when *their reply* is read: a success applies the effect, an
+  error reply marks the connection dirty (when in doubt, discard);
+* a (re)connect starts a fresh session: the handshake (AUTH, HELLO, SELECT of the
+  configured db, CLIENT SETNAME, a ``redis_connect_func``) is not the user's, the
+  replies of commands sent before are gone, and only commands packed but not yet
+  sent are still owed, their marks still pending.
+
+``is_clean()`` says whether the next borrower may have it; ``is_alive()`` says,
+without a round trip, whether the server closed it or sent bytes nobody asked for.
 """
 
 from __future__ import annotations
@@ -12,6 +22,8 @@ from __future__ import annotations
 import select
 import ssl
 import sys
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from redis.connection import (
@@ -19,7 +31,7 @@ from redis.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import ExecAbortError, NoScriptError, RedisError, ResponseError
 
 from .dns import DNSCache
 
@@ -35,7 +47,8 @@ __all__ = [
 # Session state bits (``_rp_state``): anything set means "not clean".
 IN_MULTI, WATCHING, DIRTY, TIMEOUT_SET = 1, 2, 4, 8
 
-# What a command does to the session: 0 nothing, else one of these.
+# What a command does to the session once the server accepts it: 0 nothing, else
+# one of these (``_CLIENT`` is resolved by its subcommand).
 _MULTI, _EXEC, _WATCH, _UNWATCH, _DIRTY, _CLIENT = 1, 2, 3, 4, 5, 6
 _NAMES = {
     "MULTI": _MULTI,
@@ -46,13 +59,15 @@ _NAMES = {
     "CLIENT": _CLIENT,
 }
 _STATEFUL = (
-    "SELECT SUBSCRIBE PSUBSCRIBE SSUBSCRIBE MONITOR AUTH HELLO RESET READONLY READWRITE "
-    "SYNC PSYNC REPLCONF ASKING"
+    "SELECT SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE MONITOR "
+    "AUTH HELLO RESET QUIT READONLY READWRITE SYNC PSYNC REPLCONF ASKING"
 )
 for _name in _STATEFUL.split():
     _NAMES[_name] = _DIRTY
 # CLIENT subcommands that change what this connection sees or is.
-_CLIENT_DIRTY = frozenset(["TRACKING", "REPLY", "SETNAME", "NO-EVICT", "NO-TOUCH", "CACHING"])
+_CLIENT_DIRTY = frozenset(
+    ["TRACKING", "REPLY", "SETNAME", "SETINFO", "NO-EVICT", "NO-TOUCH", "CACHING", "KILL"]
+)
 _cache: dict[Any, int] = {}
 
 
@@ -75,103 +90,201 @@ def _classify(name: Any) -> int:
 
 
 class _PooledMixin:
-    """State tracking on top of a redis-py connection class."""
+    """Session tracking on top of a redis-py connection class (see the module doc)."""
 
     _sock: Any
+    _connect_callbacks: list[Any]
     host: Any
     port: Any
-    _rp_pending = 0  # replies owed by the server
+    _rp_sent = 0  # commands packed, ever: the sequence number of the last one
+    _rp_flushed = 0  # of those, the ones handed to the socket (or given up)
+    _rp_pending = 0  # replies the current session owes
+    _rp_marks: deque[tuple[int, int]] | None = None  # (sequence, kind) awaiting a reply
     _rp_state = 0  # IN_MULTI | WATCHING | DIRTY | TIMEOUT_SET bits; 0 is clean
-    _rp_commands = 0  # commands sent (for the pool's stats)
+    _rp_base = 0  # ``_rp_sent`` when the command count was last set
     _rp_errors = 0  # error replies and failed reads
     _rp_poll: Any = None
     _rp_timeout: float | None = None  # the per-operation timeout while TIMEOUT_SET
     _rp_dns: DNSCache | None = None
 
-    def _rp_note(self, args: tuple[Any, ...]) -> None:
+    @property
+    def _rp_commands(self) -> int:
+        """Commands sent (for the pool's stats); the handshake is not counted."""
+        return self._rp_sent - self._rp_base
+
+    @_rp_commands.setter
+    def _rp_commands(self, value: int) -> None:
+        self._rp_base = self._rp_sent - value
+
+    # -- sending: count, and note what the command will do to the session
+
+    def _rp_note(self, args: Any) -> None:
+        """Remember a stateful command (the last one counted) until its reply."""
         kind = _classify(args[0]) if args else 0
+        if kind == _CLIENT:
+            kind = _DIRTY if len(args) > 1 and _classify_sub(args[1]) else 0
         if kind:
-            if kind == _CLIENT:
-                kind = _DIRTY if len(args) > 1 and _classify_sub(args[1]) else 0
-            if kind == _MULTI:
-                self._rp_state |= IN_MULTI
-            elif kind == _EXEC:
-                self._rp_state &= ~(IN_MULTI | WATCHING)
-            elif kind == _WATCH:
-                self._rp_state |= WATCHING
-            elif kind == _UNWATCH:
-                self._rp_state &= ~WATCHING
-            elif kind == _DIRTY:
-                self._rp_state |= DIRTY
+            self._rp_mark(kind)
+
+    def _rp_mark(self, kind: int) -> None:
+        marks = self._rp_marks
+        if marks is None:
+            marks = self._rp_marks = deque()
+        marks.append((self._rp_sent, kind))
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
+        self._rp_sent += 1
+        self._rp_pending += 1
         if not args or args[0] not in _PLAIN:
             self._rp_note(args)
-        self._rp_pending += 1
-        self._rp_commands += 1
         super().send_command(*args, **kwargs)  # type: ignore[misc]
 
     def pack_command(self, *args: Any) -> Any:
-        self._rp_note(args)
+        self._rp_sent += 1
         self._rp_pending += 1
-        self._rp_commands += 1
+        self._rp_note(args)
         return super().pack_command(*args)  # type: ignore[misc]
 
     def pack_commands(self, commands: Any) -> Any:
         commands = list(commands)
         for cmd in commands:
-            self._rp_note(tuple(cmd))
-        self._rp_pending += len(commands)
-        self._rp_commands += len(commands)
+            self._rp_sent += 1
+            self._rp_pending += 1
+            self._rp_note(cmd)
         return super().pack_commands(commands)  # type: ignore[misc]
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._rp_flushed == self._rp_sent:  # bytes we did not pack: effect unknown
+            self._rp_sent += 1
+            self._rp_pending += 1
+            self._rp_mark(_DIRTY)
+        try:
+            # May reconnect first (see _rp_connect): these commands go to the new session.
+            super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except BaseException:
+            self._rp_give_up()
+            raise
+        self._rp_flushed = self._rp_sent
+
+    def _rp_give_up(self) -> None:
+        """A send failed. Disconnected (redis-py closes on a failed write), its
+        commands reach no session: nothing is owed. Still connected (a handshake
+        cut short): nobody knows what the server got."""
+        if self._sock is None:
+            self._rp_flushed = self._rp_sent
+            self._rp_new_session()
+        else:
+            self._rp_state |= DIRTY
+
+    # -- reading: a reply settles the oldest owed command
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             response = super().read_response(*args, **kwargs)  # type: ignore[misc]
         except ResponseError as exc:
             self._rp_pending -= 1  # an error reply is still a reply
+            if self._rp_marks:
+                self._rp_settle(exc)
             if not isinstance(exc, NoScriptError):  # EVALSHA's normal first miss
                 self._rp_errors += 1
             raise
         except BaseException:
-            self._rp_errors += 1
+            self._rp_errors += 1  # no reply read (redis-py disconnects, by default)
             raise
-        if not kwargs.get("push_request"):
+        if not kwargs.get("push_request"):  # a pushed message answers no command
             self._rp_pending -= 1
+            if self._rp_marks:
+                self._rp_settle(None)
         return response
 
-    def _rp_fresh(self, owed: int) -> None:
-        """A new server session: no state; ``owed`` replies (to the commands packed
-        before the reconnect, about to be sent); watch the new socket."""
-        self._rp_pending = owed
+    def _rp_settle(self, error: ResponseError | None) -> None:
+        """The reply just read may be a stateful command's: apply its effect."""
+        marks = self._rp_marks
+        seq = self._rp_sent - self._rp_pending  # the command this reply answers
+        while marks and marks[0][0] <= seq:
+            mark, kind = marks[0]  # popped once applied: an interruption leaves doubt
+            state = self._rp_state
+            if mark < seq:  # its reply went unseen: nobody knows what it did
+                state |= DIRTY
+            elif error is not None and not (kind == _EXEC and isinstance(error, ExecAbortError)):
+                state |= DIRTY  # refused (EXEC without MULTI keeps the WATCH): in doubt
+            elif kind == _MULTI:
+                state |= IN_MULTI
+            elif kind == _EXEC:  # EXEC, DISCARD, EXECABORT: transaction and WATCH over
+                state &= ~(IN_MULTI | WATCHING)
+            elif kind == _WATCH:
+                state |= WATCHING
+            elif kind == _UNWATCH:
+                state &= ~WATCHING
+            else:
+                state |= DIRTY
+            self._rp_state = state
+            marks.popleft()
+
+    # -- sessions: a connect starts one, a disconnect ends it
+
+    def _rp_new_session(self) -> None:
+        """A new server session (or none): no state; the replies of commands
+        already sent are gone; commands packed but not yet sent are still owed."""
+        flushed = self._rp_flushed
+        self._rp_pending = self._rp_sent - flushed
         self._rp_state &= TIMEOUT_SET
+        marks = self._rp_marks
+        while marks and marks[0][0] <= flushed:
+            marks.popleft()
+
+    def _rp_connect(self, connect: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Connect and shake hands, then start tracking the new session. redis-py
+        connects from connect(), and inside send_packed_command after the commands
+        to send were packed (and counted)."""
+        if self._sock is not None:
+            connect(*args, **kwargs)  # redis-py returns at once
+            return
+        saved = self._rp_sent, self._rp_flushed, self._rp_marks, self._rp_errors
+        self._rp_marks = None
+        try:
+            connect(*args, **kwargs)
+        except BaseException:
+            self._rp_connected(saved, complete=False)
+            raise
+        self._rp_connected(saved, complete=True)
+
+    if hasattr(Connection, "connect_check_health"):  # newer redis-py: connect() calls it
+
+        def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+            self._rp_connect(super().connect_check_health, *args, **kwargs)  # type: ignore[misc]
+
+    else:  # pragma: no cover - older redis-py connects (sends included) in connect()
+
+        def connect(self, *args: Any, **kwargs: Any) -> None:
+            self._rp_connect(super().connect, *args, **kwargs)  # type: ignore[misc]
+
+    def _rp_connected(self, saved: tuple[Any, ...], *, complete: bool) -> None:
+        """Forget the handshake's commands; start the new session's tracking."""
+        self._rp_sent, self._rp_flushed, self._rp_marks, errors = saved
+        if complete:
+            self._rp_errors = errors  # e.g. CLIENT SETINFO refused by an older server
+        self._rp_new_session()
         sock = self._sock
-        if sock is not None and self._rp_state & TIMEOUT_SET:
+        if sock is None:
+            return
+        if not complete or self._connect_callbacks:
+            # A handshake cut short (a BaseException: redis-py only closes on
+            # RedisError), or callbacks that subscribe again (PubSub): never clean.
+            self._rp_state |= DIRTY
+        if self._rp_state & TIMEOUT_SET:
             set_io_timeout(self, self._rp_timeout)  # a lease's per-operation timeout
         poll_class = _raw_poll_class()
-        if sock is not None and poll_class is not None:
+        if poll_class is not None:
             poller = poll_class()
             poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
             self._rp_poll = poller
         else:
             self._rp_poll = None
 
-    def on_connect(self) -> None:
-        owed = self._rp_pending
-        super().on_connect()  # type: ignore[misc]
-        self._rp_fresh(owed)
-
-    def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
-        # redis-py reconnects inside send_command / send_packed_command, after
-        # pack_command(s) counted the replies: those are owed by the new session.
-        owed = self._rp_pending
-        super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
-        self._rp_fresh(owed)
-
     def disconnect(self, *args: Any, **kwargs: Any) -> None:
         super().disconnect(*args, **kwargs)  # type: ignore[misc]
-        self._rp_pending = 0  # the old session's replies will never come
-        self._rp_state &= TIMEOUT_SET
+        self._rp_new_session()  # the old session's replies will never come
 
     def is_clean(self) -> bool:
         """True when the next borrower can have it: connected, nothing owed, no state."""
