@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from .pool import ObjectPool
+from .redis_adapter import ConnectionPool
 from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
 from .redis_pool import RedisPool, RedisPoolStats
 from .stats import PoolStats
 
 __all__ = [
+    "ConnectionPool",
     "ObjectPool",
     "PoolClosed",
     "PoolError",
