@@ -85,9 +85,7 @@ def test_redis_py_constructor_arguments(redis_server: Any, pools: list[Connectio
     assert pool.redis_pool.stats().in_use == 0
 
 
-def test_from_url_values_win_as_in_redis_py(
-    redis_url: str, pools: list[ConnectionPool]
-) -> None:
+def test_from_url_values_win_as_in_redis_py(redis_url: str, pools: list[ConnectionPool]) -> None:
     base = redis_url.rsplit("/", 1)[0]
     pool = ConnectionPool.from_url(f"{base}/4?max_connections=3&timeout=0.5", db=7)
     pools.append(pool)
@@ -131,9 +129,7 @@ def test_bad_arguments_name_themselves(kwargs: dict[str, Any], words: list[str])
         assert word in str(info.value)
 
 
-def test_lifecycle_calls_keep_the_pool_usable(
-    redis_url: str, pools: list[ConnectionPool]
-) -> None:
+def test_lifecycle_calls_keep_the_pool_usable(redis_url: str, pools: list[ConnectionPool]) -> None:
     pool = ConnectionPool.from_url(redis_url, min_size=0)
     pools.append(pool)
     r = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
