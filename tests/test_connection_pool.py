@@ -110,13 +110,14 @@ def test_client_options_belong_to_the_pool(redis_url: str, pools: list[Connectio
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"max_connections": 0}, ["max_size", "0"]),
+        ({"max_connections": -1}, ['"max_connections" must be a positive integer, got -1']),
+        ({"max_connections": "3"}, ['"max_connections" must be a positive integer']),
         ({"max_connections": 3, "max_size": 4}, ["max_connections", "max_size"]),
         ({"cache": object()}, ["cache"]),
         ({"cache_config": object()}, ["cache_config"]),
         (
             {"maint_notifications_config": MaintNotificationsConfig(enabled=True)},
-            ["maintenance notifications"],
+            ["Maintenance notifications are not supported"],
         ),
         ({"min_size": 4, "max_connections": 2}, ["min_size (4)", "max_size (2)"]),
         ({"port": 70000}, ["port", "70000"]),
@@ -174,7 +175,7 @@ def test_cluster_node_pool_hooks(redis_url: str, pools: list[ConnectionPool]) ->
 
     pool.update_maint_notifications_config(MaintNotificationsConfig(enabled="auto"))
     assert not pool.maint_notifications_enabled()
-    with pytest.raises(redis.RedisError, match="maintenance notifications"):
+    with pytest.raises(redis.RedisError, match="Maintenance notifications"):
         pool.update_maint_notifications_config(MaintNotificationsConfig(enabled=True))
 
 
@@ -240,3 +241,26 @@ def test_pool_is_shared_fairly_by_threads(redis_url: str, pools: list[Connection
     assert r.get("shared") == b"160"
     stats = pool.redis_pool.stats()
     assert stats.size <= 2 and stats.in_use == 0
+
+
+def test_looks_like_redis_pys_pool(redis_url: str, pools: list[ConnectionPool]) -> None:
+    from redis.observability.attributes import DB_CLIENT_CONNECTION_STATE
+
+    pool = ConnectionPool.from_url(redis_url, password="s3cret-pw", client_name="cp", min_size=0)
+    pools.append(pool)
+    text = repr(pool)
+    assert "s3cret" not in text and "password=<REDACTED>" in text
+    assert "client_name=cp" in text and "in_use=0" in text
+    assert pool.connection_class is redis.Connection  # as configured; tracked underneath
+    pools.append(ConnectionPool(max_connections=0))
+    assert pools[-1].max_connections == 20  # as redis-py: 0 is the default
+    nopw = ConnectionPool.from_url(redis_url, min_size=0)
+    pools.append(nopw)
+    held = nopw.get_connection()
+    counts = nopw.get_connection_count()
+    assert [(n, attrs[DB_CLIENT_CONNECTION_STATE]) for n, attrs in counts] == [
+        (0, "idle"),
+        (1, "used"),
+    ]
+    nopw.release(held)
+    assert [n for n, _ in nopw.get_connection_count()] == [1, 0]
