@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,10 +50,11 @@ _UNSUPPORTED = {
     "cache_config": "client-side caching",
     "cache_factory": "client-side caching",
 }
+# Shown as <REDACTED> in repr, as redis-py does.
+_SENSITIVE = frozenset(["password", "username", "ssl_password", "credential_provider"])
 # Handed to a pool by redis-py's cluster client with maintenance notifications
 # on "auto": redispool runs without them, as redis-py does for connection
 # classes that cannot handle them.
-_SENSITIVE = frozenset(["password", "username", "ssl_password", "credential_provider"])
 _DROPPED = ("oss_cluster_maint_notifications_handler", "maint_notifications_pool_handler")
 
 
@@ -147,6 +149,7 @@ class ConnectionPool:
         )
         self.pid = os.getpid()
         self.cache = None
+        self._pool_id = secrets.token_hex(4)  # redis-py's metrics name pools by it
         # redis-py's cluster client holds this around the reconnect calls below.
         self._lock = threading.RLock()
 
@@ -231,7 +234,7 @@ class ConnectionPool:
         except ImportError:  # pragma: no cover - older redis-py
             return [(stats.size, {"pool": self.redis_pool.name})]
         base = otel.AttributeBuilder.build_base_attributes()
-        base[otel.DB_CLIENT_CONNECTION_POOL_NAME] = self.redis_pool.name
+        base[otel.DB_CLIENT_CONNECTION_POOL_NAME] = otel.get_pool_name(self)  # type: ignore[arg-type]
         state = otel.DB_CLIENT_CONNECTION_STATE
         return [
             (stats.idle, {**base, state: otel.ConnectionState.IDLE.value}),
@@ -297,8 +300,8 @@ def _display_url(cls: type[Connection], options: dict[str, Any]) -> str:
     host = str(options.get("host"))
     if ":" in host:
         host = f"[{host}]"
-    db = options.get("db", 0)
-    return f"{scheme}://{host}:{options.get('port')}/{db}"
+    db = f"/{options['db']}" if "db" in options else ""
+    return f"{scheme}://{host}:{options.get('port')}{db}"
 
 
 class PinnedPool:

@@ -258,6 +258,7 @@ def test_looks_like_redis_pys_pool(redis_url: str, pools: list[ConnectionPool]) 
     pools.append(nopw)
     held = nopw.get_connection()
     counts = nopw.get_connection_count()
+    assert counts[0][1]["db.client.connection.pool.name"].startswith("127.0.0.1:")
     assert [(n, attrs[DB_CLIENT_CONNECTION_STATE]) for n, attrs in counts] == [
         (0, "idle"),
         (1, "used"),
