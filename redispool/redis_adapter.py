@@ -107,6 +107,11 @@ class ConnectionPool:
             if "max_size" in options:
                 raise TypeError("ConnectionPool: give max_connections or max_size, not both")
             options["max_size"] = max_connections
+        if options.get("health_check_interval") == 0:
+            # redis-py's "no health checks" (its default, which libraries pass
+            # explicitly): keep the borrow-time check at its default, not a PING
+            # on every borrow as RedisPool(health_check_interval=0) means.
+            del options["health_check_interval"]
         if not issubclass(cls, UnixDomainSocketConnection):
             options.setdefault("host", "localhost")
             options.setdefault("port", 6379)

@@ -265,3 +265,21 @@ def test_looks_like_redis_pys_pool(redis_url: str, pools: list[ConnectionPool]) 
     ]
     nopw.release(held)
     assert [n for n, _ in nopw.get_connection_count()] == [1, 0]
+
+
+def test_health_check_interval_zero_means_redis_pys_default(
+    redis_url: str, pools: list[ConnectionPool]
+) -> None:
+    """redis-py's 0 is "no checks": not a PING on every borrow."""
+    pool = ConnectionPool.from_url(redis_url, health_check_interval=0, min_size=0)
+    pools.append(pool)
+    assert pool.redis_pool._health_check_interval == 30.0
+    conn = pool.get_connection()
+    assert conn.health_check_interval == 0
+    pool.release(conn)
+    given = ConnectionPool.from_url(redis_url, health_check_interval=5, min_size=0)
+    pools.append(given)
+    assert given.redis_pool._health_check_interval == 5
+    conn = given.get_connection()
+    assert conn.health_check_interval == 5
+    given.release(conn)
