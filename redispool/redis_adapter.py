@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConnectionPool",
-    "ConnectionPoolAdapter",
     "PinnedPipeline",
     "PinnedPool",
     "PinnedRedis",
@@ -285,8 +285,16 @@ class ConnectionPool:
         )
 
 
-ConnectionPoolAdapter = ConnectionPool
-"""Deprecated alias of ``ConnectionPool``."""
+def __getattr__(name: str) -> Any:
+    if name == "ConnectionPoolAdapter":  # the name before 0.1
+        warnings.warn(
+            "redispool.redis_adapter.ConnectionPoolAdapter is deprecated: use "
+            "redispool.ConnectionPool",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ConnectionPool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_maint_notifications(config: Any, cls: type) -> None:

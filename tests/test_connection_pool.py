@@ -55,7 +55,8 @@ def test_as_redis_pool_is_a_connection_pool(redis_url: str) -> None:
         view = rp.as_redis_pool()
         assert isinstance(view, ConnectionPool)
         assert view.redis_pool is rp
-        assert redispool.redis_adapter.ConnectionPoolAdapter is ConnectionPool  # old name
+        with pytest.warns(DeprecationWarning, match="use redispool.ConnectionPool"):
+            assert redispool.redis_adapter.ConnectionPoolAdapter is ConnectionPool
 
 
 def test_redis_py_constructor_arguments(redis_server: Any, pools: list[ConnectionPool]) -> None:
