@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from .pool import ObjectPool
+from .redis_adapter import ConnectionPool
 from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
 from .redis_pool import RedisPool, RedisPoolStats
+from .sizing import budget
 from .stats import PoolStats
 
 __all__ = [
+    "ConnectionPool",
     "ObjectPool",
     "PoolClosed",
     "PoolError",
@@ -20,6 +23,7 @@ __all__ = [
     "RedisPoolTimeout",
     "RedisTooManyWaiters",
     "TooManyWaiters",
+    "budget",
 ]
 
 __version__ = "0.1.0.dev0"
