@@ -44,6 +44,8 @@ urlpatterns = [
     path("health/status", health_view(detail="status")),
     path("health/by-caller", health_view(detail=lambda r: r.GET.get("detail", "status"))),
     path("health/dead", health_view(_DEAD, ping_timeout=0.5)),
+    path("health/details", health_view(show_details="always")),
+    path("health/staff", health_view(show_details=lambda r: r.GET.get("staff") == "1")),
 ]
 
 
@@ -164,6 +166,22 @@ def test_health_view_for_the_cache_pool(redis_url: str) -> None:
         per_caller = json.loads(Client().get("/health/by-caller?detail=basic").content)
         assert per_caller["status"] == "up" and "active" in per_caller
         cache_pool().close(timeout=1)
+
+
+def test_health_view_shows_address_and_server_only_when_configured(redis_url: str) -> None:
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    with override_settings(CACHES=_builtin(redis_url)):
+        caches["default"].set("k", 1)
+        default = Client().get("/api/health/redis").content.decode()
+        assert port not in default and "server" not in json.loads(default), default
+        anonymous = Client().get("/health/staff").content.decode()
+        assert port not in anonymous and "server" not in json.loads(anonymous)
+        for url in ("/health/details", "/health/staff?staff=1"):
+            body = json.loads(Client().get(url).content)
+            assert port in json.dumps(body) and body["server"]["version"], body
+        cache_pool().close(timeout=1)
+    with pytest.raises(ValueError, match="show_details must be"):
+        health_view(show_details="sometimes")
 
 
 def test_health_view_reports_down() -> None:

@@ -27,7 +27,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonR
 
 from ..redis_adapter import ConnectionPool
 from ..redis_pool import RedisPool
-from .health import DETAIL_LEVELS, pool_health
+from .health import DETAIL_LEVELS, SHOW_DETAILS, pool_health
 
 __all__ = ["cache_pool", "health_view"]
 
@@ -58,10 +58,13 @@ def health_view(
     cache: str = "default",
     detail: Detail = None,
     ping_timeout: float | None = None,
+    show_details: str | Callable[[HttpRequest], bool] = "never",
 ) -> Callable[[HttpRequest], HttpResponse]:
     """A view for ``pool``, or (without one) for Django cache ``cache``'s pool,
     looked up per request. ``detail``: a level of ``pool_health`` or a callable
-    ``(request) -> level``; it and ``ping_timeout`` default to ``pool_health``'s."""
+    ``(request) -> level``; it and ``ping_timeout`` default to ``pool_health``'s.
+    ``show_details``: ``"never"`` (default: no address or server facts),
+    ``"always"``, or a callable ``(request) -> bool`` (say, staff only)."""
     if isinstance(pool, ConnectionPool):
         pool = pool.redis_pool
     if pool is not None and not isinstance(pool, RedisPool):
@@ -74,6 +77,10 @@ def health_view(
         raise ValueError(
             f"detail must be one of {DETAIL_LEVELS}, a callable or None, got {detail!r}"
         )
+    if not callable(show_details) and show_details not in SHOW_DETAILS:
+        raise ValueError(
+            f"show_details must be one of {SHOW_DETAILS} or a callable, got {show_details!r}"
+        )
     fixed = pool
 
     def redis_health(request: HttpRequest) -> HttpResponse:
@@ -85,6 +92,8 @@ def health_view(
             options["ping_timeout"] = ping_timeout
         if level is not None:
             options["detail"] = level
+        show = show_details(request) if callable(show_details) else show_details == "always"
+        options["show_details"] = bool(show)
         status, body = pool_health(fixed or cache_pool(cache), **options)
         response = JsonResponse(body, status=status)
         response["Cache-Control"] = "no-store"
