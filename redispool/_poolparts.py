@@ -50,14 +50,17 @@ class _Ticket:
     something: None (nothing yet), ``_SLOT`` (a reserved slot), an ``_Entry``
     (a borrowed object) or, for a waiter, an exception to raise. An interrupted
     borrow gives back what its ticket says. ``checking``: its object is being
-    vetted (interrupted then, it is discarded). ``lock``: released on hand-off
-    to a queued ticket."""
+    vetted (interrupted then, it is discarded). ``doomed``: an object counted
+    in ``closing`` (for ``reason``) that is yet to be destroyed. ``lock``:
+    released on hand-off to a queued ticket."""
 
-    __slots__ = ("checking", "lock", "result")
+    __slots__ = ("checking", "doomed", "lock", "reason", "result")
 
     def __init__(self, result: object = None) -> None:
         self.result = result
         self.checking = False
+        self.doomed: _Entry | None = None
+        self.reason = ""
         self.lock: Any = None
 
     def queue(self) -> None:

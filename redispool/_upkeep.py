@@ -11,7 +11,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._poolparts import _INF, _SLOT, _acquire_anyway, _Entry, _Ticket
+from ._poolparts import _INF, _SLOT, _Entry, _Ticket
 
 if TYPE_CHECKING:
     from .pool import ObjectPool
@@ -30,19 +30,7 @@ def start_upkeep(pool: ObjectPool[Any]) -> None:
     with pool._lock:
         pool._wake = wake
         pool._upkeep = thread
-    try:
-        thread.start()  # yields under gevent: a kill or a Timeout may land here
-    except BaseException:
-        # Let the next borrow try again; should the thread run after all, it
-        # sees it was superseded (the pool's wake event is not its own) and ends.
-        pending = _acquire_anyway(pool._lock)
-        if pool._upkeep is thread:
-            pool._upkeep = pool._wake = None
-            pool._upkeep_claimed = False
-        pool._lock.release()
-        if pending is not None:
-            raise pending from None
-        raise
+    thread.start()
 
 
 def run_upkeep(pool: ObjectPool[Any]) -> float:

@@ -212,33 +212,40 @@ class ObjectPool(Generic[T]):
             _number("timeout", timeout, minimum=0)
         if self._gen != _fork_gen:
             self._after_fork()
-        with self._lock:
-            idle = self._idle
-            if not idle:  # idle objects exist only while nobody waits: no barging
-                entry = None
-            else:
-                entry = idle.pop()
-                now = self._clock()
-                entry.borrowed_at = now
-                entry.uses += 1
-                self._in_use[id(entry.obj)] = entry
-                self._borrows += 1
-        if entry is None:
-            return self._borrow_slow(timeout).obj  # type: ignore[no-any-return]
-        if now < entry.recheck_at:
-            validate = self._validate
-            if validate is None or validate(entry.obj):
-                return entry.obj  # type: ignore[no-any-return]
-        return self._borrow_slow(timeout, entry).obj  # type: ignore[no-any-return]
+        # What this call holds is always in ``entry`` or on ``ticket``, so that
+        # an exception landing anywhere (gevent.Timeout or a kill at a yield,
+        # Ctrl-C) gives it back: see _abandon.
+        entry = ticket = None
+        try:
+            with self._lock:
+                idle = self._idle
+                if idle:  # idle objects exist only while nobody waits: no barging
+                    entry = idle.pop()
+                    now = self._clock()
+                    entry.borrowed_at = now
+                    entry.uses += 1
+                    self._in_use[id(entry.obj)] = entry
+                    self._borrows += 1
+            if entry is not None and now < entry.recheck_at:
+                validate = self._validate
+                if validate is None or validate(entry.obj):
+                    return entry.obj  # type: ignore[no-any-return]
+            ticket = _Ticket(entry)
+            return self._borrow_slow(ticket, timeout).obj  # type: ignore[no-any-return]
+        except BaseException:
+            if ticket is None:  # interrupted on the fast path (mid-check, maybe)
+                ticket = _Ticket(entry)
+                ticket.checking = True
+            self._abandon(ticket)
+            raise
 
-    def _borrow_slow(self, timeout: float | None, entry: _Entry | None = None) -> _Entry:
-        """Queue, create, or vet ``entry`` (an idle object this call already took).
+    def _borrow_slow(self, ticket: _Ticket, timeout: float | None) -> _Entry:
+        """Vet the idle object on the ticket, or obtain one: idle, new, or by queueing.
 
         Whatever the pool gives this call (a slot, an object) is written on its
-        ticket under the lock, so whatever exception lands at whatever point
-        (gevent.Timeout or a kill at a yield, Ctrl-C) gives back what it holds.
+        ticket under the lock; the caller's handler gives it back if interrupted.
         """
-        if entry is None:
+        if ticket.result is None:
             self._check_fork()
         make_by = None  # only a caller's own timeout bounds the factory (see _make)
         if timeout is None:
@@ -248,28 +255,23 @@ class ObjectPool(Generic[T]):
             start = time.monotonic()
             make_by = start + timeout
         deadline = _INF if timeout is None else start + timeout
-        ticket = _Ticket(entry)
-        try:
-            if not self._upkeep_claimed and self._background:
-                self._ensure_upkeep()
-            handed = False
-            while True:
-                if ticket.result is None:
-                    handed = self._obtain(ticket, start, deadline)
-                held = ticket.result
-                if held is _SLOT:
-                    made = self._create_for(ticket, start, deadline, make_by)
-                    if made is not None:
-                        if self._leak_timeout:
-                            made.stack = traceback.format_stack()[:-3]
-                        return made
-                # A waiter whose handed-over object fails its check keeps its place:
-                # it turns the slot into a new object instead of queueing again.
-                elif self._vet(ticket, cast(_Entry, held), keep_slot=handed):
-                    return cast(_Entry, held)
-        except BaseException:
-            self._abandon(ticket)
-            raise
+        if not self._upkeep_claimed and self._background:
+            self._ensure_upkeep()
+        handed = False
+        while True:
+            if ticket.result is None:
+                handed = self._obtain(ticket, start, deadline)
+            held = ticket.result
+            if held is _SLOT:
+                made = self._create_for(ticket, start, deadline, make_by)
+                if made is not None:
+                    if self._leak_timeout:
+                        made.stack = traceback.format_stack()[:-3]
+                    return made
+            # A waiter whose handed-over object fails its check keeps its place:
+            # it turns the slot into a new object instead of queueing again.
+            elif self._vet(ticket, cast(_Entry, held), keep_slot=handed):
+                return cast(_Entry, held)
 
     def _obtain(self, ticket: _Ticket, start: float, deadline: float) -> bool:
         """Put an idle object or a new slot on the ticket, or queue for one.
@@ -344,8 +346,8 @@ class ObjectPool(Generic[T]):
             self._note_wait(start)
 
     def _abandon(self, ticket: _Ticket) -> None:
-        """An interrupted borrow: give back what its ticket holds (a slot, an
-        object: discarded if interrupted mid-check), or leave the queue."""
+        """An interrupted borrow: give back what its ticket holds (a slot; an
+        object, discarded if interrupted mid-check), or leave the queue."""
         pending = _acquire_anyway(self._lock)
         dubious = False
         try:
@@ -364,6 +366,9 @@ class ObjectPool(Generic[T]):
                 self._waiters.remove(ticket)
         finally:
             self._lock.release()
+        doomed = ticket.doomed
+        if doomed is not None:  # counted in closing, not yet destroyed
+            self._destroy_entries([doomed], ticket.reason, ticket)
         if isinstance(held, _Entry):
             if dubious:
                 self._destroy_entries([held], "check")
@@ -666,9 +671,10 @@ class ObjectPool(Generic[T]):
             else:
                 self._closing += 1
                 ticket.result = None
+                ticket.doomed, ticket.reason = entry, reason
             ticket.checking = False
         if not keep:
-            self._destroy_entries([entry], reason)
+            self._destroy_entries([entry], reason, ticket)
         elif self._destroy is not None:
             # Interrupted here, the ticket's handler frees the slot.
             try:
@@ -676,8 +682,11 @@ class ObjectPool(Generic[T]):
             except Exception as exc:
                 log.debug("pool %r: destroy failed: %r", self.name, exc)
 
-    def _destroy_entries(self, entries: list[_Entry], reason: str) -> None:
-        """Destroy entries already counted in ``closing``, then free their slots.
+    def _destroy_entries(
+        self, entries: list[_Entry], reason: str, ticket: _Ticket | None = None
+    ) -> None:
+        """Destroy entries already counted in ``closing``, then free their slots
+        (and clear ``ticket.doomed``, which named them).
 
         The slot is freed only after ``destroy`` returns, so the resource (a
         server connection) is gone before a replacement can be made.
@@ -698,6 +707,8 @@ class ObjectPool(Generic[T]):
             self._destroyed[reason] = self._destroyed.get(reason, 0) + n
             self._size -= n
             self._capacity_freed()
+            if ticket is not None:
+                ticket.doomed = None
         finally:
             self._lock.release()
         if pending is not None:
@@ -738,7 +749,18 @@ class ObjectPool(Generic[T]):
             if self._upkeep_claimed or not self._background or self._closed:
                 return
             self._upkeep_claimed = True
-        _upkeep.start_upkeep(self)
+        try:
+            _upkeep.start_upkeep(self)  # yields under gevent: a kill may land here
+        except BaseException:
+            # Let the next borrow try again; should the thread run after all, it
+            # sees it was superseded (the pool's wake event is not its own) and ends.
+            pending = _acquire_anyway(self._lock)
+            self._upkeep = self._wake = None
+            self._upkeep_claimed = False
+            self._lock.release()
+            if pending is not None:
+                raise pending from None
+            raise
 
     def _wake_upkeep(self) -> None:
         if self._wake is not None:
