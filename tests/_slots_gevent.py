@@ -141,20 +141,15 @@ def kill_at_each_yield(url: str, seed: int) -> dict[str, Any]:
     gevent.get_hub().NOT_ERROR += (Injected,)
     rnd = random.Random(seed)
     admin = redis.Redis.from_url(url)
-    class YieldingClose(redis.Connection):
-        def disconnect(self, *args: Any, **kwargs: Any) -> None:
-            gevent.sleep(0.001)  # destroy yields too
-            super().disconnect(*args, **kwargs)
-
     trials = []
-    for trial in range(250):
+    for trial in range(200):
         pool = RedisPool(
             url,
             min_size=rnd.choice((0, 0, 1)),
             max_size=rnd.choice((1, 2)),
             timeout=5,
             health_check_interval=rnd.choice((0, 30)),
-            connection_class=YieldingClose,
+            connection_class=_YieldingClose,
         )
         situation = rnd.choice(("fresh", "handed", "discarded", "dead_handed", "dead_idle"))
         held: list[Any] = []
@@ -173,7 +168,7 @@ def kill_at_each_yield(url: str, seed: int) -> dict[str, Any]:
         n = rnd.randint(1, 8)
         old = greenlet.settrace(_killer_at_switch(victim, n))
         try:
-            gevent.sleep(0.01)
+            gevent.sleep(0.005)
             for lease, conn in held:
                 if situation == "discarded":
                     pool._pool.release(conn, discard=True)  # a slot is handed over
@@ -217,23 +212,38 @@ def _killer_at_switch(victim: Any, n: int) -> Any:
 
 
 def random_ops(url: str, seed: int) -> dict[str, Any]:
-    """Item 5's oracle: random borrows, holds, releases, discards, waits that
-    time out, gevent.Timeouts, kills and CLIENT KILLs by 12 greenlets for 2 s;
-    afterwards nothing is borrowed, creating or closing, and a borrow works."""
+    """Item 5's oracle: 12 greenlets for 2 s do random borrows, holds, discards,
+    waits that time out, PING checks and CLIENT KILLs under random
+    gevent.Timeouts and kills (each at a random yield), on a new pool every
+    0.1 s (first borrows, upkeep starts, yielding closes). Afterwards, in every
+    pool, nothing is borrowed, creating or closing, and a borrow works."""
     import gevent
+    import greenlet
 
     from redispool import RedisPool
 
     gevent.get_hub().NOT_ERROR += (Injected,)
     rnd = random.Random(seed)
     admin = redis.Redis.from_url(url)
-    pool = RedisPool(url, min_size=1, max_size=3, timeout=5, health_check_interval=0.01)
+
+    def new_pool() -> Any:
+        return RedisPool(
+            url,
+            min_size=rnd.choice((0, 1)),
+            max_size=rnd.choice((1, 3)),
+            timeout=5,
+            health_check_interval=rnd.choice((0, 0.01, 30)),
+            connection_class=_YieldingClose,
+        )
+
+    pools = [new_pool()]
     stop = [False]
     counts = {"ok": 0, "redis_error": 0, "gevent_timeout": 0, "killed": 0, "kills": 0}
 
     def worker(i: int) -> None:
         r = random.Random(seed * 100 + i)
         while not stop[0]:
+            pool = pools[-1]
             try:
                 with gevent.Timeout(r.choice((None, 0.001, 0.005, 0.02))):
                     with pool.connection(wait=r.choice((None, 0.0, 0.01, 0.1))) as conn:
@@ -243,33 +253,54 @@ def random_ops(url: str, seed: int) -> dict[str, Any]:
                         if r.random() < 0.05:
                             _kill_and_wait(admin, conn)
                         if r.random() < 0.05:
-                            raise KeyError("discard it")
+                            conn.disconnect()  # discarded on return
                 counts["ok"] += 1
             except gevent.Timeout:
                 counts["gevent_timeout"] += 1
-            except KeyError:
-                pass
             except redis.exceptions.RedisError:
                 counts["redis_error"] += 1
             except Injected:
                 counts["killed"] += 1
 
+    armed: dict[Any, tuple[int, type[BaseException]]] = {}
+
+    def tracer(event: str, args: Any) -> None:  # kill an armed greenlet at its n-th yield
+        origin = args[0]
+        if event in ("switch", "throw") and origin in armed:
+            n, exc = armed.pop(origin)
+            if n > 1:
+                armed[origin] = (n - 1, exc)
+            else:
+                origin.kill(exc, block=False)
+                counts["kills"] += 1
+
     workers = [gevent.spawn(worker, i) for i in range(12)]
-    t0 = time.monotonic()
+    old = greenlet.settrace(tracer)
+    t0 = last = time.monotonic()
     while time.monotonic() - t0 < 2.0:
-        gevent.sleep(rnd.random() * 0.01)
+        gevent.sleep(rnd.random() * 0.005)
         victim = rnd.choice(workers)
-        victim.kill(rnd.choice((Injected, gevent.GreenletExit)), block=False)
-        counts["kills"] += 1
-        workers = [
-            g if not g.dead else gevent.spawn(worker, rnd.randrange(10**6)) for g in workers
-        ]
+        armed[victim] = (rnd.randint(1, 6), rnd.choice((Injected, gevent.GreenletExit)))
+        workers = [g if not g.dead else gevent.spawn(worker, rnd.randrange(10**6)) for g in workers]
+        if time.monotonic() - last > 0.1:
+            pools.append(new_pool())
+            last = time.monotonic()
+    greenlet.settrace(old)
     stop[0] = True
     gevent.joinall(workers, timeout=10)
-    result = {"counts": counts, **_settled(pool)}
-    pool.close()
+    settled = [_settled(pool) for pool in pools]
+    for pool in pools:
+        pool.close()
     admin.close()
-    return result
+    return {"counts": counts, "pools": settled}
+
+
+class _YieldingClose(redis.Connection):
+    def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        import gevent
+
+        gevent.sleep(0.001)  # destroy yields too (as a TLS close may)
+        super().disconnect(*args, **kwargs)
 
 
 def fork_deadline(url: str, seed: int) -> dict[str, Any]:
@@ -334,7 +365,6 @@ CASES = {
     f.__name__: f
     for f in (first_borrow_kill, timeout_in_destroy, kill_at_each_yield, random_ops, fork_deadline)
 }
-
 
 
 def main(case: str, url: str, seed: int) -> None:

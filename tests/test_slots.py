@@ -207,8 +207,8 @@ def test_random_borrows_timeouts_and_kills_under_gevent_settle(redis_url: str) -
     result = _gevent_case("random_ops", redis_url, seed=7)
     counts = result["counts"]
     assert counts["ok"] > 100 and counts["killed"] > 20 and counts["gevent_timeout"] > 20
-    assert result["borrow_works"] is True
-    assert _settled(result["stats"]), result
+    bad = [p for p in result["pools"] if p["borrow_works"] is not True or not _settled(p["stats"])]
+    assert bad == [], f"{len(bad)} of {len(result['pools'])} pools lost a slot: {bad[:3]}"
 
 
 # -- item 6: fork, then gevent: one greenlet's wait is not another's timeout ----
