@@ -664,12 +664,13 @@ class ObjectPool(Generic[T]):
         )
 
     def _discard(self, ticket: _Ticket, entry: _Entry, reason: str, keep_slot: bool) -> None:
-        """Destroy a borrowed object that failed its vetting; with ``keep_slot``
-        the slot passes to the ticket, to create a replacement in."""
+        """Destroy a borrowed object that failed its vetting. With ``keep_slot``,
+        or if callers queued meanwhile (behind this one), the slot passes to
+        the ticket, to create a replacement in."""
         with self._lock:
             self._in_use.pop(id(entry.obj), None)
             self._borrows -= 1  # that borrow did not happen after all
-            keep = keep_slot and not self._closed
+            keep = (keep_slot or bool(self._waiters)) and not self._closed
             if keep:  # counted as creating while its predecessor goes
                 self._creating += 1
                 self._destroyed[reason] = self._destroyed.get(reason, 0) + 1

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from redispool import RedisPool
+from redispool import ObjectPool, RedisPool
 from redispool.connection import is_alive
 
 from ._slots_gevent import LAUNCH
@@ -264,3 +264,41 @@ def test_waiter_handed_a_dead_connection_keeps_its_place_and_deadline(
     finally:
         pool.close()
         admin.close()
+
+
+def test_borrower_whose_idle_object_fails_its_check_keeps_its_turn() -> None:
+    """A borrower took the idle object before anyone queued; its check fails
+    while another caller queues: it creates in the same slot, ahead of them."""
+    in_check, verdict = threading.Event(), threading.Event()
+
+    def check(obj: object) -> bool:
+        if not verdict.is_set():
+            in_check.set()
+            verdict.wait(5)
+            return False
+        return True
+
+    pool: ObjectPool[object] = ObjectPool(object, check=check, max_size=1, timeout=5)
+    pool.release(pool.borrow())  # one idle object, checked on every borrow
+    served: list[str] = []
+
+    def borrower(name: str) -> None:
+        with pool.acquire():
+            served.append(name)
+            time.sleep(0.05)
+
+    first = threading.Thread(target=borrower, args=("first",))
+    first.start()
+    assert in_check.wait(5)
+    second = threading.Thread(target=borrower, args=("second",))
+    second.start()
+    deadline = time.monotonic() + 5
+    while pool.stats().waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    verdict.set()  # the first borrower's object fails its check
+    first.join(5)
+    second.join(5)
+    assert served == ["first", "second"]
+    s = pool.stats()
+    assert s.size == s.idle == 1 and s.destroyed_by_reason == {"check": 1}
+    pool.close()
