@@ -670,7 +670,8 @@ class ObjectPool(Generic[T]):
         with self._lock:
             self._in_use.pop(id(entry.obj), None)
             self._borrows -= 1  # that borrow did not happen after all
-            keep = (keep_slot or bool(self._waiters)) and not self._closed
+            queued = bool(self._waiters) and not self._fail_streak
+            keep = (keep_slot or queued) and not self._closed
             if keep:  # counted as creating while its predecessor goes
                 self._creating += 1
                 self._destroyed[reason] = self._destroyed.get(reason, 0) + 1
