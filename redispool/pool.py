@@ -7,7 +7,7 @@ How it works, in short:
 * Waiters queue FIFO, each on a lock of its own. A released object goes straight
   to the oldest waiter (direct hand-off: nobody can barge past a waiter); a freed
   slot is handed over the same way, and the waiter creates the object itself.
-  A borrower whose object fails its check keeps the slot and creates in it.
+  A waiter whose object fails its check keeps the slot and creates in it.
 * What a borrow holds (a slot, an object) is written on its ticket under the
   lock, so an exception landing anywhere (gevent.Timeout, a kill, Ctrl-C) gives
   it back: no slot is ever lost.
