@@ -246,7 +246,10 @@ class ObjectPool(Generic[T]):
             if ticket is None:  # interrupted on the fast path (mid-check, maybe)
                 ticket = _Ticket(entry)
                 ticket.checking = True
-            self._abandon(ticket)
+            # Nobody else writes on a ticket out of the queue: if it holds
+            # nothing (a PoolTimeout, say), there is nothing to give back.
+            if ticket.result is not None or ticket.lock is not None or ticket.doomed:
+                self._abandon(ticket)
             raise
 
     def _borrow_slow(self, ticket: _Ticket, timeout: float | None) -> _Entry:
@@ -345,6 +348,7 @@ class ObjectPool(Generic[T]):
             left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
             lock.acquire(True, left)
         with self._lock:
+            ticket.lock = None  # out of the queue from here on
             result = ticket.result
             if result is None:  # timed out and nothing was handed over
                 self._waiters.remove(ticket)
@@ -374,6 +378,7 @@ class ObjectPool(Generic[T]):
                     self._closing += 1
             elif ticket.lock is not None and ticket in self._waiters:
                 self._waiters.remove(ticket)
+            ticket.lock = None
         finally:
             self._lock.release()
         doomed = ticket.doomed
