@@ -439,10 +439,14 @@ class ObjectPool(Generic[T]):
                 streak = self._fail_streak
             self._log_create_failure(exc, streak)
             return exc
-        now = self._clock()
-        entry = _Entry(obj, now, self._expiry(now), epoch)
-        took = time.monotonic() - t0
-        pending = _acquire_anyway(self._lock)  # from here the object is on the books
+        try:
+            now = self._clock()
+            entry = _Entry(obj, now, self._expiry(now), epoch)
+            took = time.monotonic() - t0
+            pending = _acquire_anyway(self._lock)  # from here the object is on the books
+        except BaseException:
+            self._destroy_quietly(obj)  # interrupted before it was on the books
+            raise
         try:
             self._creating -= 1
             self._created += 1
@@ -692,10 +696,14 @@ class ObjectPool(Generic[T]):
             ticket.checking = False
         if not keep:
             self._destroy_entries([entry], reason, ticket)
-        elif self._destroy is not None:
-            # Interrupted here, the ticket's handler frees the slot.
+        else:  # interrupted here, the ticket's handler frees the slot
+            self._destroy_quietly(entry.obj)
+
+    def _destroy_quietly(self, obj: T) -> None:
+        """Destroy an object that is on no books; an ``Exception`` is logged."""
+        if self._destroy is not None:
             try:
-                self._destroy(entry.obj)
+                self._destroy(obj)
             except Exception as exc:
                 log.debug("pool %r: destroy failed: %r", self.name, exc)
 

@@ -263,6 +263,7 @@ def random_ops(url: str, seed: int) -> dict[str, Any]:
                 counts["killed"] += 1
 
     armed: dict[Any, tuple[int, type[BaseException]]] = {}
+    unbalanced: list[dict[str, Any]] = []
 
     def tracer(event: str, args: Any) -> None:  # kill an armed greenlet at its n-th yield
         origin = args[0]
@@ -285,6 +286,10 @@ def random_ops(url: str, seed: int) -> dict[str, Any]:
         if time.monotonic() - last > 0.1:
             pools.append(new_pool())
             last = time.monotonic()
+        for pool in pools:  # the books balance at every moment
+            st = pool.stats()
+            if st.size != st.idle + st.in_use + st.creating + st.closing:
+                unbalanced.append({k: getattr(st, k) for k in _COUNTS})
     greenlet.settrace(old)
     stop[0] = True
     gevent.joinall(workers, timeout=10)
@@ -292,7 +297,7 @@ def random_ops(url: str, seed: int) -> dict[str, Any]:
     for pool in pools:
         pool.close()
     admin.close()
-    return {"counts": counts, "pools": settled}
+    return {"counts": counts, "pools": settled, "unbalanced": unbalanced}
 
 
 class _YieldingClose(redis.Connection):

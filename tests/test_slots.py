@@ -15,11 +15,15 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from redispool import ObjectPool, RedisPool
+from redispool import ObjectPool, PoolTimeout, RedisPool
 from redispool.connection import is_alive
 
 from ._slots_gevent import LAUNCH
+from .helpers import Factory, FakeClock, Resource
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTLED = {"in_use": 0, "creating": 0, "closing": 0, "waiting": 0}
@@ -207,6 +211,7 @@ def test_random_borrows_timeouts_and_kills_under_gevent_settle(redis_url: str) -
     result = _gevent_case("random_ops", redis_url, seed=7)
     counts = result["counts"]
     assert counts["ok"] > 100 and counts["killed"] > 20 and counts["gevent_timeout"] > 20
+    assert result["unbalanced"] == []  # size == idle + in_use + creating + closing, always
     bad = [p for p in result["pools"] if p["borrow_works"] is not True or not _settled(p["stats"])]
     assert bad == [], f"{len(bad)} of {len(result['pools'])} pools lost a slot: {bad[:3]}"
 
@@ -302,3 +307,103 @@ def test_borrower_whose_idle_object_fails_its_check_keeps_its_turn() -> None:
     s = pool.stats()
     assert s.size == s.idle == 1 and s.destroyed_by_reason == {"check": 1}
     pool.close()
+
+
+class InterruptedPoolMachine(RuleBasedStateMachine):
+    """Any sequence of borrows (some interrupted at a random step), releases,
+    discards, failed checks, expiries, failing creates, resizes and upkeep:
+    the books balance after each step, and a borrow works at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.factory = Factory()
+        self.pool: ObjectPool[Resource] = ObjectPool(
+            self.factory,
+            destroy=Factory.destroy,
+            check=Factory.check,
+            min_size=1,
+            max_size=3,
+            timeout=0,
+            max_lifetime=100,
+            check_interval=5,
+            fail_fast_after=2,
+            clock=self.clock,
+            background=False,
+        )
+        self.held: list[Resource] = []
+
+    def _borrowed(self, r: Resource) -> None:
+        assert r not in self.held and not r.destroyed
+        self.held.append(r)
+
+    @rule()
+    def borrow(self) -> None:
+        try:
+            self._borrowed(self.pool.borrow())
+        except PoolTimeout:
+            pass
+
+    @rule(n=st.integers(1, 120))
+    def interrupted_borrow(self, n: int) -> None:
+        old = sys.gettrace()
+        sys.settrace(_Injector(self.pool._lock, n))
+        try:
+            r = self.pool.borrow()
+        except (Injected, PoolTimeout):
+            return
+        finally:
+            sys.settrace(old)
+        self._borrowed(r)
+
+    @precondition(lambda self: self.held)
+    @rule(i=st.integers(0, 10), discard=st.booleans())
+    def release(self, i: int, discard: bool) -> None:
+        self.pool.release(self.held.pop(i % len(self.held)), discard=discard)
+
+    @precondition(lambda self: self.held)
+    @rule(i=st.integers(0, 10))
+    def break_one(self, i: int) -> None:
+        self.held[i % len(self.held)].healthy = False
+
+    @rule(seconds=st.floats(0, 60))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def upkeep(self) -> None:
+        self.pool._next_retry = min(self.pool._next_retry, self.clock.now)
+        self.pool.run_upkeep()
+
+    @rule(n=st.integers(0, 3))
+    def fail_creates(self, n: int) -> None:
+        self.factory.fail_next = n
+
+    @rule(hi=st.integers(1, 4))
+    def resize(self, hi: int) -> None:
+        self.pool.resize(min(1, hi), hi)
+
+    @invariant()
+    def books_balance(self) -> None:
+        s = self.pool.stats()
+        assert s.size == s.idle + s.in_use + s.creating + s.closing
+        assert s.creating == 0 and s.closing == 0 and s.waiting == 0, s
+        assert s.in_use == len(self.held), s
+        assert s.size <= max(s.max_size, s.in_use), s
+        assert not any(e.obj.destroyed for e in self.pool._idle)
+
+    def teardown(self) -> None:
+        for r in self.held:
+            self.pool.release(r)
+        self.factory.fail_next = 0
+        self.clock.advance(1000)  # past any create backoff
+        self.pool._next_retry = 0.0
+        self.pool._fail_streak = 0
+        self.pool.release(self.pool.borrow())  # a borrow works
+        self.pool.close(timeout=0)
+
+
+TestInterruptedPoolMachine = InterruptedPoolMachine.TestCase
+TestInterruptedPoolMachine.settings = settings(
+    max_examples=150, stateful_step_count=30, deadline=None
+)
