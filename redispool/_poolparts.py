@@ -45,13 +45,28 @@ class _Entry:
         self.leak_logged = False
 
 
-class _Waiter:
-    __slots__ = ("lock", "result")
+class _Ticket:
+    """What one borrow holds, written under the pool's lock by whoever hands it
+    something: None (nothing yet), ``_SLOT`` (a reserved slot), an ``_Entry``
+    (a borrowed object) or, for a waiter, an exception to raise. An interrupted
+    borrow gives back what its ticket says. ``checking``: its object is being
+    vetted (interrupted then, it is discarded). ``doomed``: an object counted
+    in ``closing`` (for ``reason``) that is yet to be destroyed. ``lock``:
+    released on hand-off to a queued ticket."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.result: object = None  # an _Entry, _SLOT, or an exception to raise
+    __slots__ = ("checking", "doomed", "lock", "reason", "result")
+
+    def __init__(self, result: object = None) -> None:
+        self.result = result
+        self.checking = False
+        self.doomed: _Entry | None = None
+        self.reason = ""
+        self.lock: Any = None
+
+    def queue(self) -> None:
+        """Arm for a wait in the queue: a fresh lock, held until the hand-off."""
+        lock = self.lock = threading.Lock()
+        lock.acquire()
 
 
 def _number(

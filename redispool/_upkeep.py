@@ -11,7 +11,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._poolparts import _INF, _Entry
+from ._poolparts import _INF, _SLOT, _Entry, _Ticket
 
 if TYPE_CHECKING:
     from .pool import ObjectPool
@@ -67,49 +67,24 @@ def run_upkeep(pool: ObjectPool[Any]) -> float:
 
 def refill_one(pool: ObjectPool[Any]) -> bool:
     """Create one object if below ``min_size``, or probe while failing."""
-    with pool._lock:
-        if pool._closed or pool._size >= pool._max_size:
-            return False
-        if pool._fail_streak:
-            if pool._clock() < pool._next_retry:
+    ticket = _Ticket()
+    try:
+        with pool._lock:
+            if pool._closed or pool._size >= pool._max_size:
                 return False
-        elif pool._size >= pool._min_size:
-            return False
-        pool._size += 1
-        pool._creating += 1
-    made = pool._create_in_slot()
-    if isinstance(made, Exception):
-        return False
-    entry, took = made
-    obj, now = entry.obj, entry.created_at
-    entry.uses = 0
-    with pool._lock:
-        pool._creating -= 1
-        pool._created += 1
-        pool._create_total += took
-        pool._fail_streak = 0
-        pool._last_error = None
-        if pool._closed:
-            pool._closing += 1
-            closed = True
-        else:
-            closed = False
-            if pool._waiters:
-                waiter = pool._waiters.popleft()
-                entry.uses = 1
-                pool._in_use[id(obj)] = entry
-                pool._borrows += 1
-                waiter.result = entry
-                waiter.lock.release()
-            else:
-                if pool._check is not None:
-                    entry.recheck_at = min(now + pool._check_interval, entry.expires_at)
-                pool._idle.append(entry)
-            pool._capacity_freed()
-    if closed:
-        pool._destroy_entries([entry], "closed")
-        return False
-    return True
+            if pool._fail_streak:
+                if pool._clock() < pool._next_retry:
+                    return False
+            elif pool._size >= pool._min_size:
+                return False
+            pool._size += 1
+            pool._creating += 1
+            ticket.result = _SLOT
+        made = pool._create_in_slot(ticket, None, lend=False)
+    except BaseException:
+        pool._abandon(ticket)
+        raise
+    return isinstance(made, _Entry)
 
 
 def next_upkeep_delay(pool: ObjectPool[Any]) -> float:
@@ -158,7 +133,13 @@ def _upkeep_loop(ref: weakref.ref[ObjectPool[Any]], wake: threading.Event, gen: 
 
     while True:
         pool = ref()
-        if pool is None or pool._closed or pool._gen != gen or pool_module._fork_gen != gen:
+        if (
+            pool is None
+            or pool._closed
+            or pool._wake is not wake  # superseded: its start was interrupted
+            or pool._gen != gen
+            or pool_module._fork_gen != gen
+        ):
             return
         try:
             delay = pool.run_upkeep()

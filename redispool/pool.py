@@ -7,6 +7,10 @@ How it works, in short:
 * Waiters queue FIFO, each on a lock of its own. A released object goes straight
   to the oldest waiter (direct hand-off: nobody can barge past a waiter); a freed
   slot is handed over the same way, and the waiter creates the object itself.
+  A waiter whose object fails its check keeps the slot and creates in it.
+* What a borrow holds (a slot, an object) is written on its ticket under the
+  lock, so an exception landing anywhere (gevent.Timeout, a kill, Ctrl-C) gives
+  it back: no slot is ever lost.
 * One background thread per pool refills to ``min_size``, evicts idle objects,
   retires old ones and, while the factory fails, probes with capped exponential
   backoff and full jitter.
@@ -26,7 +30,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from . import _upkeep
 from ._poolparts import (
@@ -38,7 +42,7 @@ from ._poolparts import (
     _Entry,
     _Lease,
     _number,
-    _Waiter,
+    _Ticket,
 )
 from ._quietlog import OutageLog
 from .backoff import full_jitter
@@ -123,6 +127,9 @@ class ObjectPool(Generic[T]):
         self._destroy = destroy
         self._check = check
         self._reset = reset
+        # A subclass's cheap test run on every borrow (RedisPool: the socket is
+        # quiet); falsy discards the object, counted as "dead".
+        self._validate: Callable[[T], object] | None = None
         self._min_size, self._max_size = self._sizes(min_size, max_size)
         self._timeout = _number("timeout", timeout, minimum=0, none_ok=True)
         self._max_waiting = _number("max_waiting", max_waiting, minimum=0, integer=True)
@@ -154,7 +161,7 @@ class ObjectPool(Generic[T]):
         self._lock = threading.Lock()
         self._idle: deque[_Entry] = deque()  # LIFO at the right; the left is least recent
         self._in_use: dict[int, _Entry] = {}
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[_Ticket] = deque()
         self._size = 0  # idle + in use + creating + closing
         self._epoch = 0  # bumped by close, shrink and drain: returns take the slow path
         self._drain_epoch = 0  # objects from before this epoch retire on return
@@ -203,7 +210,9 @@ class ObjectPool(Generic[T]):
         """
         if timeout is not None:
             _number("timeout", timeout, minimum=0)
-        return _Lease(self, timeout, _check_keep_on(keep_on))
+        if keep_on is not None:
+            _check_keep_on(keep_on)
+        return _Lease(self, timeout, keep_on)
 
     def borrow(self, timeout: float | None = None) -> T:
         """Borrow an object; wait at most ``timeout`` seconds (pool default if None)."""
@@ -211,92 +220,108 @@ class ObjectPool(Generic[T]):
             _number("timeout", timeout, minimum=0)
         if self._gen != _fork_gen:
             self._after_fork()
-        with self._lock:
-            idle = self._idle
-            if idle:  # idle objects exist only while nobody waits: no barging
-                entry = idle.pop()
-                now = self._clock()
-                entry.borrowed_at = now
-                entry.uses += 1
-                self._in_use[id(entry.obj)] = entry
-                self._borrows += 1
-                if now < entry.recheck_at:
+        # What this call holds is always in ``entry`` or on ``ticket``, so that
+        # an exception landing anywhere (gevent.Timeout or a kill at a yield,
+        # Ctrl-C) gives it back: see _abandon.
+        entry = ticket = None
+        lock = self._lock
+        lock.acquire()  # (not ``with``: this is the hot path, and twice as fast)
+        try:
+            try:
+                idle = self._idle
+                if idle:  # idle objects exist only while nobody waits: no barging
+                    entry = idle.pop()
+                    now = self._clock()
+                    entry.borrowed_at = now
+                    entry.uses += 1
+                    self._in_use[id(entry.obj)] = entry
+                    self._borrows += 1
+            finally:
+                lock.release()
+            if entry is not None and now < entry.recheck_at:
+                validate = self._validate
+                if validate is None or validate(entry.obj):
                     return entry.obj  # type: ignore[no-any-return]
-            else:
-                entry = None
-        if entry is not None and self._vet(entry, now):
-            return entry.obj  # type: ignore[no-any-return]
-        return self._borrow_slow(timeout).obj  # type: ignore[no-any-return]
+            ticket = _Ticket(entry)
+            return self._borrow_slow(ticket, timeout).obj  # type: ignore[no-any-return]
+        except BaseException:
+            if ticket is None:  # interrupted on the fast path (mid-check, maybe)
+                ticket = _Ticket(entry)
+                ticket.checking = True
+            # Nobody else writes on a ticket out of the queue: if it holds
+            # nothing (a PoolTimeout, say), there is nothing to give back.
+            if ticket.result is not None or ticket.lock is not None or ticket.doomed:
+                self._abandon(ticket)
+            raise
 
-    def _borrow_slow(self, timeout: float | None) -> _Entry:
-        self._check_fork()
+    def _borrow_slow(self, ticket: _Ticket, timeout: float | None) -> _Entry:
+        """Vet the idle object on the ticket, or obtain one: idle, new, or by queueing.
+
+        Whatever the pool gives this call (a slot, an object) is written on its
+        ticket under the lock; the caller's handler gives it back if interrupted.
+        """
+        if ticket.result is None:
+            self._check_fork()
+        make_by = None  # only a caller's own timeout bounds the factory (see _make)
         if timeout is None:
             timeout = self._timeout
-        start = time.monotonic()
+            start = time.monotonic()
+        else:
+            start = time.monotonic()
+            make_by = start + timeout
         deadline = _INF if timeout is None else start + timeout
+        if not self._upkeep_claimed and self._background:
+            self._ensure_upkeep()
+        handed = False
         while True:
-            entry, how = self._obtain(start, deadline)
-            if entry is None:
-                continue
-            if how == "fresh":
-                if self._leak_timeout:
-                    entry.stack = traceback.format_stack()[:-3]
-                return entry
+            if ticket.result is None:
+                handed = self._obtain(ticket, start, deadline)
+            held = ticket.result
+            if held is _SLOT:
+                made = self._create_for(ticket, start, deadline, make_by)
+                if made is not None:
+                    if self._leak_timeout:
+                        made.stack = traceback.format_stack()[:-3]
+                    return made
             # A waiter whose handed-over object fails its check keeps its place:
             # it turns the slot into a new object instead of queueing again.
-            if self._vet(entry, self._clock(), keep_slot=how == "handed"):
-                return entry
-            if how == "handed":
-                created = self._create_reserved(start, deadline)
-                if created is not None:
-                    if self._leak_timeout:
-                        created.stack = traceback.format_stack()[:-3]
-                    return created
+            elif self._vet(ticket, cast(_Entry, held), keep_slot=handed):
+                return cast(_Entry, held)
 
-    def _obtain(self, start: float, deadline: float) -> tuple[_Entry | None, str]:
-        """One attempt: an idle object, a new one, or a place in the queue."""
-        waiter = None
-        start_upkeep = False
+    def _obtain(self, ticket: _Ticket, start: float, deadline: float) -> bool:
+        """Put an idle object or a new slot on the ticket, or queue for one.
+
+        True: it was handed over by another caller after a wait.
+        """
         with self._lock:
             if self._closed:
                 raise self.closed_error(f"pool {self.name!r} is closed")
-            if not self._upkeep_claimed and self._background:
-                self._upkeep_claimed = start_upkeep = True
             if self._idle and not self._waiters:
-                entry = self._take_idle()
+                ticket.result = self._take_idle()
                 self._note_wait(start)
-            elif self._size < self._max_size and not self._waiters and not self._fail_streak:
+                return False
+            if self._size < self._max_size and not self._waiters and not self._fail_streak:
                 self._size += 1
                 self._creating += 1
-                entry = None
-            elif self._size < self._max_size and self._failing_fast():
+                ticket.result = _SLOT
+                return False
+            if self._size < self._max_size and self._failing_fast():
                 self._timeouts += 1
                 raise self._timeout_exc(start, fail_fast=True)
-            else:
-                if self._max_waiting and len(self._waiters) >= self._max_waiting:
-                    self._timeouts += 1
-                    raise self.too_many_waiters_error(
-                        f"pool {self.name!r}: {len(self._waiters)} callers already waiting "
-                        f"(max_waiting={self._max_waiting}); {len(self._in_use)} of "
-                        f"{self._max_size} {self.noun}s in use"
-                    )
-                if time.monotonic() >= deadline:
-                    self._timeouts += 1
-                    raise self._timeout_exc(start)
-                waiter = _Waiter()
-                self._waiters.append(waiter)
-                entry = None
-        if start_upkeep:
-            self._start_upkeep()
-        if waiter is None:
-            if entry is not None:
-                return entry, "idle"
-            return self._create_reserved(start, deadline), "fresh"
-        result = self._wait(waiter, start, deadline)
-        if result is _SLOT:
-            return self._create_reserved(start, deadline), "fresh"
-        assert isinstance(result, _Entry)
-        return result, "handed"
+            if self._max_waiting and len(self._waiters) >= self._max_waiting:
+                self._timeouts += 1
+                raise self.too_many_waiters_error(
+                    f"pool {self.name!r}: {len(self._waiters)} callers already waiting "
+                    f"(max_waiting={self._max_waiting}); {len(self._in_use)} of "
+                    f"{self._max_size} {self.noun}s in use"
+                )
+            if time.monotonic() >= deadline:
+                self._timeouts += 1
+                raise self._timeout_exc(start)
+            ticket.queue()
+            self._waiters.append(ticket)
+        self._wait(ticket, start, deadline)
+        return True
 
     def _take_idle(self) -> _Entry:
         entry = self._idle.pop()
@@ -312,91 +337,74 @@ class ObjectPool(Generic[T]):
         if waited > self._wait_max:
             self._wait_max = waited
 
-    def _wait(self, waiter: _Waiter, start: float, deadline: float) -> object:
-        """Block until handed an object or a slot; the lock is not held."""
-        timed_out: PoolTimeout | None = None
+    def _wait(self, ticket: _Ticket, start: float, deadline: float) -> None:
+        """Block until the ticket is handed an object or a slot (lock not held).
+
+        An interruption is the caller's to handle: its ticket says what it holds.
+        """
+        lock = ticket.lock
+        if deadline == _INF:
+            lock.acquire()
+        else:
+            # A huge finite timeout is "forever" (acquire() overflows past TIMEOUT_MAX).
+            left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+            lock.acquire(True, left)
+        with self._lock:
+            ticket.lock = None  # out of the queue from here on
+            result = ticket.result
+            if result is None:  # timed out and nothing was handed over
+                self._waiters.remove(ticket)
+                self._timeouts += 1
+                raise self._timeout_exc(start)
+            if isinstance(result, BaseException):  # closed, or failing fast
+                ticket.result = None
+                raise result
+            self._note_wait(start)
+
+    def _abandon(self, ticket: _Ticket) -> None:
+        """An interrupted borrow: give back what its ticket holds (a slot; an
+        object, discarded if interrupted mid-check), or leave the queue."""
+        pending = _acquire_anyway(self._lock)
+        dubious = False
         try:
-            if deadline == _INF:
-                waiter.lock.acquire()
+            held, ticket.result = ticket.result, None
+            if held is _SLOT:
+                self._size -= 1
+                self._creating -= 1
+                self._capacity_freed()
+            elif isinstance(held, _Entry):
+                dubious = ticket.checking
+                if dubious:
+                    self._in_use.pop(id(held.obj), None)
+                    self._borrows -= 1
+                    self._closing += 1
+            elif ticket.lock is not None and ticket in self._waiters:
+                self._waiters.remove(ticket)
+            ticket.lock = None
+        finally:
+            self._lock.release()
+        doomed = ticket.doomed
+        if doomed is not None:  # counted in closing, not yet destroyed
+            self._destroy_entries([doomed], ticket.reason, ticket)
+        if isinstance(held, _Entry):
+            if dubious:
+                self._destroy_entries([held], "check")
             else:
-                # A huge finite timeout is "forever" (acquire() overflows past TIMEOUT_MAX).
-                left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
-                waiter.lock.acquire(True, left)
-            with self._lock:
-                result = waiter.result
-                if result is None:  # timed out and nothing was handed over
-                    self._waiters.remove(waiter)
-                    self._timeouts += 1
-                    timed_out = self._timeout_exc(start)
-                elif not isinstance(result, BaseException):
-                    self._note_wait(start)
-        except BaseException:
-            # Interrupted (gevent.Timeout, Ctrl-C) while waiting or just after a
-            # hand-off: leave the queue, or give back whatever was handed over,
-            # then let it propagate. Nothing handed to us may be lost.
-            pending = _acquire_anyway(self._lock)
-            try:
-                result = waiter.result
-                if result is None and waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            finally:
-                self._lock.release()
-            self._give_back(result)
-            if pending is not None:
-                raise pending from None
-            raise
-        if timed_out is not None:
-            raise timed_out
-        if isinstance(result, BaseException):
-            raise result
-        return result
+                self.release(held.obj)
+        if pending is not None:
+            raise pending from None
 
-    def _give_back(self, result: object) -> None:
-        """Return what a waiter was handed but will not use."""
-        if isinstance(result, _Entry):
-            self.release(result.obj)
-        elif result is _SLOT:
-            with self._lock:
-                self._size -= 1
-                self._creating -= 1
-                self._capacity_freed()
+    def _create_for(
+        self, ticket: _Ticket, start: float, deadline: float, make_by: float | None
+    ) -> _Entry | None:
+        """Create an object for this borrower in the ticket's slot.
 
-    def _create_in_slot(self) -> tuple[_Entry, float] | Exception:
-        """Run the factory in a slot already counted in ``size`` and ``creating``.
-
-        Success: the new entry and how long it took (the slot is still counted
-        as creating: the caller finishes the bookkeeping). An ``Exception``:
-        the slot is freed, the failure recorded and logged, and returned. Any
-        other ``BaseException`` frees the slot and propagates.
+        Returns None when the create failed (the slot is freed) but the caller
+        may keep waiting.
         """
-        t0 = time.monotonic()
-        epoch = self._epoch  # before connecting: a drain() meanwhile retires it
-        try:
-            obj = self._factory()
-        except Exception as exc:
-            with self._lock:
-                self._size -= 1
-                self._creating -= 1
-                self._create_failed(exc)
-                streak = self._fail_streak
-            self._log_create_failure(exc, streak)
-            return exc
-        except BaseException:
-            with self._lock:
-                self._size -= 1
-                self._creating -= 1
-                self._capacity_freed()
-            raise
-        self._outage.succeeded()
-        now = self._clock()
-        return _Entry(obj, now, self._expiry(now), epoch), time.monotonic() - t0
-
-    def _create_reserved(self, start: float, deadline: float) -> _Entry | None:
-        """Create an object for this borrower in a slot already counted in ``size``.
-
-        Returns None when the create failed but the caller may keep waiting.
-        """
-        made = self._create_in_slot()
+        made = self._create_in_slot(ticket, make_by, lend=True)
+        if made is None:
+            raise self.closed_error(f"pool {self.name!r} is closed")
         if isinstance(made, Exception):
             with self._lock:
                 fail_fast = self._failing_fast()
@@ -405,24 +413,88 @@ class ObjectPool(Generic[T]):
                 self._timeouts += 1
                 err = self._timeout_exc(start, fail_fast=fail_fast)
             raise err from made
-        entry, took = made
-        obj = entry.obj
         with self._lock:
+            self._note_wait(start)
+        return made
+
+    def _create_in_slot(
+        self, ticket: _Ticket, deadline: float | None, *, lend: bool
+    ) -> _Entry | Exception | None:
+        """Run the factory in the ticket's slot (counted in ``size`` and ``creating``).
+
+        Success: the new entry, lent to the ticket (``lend``) or else handed to
+        the oldest waiter or kept idle. An ``Exception``: the slot is freed, the
+        failure recorded, logged and returned. None: the pool was closed
+        meanwhile and the new object destroyed. Any other ``BaseException``
+        propagates with the slot still on the ticket.
+        """
+        t0 = time.monotonic()
+        epoch = self._epoch  # before connecting: a drain() meanwhile retires it
+        try:
+            obj = self._make(deadline)
+        except Exception as exc:
+            with self._lock:
+                ticket.result = None
+                self._size -= 1
+                self._creating -= 1
+                self._create_failed(exc)
+                streak = self._fail_streak
+            self._log_create_failure(exc, streak)
+            return exc
+        try:
+            now = self._clock()
+            entry = _Entry(obj, now, self._expiry(now), epoch)
+            took = time.monotonic() - t0
+            pending = _acquire_anyway(self._lock)  # from here the object is on the books
+        except BaseException:
+            self._destroy_quietly(obj)  # interrupted before it was on the books
+            raise
+        try:
             self._creating -= 1
             self._created += 1
             self._create_total += took
-            self._in_use[id(obj)] = entry
-            self._borrows += 1
-            self._note_wait(start)
+            closed = self._closed
+            if closed:
+                self._closing += 1
+                ticket.result = None
+            elif lend:
+                self._in_use[id(obj)] = entry
+                self._borrows += 1
+                ticket.result = entry
+            else:
+                ticket.result = None
+                self._place_new(entry, now)
             if self._fail_streak:
                 self._fail_streak = 0
                 self._last_error = None
                 self._capacity_freed()
-            closed = self._closed
-        if closed:  # closed while we were connecting
-            self.release(obj, discard=True)
-            raise self.closed_error(f"pool {self.name!r} is closed")
-        return entry
+        finally:
+            self._lock.release()
+        self._outage.succeeded()
+        if closed:
+            self._destroy_entries([entry], "closed")
+        if pending is not None:
+            raise pending
+        return None if closed else entry
+
+    def _place_new(self, entry: _Entry, now: float) -> None:
+        """A new object nobody asked for yet: to the oldest waiter, or idle (lock held)."""
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            self._in_use[id(entry.obj)] = entry
+            self._borrows += 1
+            waiter.result = entry
+            waiter.lock.release()
+        else:
+            entry.uses = 0
+            if self._check is not None:
+                entry.recheck_at = min(now + self._check_interval, entry.expires_at)
+            self._idle.append(entry)
+
+    def _make(self, deadline: float | None) -> T:
+        """Call the factory. ``deadline`` (``time.monotonic()``): the borrower's own
+        timeout, if it gave one; a subclass may bound the create by it."""
+        return self._factory()
 
     def _expiry(self, now: float) -> float:
         if not self._max_lifetime:
@@ -480,28 +552,41 @@ class ObjectPool(Generic[T]):
         err.__cause__ = self._last_error
         return err
 
-    def _vet(self, entry: _Entry, now: float, keep_slot: bool = False) -> bool:
-        """Slow part of a borrow: lifetime, check, leak tracking. False: discarded
-        (with ``keep_slot``, its slot stays reserved for the caller to create in)."""
+    def _vet(self, ticket: _Ticket, entry: _Entry, keep_slot: bool) -> bool:
+        """Vet a borrowed object: lifetime, ``_validate``, then ``check`` when due.
+
+        False: it was discarded (with ``keep_slot``, its slot is now the ticket's).
+        """
+        now = self._clock()
         if now >= entry.expires_at:
-            self._discard(entry, "lifetime", keep_slot)
+            self._discard(ticket, entry, "lifetime", keep_slot)
             return False
-        if self._check is not None and now - entry.last_used >= self._check_interval:
-            try:
-                ok = self._check(entry.obj)
-            except Exception as exc:
-                log.debug("pool %r: check failed: %r", self.name, exc)
-                ok = False
-            except BaseException:
-                self._discard(entry, "check")
-                raise
-            if not ok:
-                self._discard(entry, "check", keep_slot)
-                return False
+        ticket.checking = True  # interrupted from here on: discarded
+        reason = self._failed_check(entry.obj, now - entry.last_used)
+        if reason is not None:
+            self._discard(ticket, entry, reason, keep_slot)
+            return False
+        ticket.checking = False
         if self._leak_timeout:
             entry.stack = traceback.format_stack()[:-3]
             entry.leak_logged = False
         return True
+
+    def _failed_check(self, obj: T, idle_for: float) -> str | None:
+        """Why ``obj`` is unfit to lend ("dead", "check"), or None."""
+        try:
+            if self._validate is not None and not self._validate(obj):
+                return "dead"
+            if (
+                self._check is not None
+                and idle_for >= self._check_interval
+                and not self._check(obj)
+            ):
+                return "check"
+        except Exception as exc:
+            log.debug("pool %r: check failed: %r", self.name, exc)
+            return "check"
+        return None
 
     # -- returning ---------------------------------------------------------
 
@@ -594,17 +679,42 @@ class ObjectPool(Generic[T]):
             "or it belongs to another pool)"
         )
 
-    def _discard(self, entry: _Entry, reason: str, keep_slot: bool = False) -> None:
-        """Destroy an object that failed its borrow-time vetting."""
+    def _discard(self, ticket: _Ticket, entry: _Entry, reason: str, keep_slot: bool) -> None:
+        """Destroy a borrowed object that failed its vetting. With ``keep_slot``,
+        or if callers queued meanwhile (behind this one), the slot passes to
+        the ticket, to create a replacement in."""
         with self._lock:
             self._in_use.pop(id(entry.obj), None)
             self._borrows -= 1  # that borrow did not happen after all
-            self._closing += 1
-        self._destroy_entries([entry], reason, keep_slot)
+            queued = bool(self._waiters) and not self._fail_streak
+            keep = (keep_slot or queued) and not self._closed
+            if keep:  # counted as creating while its predecessor goes
+                self._creating += 1
+                self._destroyed[reason] = self._destroyed.get(reason, 0) + 1
+                ticket.result = _SLOT
+            else:
+                self._closing += 1
+                ticket.result = None
+                ticket.doomed, ticket.reason = entry, reason
+            ticket.checking = False
+        if not keep:
+            self._destroy_entries([entry], reason, ticket)
+        else:  # interrupted here, the ticket's handler frees the slot
+            self._destroy_quietly(entry.obj)
 
-    def _destroy_entries(self, entries: list[_Entry], reason: str, keep_slot: bool = False) -> None:
+    def _destroy_quietly(self, obj: T) -> None:
+        """Destroy an object that is on no books; an ``Exception`` is logged."""
+        if self._destroy is not None:
+            try:
+                self._destroy(obj)
+            except Exception as exc:
+                log.debug("pool %r: destroy failed: %r", self.name, exc)
+
+    def _destroy_entries(
+        self, entries: list[_Entry], reason: str, ticket: _Ticket | None = None
+    ) -> None:
         """Destroy entries already counted in ``closing``, then free their slots
-        (``keep_slot``: turn the one slot into a reserved create for the caller).
+        (and clear ``ticket.doomed``, which named them).
 
         The slot is freed only after ``destroy`` returns, so the resource (a
         server connection) is gone before a replacement can be made.
@@ -623,11 +733,10 @@ class ObjectPool(Generic[T]):
             n = len(entries)
             self._closing -= n
             self._destroyed[reason] = self._destroyed.get(reason, 0) + n
-            if keep_slot and n == 1 and not self._closed:
-                self._creating += 1
-            else:
-                self._size -= n
-                self._capacity_freed()
+            self._size -= n
+            self._capacity_freed()
+            if ticket is not None:
+                ticket.doomed = None
         finally:
             self._lock.release()
         if pending is not None:
@@ -662,8 +771,24 @@ class ObjectPool(Generic[T]):
 
     # -- upkeep (see _upkeep.py) -------------------------------------------
 
-    def _start_upkeep(self) -> None:
-        _upkeep.start_upkeep(self)
+    def _ensure_upkeep(self) -> None:
+        """Start the upkeep thread unless one runs (or is starting)."""
+        with self._lock:
+            if self._upkeep_claimed or not self._background or self._closed:
+                return
+            self._upkeep_claimed = True
+        try:
+            _upkeep.start_upkeep(self)  # yields under gevent: a kill may land here
+        except BaseException:
+            # Let the next borrow try again; should the thread run after all, it
+            # sees it was superseded (the pool's wake event is not its own) and ends.
+            pending = _acquire_anyway(self._lock)
+            self._upkeep = self._wake = None
+            self._upkeep_claimed = False
+            self._lock.release()
+            if pending is not None:
+                raise pending from None
+            raise
 
     def _wake_upkeep(self) -> None:
         if self._wake is not None:
@@ -682,14 +807,9 @@ class ObjectPool(Generic[T]):
         """Start upkeep; with ``wait``, block until ``min_size`` objects are ready."""
         _number("timeout", timeout, minimum=0, none_ok=True)
         self._check_fork()
-        with self._lock:
-            if self._closed:
-                raise self.closed_error(f"pool {self.name!r} is closed")
-            start_upkeep = not self._upkeep_claimed and self._background
-            if start_upkeep:
-                self._upkeep_claimed = True
-        if start_upkeep:
-            self._start_upkeep()
+        if self._closed:
+            raise self.closed_error(f"pool {self.name!r} is closed")
+        self._ensure_upkeep()
         if not wait:
             return
         start = time.monotonic()

@@ -21,6 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -171,10 +172,20 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _ConnectionPool(ObjectPool[Connection]):
+    """Connections made by ``connect(deadline)``, vetted by ``is_alive`` on every borrow."""
+
     timeout_error = RedisPoolTimeout
     too_many_waiters_error = RedisTooManyWaiters
     closed_error = RedisPoolClosed
     noun = "connection"
+
+    def __init__(self, connect: Callable[[float | None], Connection], **options: Any) -> None:
+        super().__init__(partial(connect, None), **options)
+        self._connect = connect
+        self._validate = is_alive  # no round trip; a waiter handed a dead one keeps its place
+
+    def _make(self, deadline: float | None) -> Connection:
+        return self._connect(deadline)
 
 
 class RedisPool:
@@ -269,7 +280,6 @@ class RedisPool:
         self._dns = DNSCache(ttl=dns_ttl) if issubclass(cls, Connection) else None
         self._stats_lock = threading.Lock()
         _POOLS.add(self)  # its lock is remade in a forked child
-        self._local = threading.local()  # a borrower's deadline, for _new_connection
         self._retired_commands = 0
         self._retired_errors = 0
         self._pool = _ConnectionPool(
@@ -286,7 +296,10 @@ class RedisPool:
             name=self.name,
             **pool_opts,
         )
-        self._borrow, self._release = self._pool.borrow, self._pool.release  # hot path
+        # The hot path: a borrow checks the connection without a round trip
+        # (_ConnectionPool._validate); _get(wait) bounds the wait.
+        self._get: Callable[..., Connection] = self._pool.borrow
+        self._release = self._pool.release
         self._adapter = ConnectionPool._of(self)
         self._redis: redis.Redis | None = None
         self._proto: dict[str, Any] | None = None
@@ -320,9 +333,10 @@ class RedisPool:
 
     # -- connections -------------------------------------------------------
 
-    def _new_connection(self) -> Connection:
+    def _new_connection(self, deadline: float | None = None) -> Connection:
+        """Connect; ``deadline``: that of a borrower who gave its own wait, which
+        bounds the connect and handshake instead of the configured timeouts."""
         kwargs = self.connection_kwargs
-        deadline = getattr(self._local, "deadline", None)
         if deadline is not None:
             # A borrower with a short wait (a helper's deadline) must not sit out
             # the full connect + handshake timeouts against a stalled server.
@@ -354,28 +368,6 @@ class RedisPool:
         conn.send_command("PING", check_health=False)
         reply = conn.read_response(timeout=self._ping_timeout)
         return reply in (b"PONG", "PONG")
-
-    def _get(self, wait: float | None = None) -> Any:
-        """Borrow a connection that passed the zero-round-trip liveness test."""
-        pool = self._pool
-        if wait is None:
-            conn: Any = self._borrow()
-        else:
-            local = self._local
-            local.deadline = time.monotonic() + wait
-            try:
-                conn = pool.borrow(wait)
-            finally:
-                local.deadline = None
-        poller = conn._rp_poll
-        if poller is not None and not poller.poll(0):
-            return conn  # the common case: nothing to read, so alive and clean
-        end = None if wait is None else time.monotonic() + wait
-        while not is_alive(conn):
-            pool.release(conn, discard=True, reason="dead")
-            # the next try shares the caller's deadline
-            conn = pool.borrow(None if end is None else max(0.0, end - time.monotonic()))
-        return conn
 
     def _put(self, conn: Any) -> None:
         """Return a connection; anything short of clean is discarded."""
