@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from .cluster import (
+    ClusterPoolTimeout,
+    ClusterTooManyWaiters,
+    RedisClusterPool,
+    RedisClusterPoolStats,
+)
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from .pool import ObjectPool
 from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
@@ -9,11 +15,15 @@ from .redis_pool import RedisPool, RedisPoolStats
 from .stats import PoolStats
 
 __all__ = [
+    "ClusterPoolTimeout",
+    "ClusterTooManyWaiters",
     "ObjectPool",
     "PoolClosed",
     "PoolError",
     "PoolStats",
     "PoolTimeout",
+    "RedisClusterPool",
+    "RedisClusterPoolStats",
     "RedisPool",
     "RedisPoolClosed",
     "RedisPoolStats",

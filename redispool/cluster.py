@@ -1,0 +1,545 @@
+"""RedisClusterPool: redis-py's own ``RedisCluster`` on fair per-node ``RedisPool``s.
+
+redis-py keeps routing, MOVED/ASK, pipelines, replica reads and topology
+refresh; each node's connections come from a ``RedisPool`` (``max_size`` per
+node, FIFO waiters, checked connections). What this module adds around it:
+
+* errors that keep redis-py's recovery right: a wait timeout is a
+  ``MaxConnectionsError`` (no topology refresh), a node that cannot be reached
+  or a node pool closed under a caller raises the exact ``ConnectionError`` /
+  ``TimeoutError`` redis-py refreshes and retries on;
+* the READONLY handshake of replica connections and one-shot ASKING are not
+  session state (the connection stays reusable);
+* a node that leaves the topology has its pool closed (no orphaned sockets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
+from redis.connection import Connection
+from redis.event import AfterSlotsCacheRefreshEvent, EventDispatcher, EventListenerInterface
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
+
+from .config import env_options, parse_redis_url, redact_url
+from .connection import pooled_class
+from .redis_adapter import ConnectionPoolAdapter
+from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
+from .redis_pool import _POOL_OPTIONS, RedisPool, RedisPoolStats, _ClientLease
+
+__all__ = [
+    "ClusterPoolTimeout",
+    "ClusterTooManyWaiters",
+    "RedisClusterPool",
+    "RedisClusterPoolStats",
+]
+
+# RedisCluster's own options (everything else is a node pool or connection option).
+_CLUSTER_OPTIONS = frozenset(
+    [
+        "require_full_coverage",
+        "reinitialize_steps",
+        "read_from_replicas",
+        "load_balancing_strategy",
+        "dynamic_startup_nodes",
+        "address_remap",
+        "retry",
+        "cluster_error_retry_attempts",
+        "policy_resolver",
+    ]
+)
+# RedisPool options that are not connection options.
+_NODE_POOL_OPTIONS = frozenset(
+    [
+        *_POOL_OPTIONS,
+        "connect_timeout",
+        "socket_connect_timeout",
+        "socket_timeout",
+        "health_check_interval",
+        "dns_ttl",
+    ]
+)
+_REFUSED = {
+    "read_url": "use read_from_replicas=True or load_balancing_strategy",
+    "db": "Redis Cluster has only database 0",
+    "connection_pool": "RedisClusterPool makes the node pools",
+    "connection_pool_class": "RedisClusterPool makes the node pools",
+    "max_connections": "use max_size (per node)",
+    "cache": "client-side caching is not supported",
+    "cache_config": "client-side caching is not supported",
+    "event_dispatcher": "RedisClusterPool needs its own",
+}
+
+
+class ClusterPoolTimeout(RedisPoolTimeout, MaxConnectionsError):
+    """No connection to a node could be borrowed in time. A
+    ``MaxConnectionsError``, so redis-py does not refresh the topology for it
+    (every connection was busy: nothing is wrong with the node)."""
+
+
+class ClusterTooManyWaiters(RedisTooManyWaiters, ClusterPoolTimeout):
+    """A node pool's wait queue is full (``max_waiting``)."""
+
+
+# -- connections -----------------------------------------------------------
+
+_ASKING_SENT = 16  # a ``_rp_state`` bit: ASKING sent, the command it allows not yet
+_ASKING = frozenset(["ASKING", "asking", b"ASKING", b"asking"])
+
+
+class _AskingMixin:
+    """ASKING allows the next command only (then the server forgets it): not
+    session state, unless the connection is returned before that command."""
+
+    _rp_state: int
+
+    def _rp_note(self, args: tuple[Any, ...]) -> None:
+        if args and args[0] in _ASKING:
+            self._rp_state |= _ASKING_SENT
+            return
+        self._rp_state &= ~_ASKING_SENT
+        super()._rp_note(args)  # type: ignore[misc]
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        if self._rp_state & _ASKING_SENT and args and args[0] not in _ASKING:
+            self._rp_state &= ~_ASKING_SENT  # the fast path skips _rp_note for GET, SET, ...
+        super().send_command(*args, **kwargs)  # type: ignore[misc]
+
+
+@functools.cache
+def _cluster_connection_class(base: type[Connection]) -> type[Connection]:
+    pooled = pooled_class(base)
+    return type(f"Cluster{pooled.__name__}", (_AskingMixin, pooled), {})
+
+
+def _handshake(connect_func: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``RedisCluster.on_connect`` (READONLY for replica reads, the user's own
+    ``redis_connect_func``) is part of connecting: whatever it sends leaves no
+    user state on the new session."""
+
+    def on_connect(conn: Any) -> None:
+        owed = conn._rp_pending
+        connect_func(conn)
+        conn._rp_fresh(owed)
+
+    return on_connect
+
+
+# -- node pools --------------------------------------------------------------
+
+
+class _NodePool(ConnectionPoolAdapter):
+    """The ``connection_pool`` of one node's ``redis.Redis``: a ``RedisPool``
+    behind the calls ``RedisCluster`` and its ``NodesManager`` make."""
+
+    def __init__(self, owner: RedisPool, node: str) -> None:
+        super().__init__(owner)
+        self.node = node
+        self._lock = threading.RLock()  # NodesManager holds it around the two hooks below
+
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Connection:
+        try:
+            conn: Connection = self._owner._get()
+            return conn
+        except RedisPoolTimeout as exc:
+            raise _wait_error(exc, self.node) from exc
+        except RedisPoolClosed as exc:  # the node left the topology under us
+            raise RedisConnectionError(f"{self.node}: {exc}") from exc
+
+    @property
+    def himport_registry(self) -> Any:
+        return super().himport_registry
+
+    @himport_registry.setter
+    def himport_registry(self, registry: Any) -> None:
+        self._himport = registry
+
+    def update_active_connections_for_reconnect(self, *args: Any, **kwargs: Any) -> None:
+        """After a connection error (and on each refresh through this node):
+        borrowed connections are replaced when returned."""
+        if not self._owner.closed:
+            self._owner.drain()
+
+    def disconnect_free_connections(self, *args: Any, **kwargs: Any) -> None:
+        """Idle connections are replaced (``drain()`` closes them now)."""
+        if not self._owner.closed:
+            self._owner.drain()
+
+    def owns_connection(self, connection: Connection) -> bool:
+        kwargs = self._owner.connection_kwargs
+        return bool(connection.host == kwargs["host"] and connection.port == kwargs["port"])
+
+    def update_maint_notifications_config(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("RedisClusterPool does not support maintenance notifications")
+
+    def close(self) -> None:
+        """Ignored: ``RedisClusterPool`` closes its node pools itself."""
+
+
+def _wait_error(exc: RedisPoolTimeout, node: str) -> Exception:
+    """A node pool's wait timeout as redis-py needs it: the node's own connect
+    error (exact type: refresh and retry) if connecting to it keeps failing,
+    else a ``MaxConnectionsError`` (all busy: no refresh)."""
+    cause = exc.__cause__
+    if type(cause) is RedisConnectionError or type(cause) is RedisTimeoutError:
+        return type(cause)(f"{node}: {cause}")
+    kind = ClusterTooManyWaiters if isinstance(exc, RedisTooManyWaiters) else ClusterPoolTimeout
+    err = kind(str(exc))
+    err.__cause__ = cause
+    return err
+
+
+# -- stats ---------------------------------------------------------------------
+
+_SUMMED = [
+    f.name
+    for f in dataclasses.fields(RedisPoolStats)
+    if f.type in ("int", "float") and f.name not in ("wait_time_max", "consecutive_create_errors")
+]
+_COUNTERS = [
+    "borrows",
+    "timeouts",
+    "created",
+    "create_errors",
+    "destroyed",
+    "wait_time_total",
+    "create_time_total",
+    "use_time_total",
+    "commands",
+    "command_errors",
+]
+
+
+@dataclass(frozen=True)
+class RedisClusterPoolStats(RedisPoolStats):
+    """Totals over the node pools, plus each node's own numbers in ``nodes``
+    (``host:port`` -> ``RedisPoolStats``). Counters include the nodes that left."""
+
+    nodes: dict[str, RedisPoolStats] = field(default_factory=dict)
+    topology_refreshes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = super().as_dict()
+        out["nodes"] = {name: s.as_dict() for name, s in self.nodes.items()}
+        return out
+
+
+# -- the pool ------------------------------------------------------------------
+
+
+class _RefreshListener(EventListenerInterface):
+    def __init__(self, pool: RedisClusterPool) -> None:
+        self._pool = pool
+
+    def listen(self, event: object) -> None:
+        self._pool._after_refresh()
+
+
+StartupNodes = str | Sequence[str | tuple[str, int] | ClusterNode]
+
+
+class RedisClusterPool:
+    """Redis Cluster through redis-py's ``RedisCluster``, with a fair, bounded
+    ``RedisPool`` per node (``max_size`` connections per node, as go-redis).
+
+    ``url_or_startup_nodes``: a ``redis://`` / ``rediss://`` URL of any node, or
+    a list of ``"host:port"``, ``(host, port)`` or ``ClusterNode``. Node pool
+    options are ``RedisPool``'s (``min_size``, ``max_size``, ``timeout``,
+    ``socket_timeout``, ...); ``RedisCluster`` options (``read_from_replicas``,
+    ``load_balancing_strategy``, ``require_full_coverage``, ``retry``, ...) go to
+    it; anything else is a connection option (``password``, ``ssl_*``, ...).
+    Nothing connects until first use (``.redis``, ``client()`` or ``open()``).
+    """
+
+    def __init__(
+        self,
+        url_or_startup_nodes: StartupNodes = "redis://localhost:6379",
+        *,
+        min_size: int = 0,
+        max_size: int = 20,
+        timeout: float | None = 4.0,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        for key, hint in _REFUSED.items():
+            if key in options:
+                raise TypeError(f"RedisClusterPool got an unsupported option {key!r}: {hint}")
+        if timeout is None:
+            # A pipeline holds one node's connection while it waits for the next.
+            raise ValueError("timeout must be a number of seconds for a cluster (None: never)")
+        maint = options.pop("maint_notifications_config", None)
+        if maint is not None and getattr(maint, "enabled", False):
+            raise ValueError("RedisClusterPool does not support maintenance notifications")
+        self._url, self._startup = _startup(url_or_startup_nodes)
+        self.url = redact_url(self._url)
+        self.name = name or self.url
+        self._cluster_opts = {k: options.pop(k) for k in list(options) if k in _CLUSTER_OPTIONS}
+        pool_opts = {k: options.pop(k) for k in list(options) if k in _NODE_POOL_OPTIONS}
+        pool_opts.update(min_size=min_size, max_size=max_size, timeout=timeout)
+        self._pool_opts = pool_opts
+        self._conn_opts = options  # connection options: every node pool gets them
+        self._lock = threading.RLock()
+        self._pools: dict[int, _NodePool] = {}  # id -> every node pool not yet closed
+        self._retired: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
+        self._refreshes = 0
+        self._redis: RedisCluster | None = None
+        self._closed = False
+        # Bad options fail here, naming themselves, rather than at first use.
+        host, port = self._startup[0]
+        trial = {**parse_redis_url(self._url), "host": host, "port": port}
+        self._new_node_pool(**trial)._owner.close(0)
+        self._pools.clear()
+
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = "REDIS_CLUSTER_",
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> RedisClusterPool:
+        """A pool configured from ``{prefix}URL`` (``REDIS_CLUSTER_URL``) and the
+        same ``{prefix}POOL_MAX_SIZE``, ... variables as ``RedisPool.from_env``."""
+        opts = env_options(prefix, environ)
+        if "read_url" in opts:
+            raise ValueError(
+                f"READ_{prefix}URL is not used with a cluster: set read_from_replicas=True"
+            )
+        url = opts.pop("url", None)
+        if url is None:
+            raise ValueError(f"{prefix}URL is not set")
+        opts.update(overrides)
+        return cls(url, **opts)
+
+    # -- node pools ------------------------------------------------------------
+
+    def _new_node_pool(self, **kwargs: Any) -> _NodePool:
+        """What ``NodesManager`` calls for each node (``connection_pool_class``)."""
+        if kwargs.pop("cache", None) is not None:
+            raise ValueError("client-side caching is not supported by RedisClusterPool")
+        host, port = kwargs.pop("host"), kwargs.pop("port")
+        kwargs.pop("db", None)
+        base = kwargs.pop("connection_class", None) or Connection
+        kwargs["connection_class"] = _cluster_connection_class(base)
+        if kwargs.get("redis_connect_func") is not None:
+            kwargs["redis_connect_func"] = _handshake(kwargs["redis_connect_func"])
+        opts = {**self._conn_opts, **kwargs}
+        for key in _NODE_POOL_OPTIONS:  # a URL's ?socket_timeout= wins, as in redis-py
+            if key in opts:
+                self._pool_opts[key] = opts.pop(key)
+        node = f"{host}:{port}"
+        netloc = f"[{host}]:{port}" if ":" in str(host) else node
+        owner = RedisPool(
+            f"redis://{netloc}", name=f"{self.name} {node}", **self._pool_opts, **opts
+        )
+        pool = _NodePool(owner, node)
+        with self._lock:
+            self._pools[id(pool)] = pool
+        return pool
+
+    def _after_refresh(self) -> None:
+        with self._lock:
+            self._refreshes += 1
+        self._close_departed()
+
+    def _close_departed(self) -> None:
+        """Close the pools of nodes no longer in the topology (nor startup nodes)."""
+        with self._lock:
+            cluster = self._redis
+        if cluster is None:  # the first refresh, inside the RedisCluster constructor
+            return
+        manager = cluster.nodes_manager
+        with manager._lock:
+            nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        live = {id(n.redis_connection.connection_pool) for n in nodes if n.redis_connection}
+        with self._lock:
+            gone = [p for key, p in self._pools.items() if key not in live]
+            for pool in gone:
+                del self._pools[id(pool)]
+        for pool in gone:
+            self._retire(pool)
+
+    def _retire(self, pool: _NodePool) -> None:
+        pool._owner.close(timeout=0)  # idle connections now, borrowed ones on return
+        stats = pool._owner.stats()
+        with self._lock:
+            for key in _COUNTERS:
+                self._retired[key] += getattr(stats, key)
+
+    # -- the client ------------------------------------------------------------
+
+    @property
+    def redis(self) -> RedisCluster:
+        """A ``redis.cluster.RedisCluster`` on this pool (made on first use)."""
+        cluster = self._redis
+        if cluster is None:
+            cluster = self._connect()
+        return cluster
+
+    def _connect(self) -> RedisCluster:
+        with self._lock:
+            if self._closed:
+                raise RedisPoolClosed(f"pool {self.name!r} is closed")
+            if self._redis is not None:
+                return self._redis
+        dispatcher = EventDispatcher()
+        dispatcher.register_listeners({AfterSlotsCacheRefreshEvent: [_RefreshListener(self)]})
+        allowed = {k: v for k, v in self._conn_opts.items() if k in REDIS_ALLOWED_KEYS}
+        cluster = RedisCluster(
+            url=self._url,
+            startup_nodes=[ClusterNode(h, p) for h, p in self._startup[1:]],
+            connection_pool_class=self._new_node_pool,
+            event_dispatcher=dispatcher,
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            **self._cluster_opts,
+            **allowed,
+        )
+        with self._lock:
+            if self._redis is None and not self._closed:
+                self._redis = cluster
+                cluster = None  # type: ignore[assignment]
+            winner = self._redis
+        if cluster is not None:  # lost a race, or closed meanwhile: drop ours
+            self._close_cluster(cluster)
+        if winner is None:
+            raise RedisPoolClosed(f"pool {self.name!r} is closed")
+        self._close_departed()  # the startup node's first pool is no node's now
+        return winner
+
+    def client(
+        self, key: str | bytes, timeout: float | None = None, *, wait: float | None = None
+    ) -> _ClientLease:
+        """``with pool.client(key) as r:`` a ``redis.Redis`` pinned to one checked
+        connection of the primary serving ``key``'s slot (for WATCH/MULTI and
+        multi-command work on one slot: give related keys one ``{hash tag}``).
+        Keys of other slots get MOVED errors, as on any single node."""
+        cluster = self.redis
+        node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
+        pool: _NodePool = cluster.get_redis_connection(node).connection_pool  # type: ignore[assignment]
+        return pool._owner.client(timeout, wait=wait)
+
+    def node_pools(self) -> dict[str, RedisPool]:
+        """``host:port`` -> the ``RedisPool`` of each node in use now."""
+        with self._lock:
+            pools = list(self._pools.values())
+        return {p.node: p._owner for p in pools}
+
+    # -- lifecycle and numbers ------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Discover the cluster and fill each node pool to ``min_size``."""
+        self.redis  # noqa: B018 - connects
+        for pool in self.node_pools().values():
+            pool.open(wait=wait, timeout=timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close every node pool: idle connections now, borrowed ones when returned."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            cluster, self._redis = self._redis, None
+        if cluster is not None:
+            self._close_cluster(cluster)
+        with self._lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool._owner.close(timeout)
+
+    @staticmethod
+    def _close_cluster(cluster: RedisCluster) -> None:
+        try:
+            cluster.close()  # its node clients; our pools are closed by their owner
+        except Exception:  # pragma: no cover - redis-py's close is best effort
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> RedisClusterPoolStats:
+        """Totals over the nodes (sums; ``wait_time_max`` and
+        ``consecutive_create_errors`` the worst node's), plus ``nodes``."""
+        nodes = {node: pool.stats() for node, pool in sorted(self.node_pools().items())}
+        totals: dict[str, Any] = dict.fromkeys(_SUMMED, 0)
+        for key, value in self._retired.items():
+            totals[key] += value
+        reasons: dict[str, int] = {}
+        worst_wait, streak, last_error = 0.0, 0, None
+        for s in nodes.values():
+            for key in _SUMMED:
+                totals[key] += getattr(s, key)
+            for reason, n in s.destroyed_by_reason.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+            worst_wait = max(worst_wait, s.wait_time_max)
+            if s.consecutive_create_errors > streak:
+                streak, last_error = s.consecutive_create_errors, s.last_create_error
+        return RedisClusterPoolStats(
+            name=self.name,
+            **totals,
+            destroyed_by_reason=reasons,
+            wait_time_max=worst_wait,
+            consecutive_create_errors=streak,
+            last_create_error=last_error,
+            closed=self._closed,
+            nodes=nodes,
+            topology_refreshes=self._refreshes,
+        )
+
+    def __enter__(self) -> RedisClusterPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<RedisClusterPool {self.url!r} nodes={len(self._pools)}{state}>"
+
+
+def _startup(spec: StartupNodes) -> tuple[str, list[tuple[str, int]]]:
+    """(URL of the first startup node, every startup node as (host, port))."""
+    if isinstance(spec, str):
+        kwargs = parse_redis_url(spec)
+        if "path" in kwargs:
+            raise ValueError(f"a cluster has no unix sockets: {redact_url(spec)!r}")
+        return spec, [(kwargs.get("host", "localhost"), int(kwargs.get("port", 6379)))]
+    if not isinstance(spec, Iterable) or isinstance(spec, bytes):
+        raise TypeError(f"url_or_startup_nodes must be a URL or a list of nodes, got {spec!r}")
+    nodes = [_node(item) for item in spec]
+    if not nodes:
+        raise ValueError("url_or_startup_nodes: the list of startup nodes is empty")
+    host, port = nodes[0]
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"redis://{netloc}", nodes
+
+
+def _node(item: object) -> tuple[str, int]:
+    if isinstance(item, ClusterNode):
+        return str(item.host), int(item.port)
+    if isinstance(item, str) and ":" in item:
+        host, _, port = item.rpartition(":")
+        host = host.strip("[]")
+    elif isinstance(item, tuple) and len(item) == 2:
+        host, port = item
+    else:
+        raise TypeError(
+            f"a startup node is 'host:port', (host, port) or a ClusterNode, got {item!r}"
+        )
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"startup node {item!r}: bad host")
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"startup node {item!r}: port must be an int") from None
+    if not 1 <= number <= 65535:
+        raise ValueError(f"startup node {item!r}: port must be between 1 and 65535")
+    return host, number
