@@ -10,13 +10,16 @@ from .cluster import (
 )
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from .pool import ObjectPool
+from .redis_adapter import ConnectionPool
 from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
 from .redis_pool import RedisPool, RedisPoolStats
+from .sizing import budget
 from .stats import PoolStats
 
 __all__ = [
     "ClusterPoolTimeout",
     "ClusterTooManyWaiters",
+    "ConnectionPool",
     "ObjectPool",
     "PoolClosed",
     "PoolError",
@@ -30,6 +33,7 @@ __all__ = [
     "RedisPoolTimeout",
     "RedisTooManyWaiters",
     "TooManyWaiters",
+    "budget",
 ]
 
 __version__ = "0.1.0.dev0"

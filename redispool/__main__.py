@@ -12,7 +12,9 @@ def main(argv: list[str] | None = None) -> int:
             "usage: python -m redispool demo [--host H] [--port P] [--workers N]\n"
             "                                [--worker-class sync|gthread|gevent]\n"
             "                                [--per-request] [--no-gunicorn] [--load]\n"
-            "       python -m redispool bench [--workers N] [--ops M] [--gevent] [--maxclients K]"
+            "       python -m redispool bench [--workers N] [--ops M] [--gevent] [--maxclients K]\n"
+            "       python -m redispool budget (--maxclients K | --url URL)"
+            " --workers-per-host W [--hosts H] [--reserve R]"
         )
         return 0 if args else 2
     if args[0] == "demo":
@@ -23,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         from .loadtest import main as bench_main
 
         return bench_main(args[1:])
+    if args[0] == "budget":
+        from .sizing import main as budget_main
+
+        return budget_main(args[1:])
     print(f"unknown command {args[0]!r}; try: python -m redispool demo", file=sys.stderr)
     return 2
 

@@ -1,7 +1,9 @@
 """redis-py ``ConnectionPool`` look-alikes backed by a ``RedisPool``.
 
-``ConnectionPoolAdapter`` lets unmodified code (and libraries such as limits,
-Flask-Caching or RQ) use the pool through ``redis.Redis(connection_pool=...)``.
+``ConnectionPool`` is the class to give any library that takes a redis-py pool
+class or instance (``redis.Redis(connection_pool=...)``, Django's ``RedisCache``
+``pool_class``, django-redis's ``CONNECTION_POOL_CLASS``, redis-py's cluster
+``connection_pool_class``); ``RedisPool.as_redis_pool()`` returns one.
 ``PinnedPool`` serves one borrowed connection to a ``PinnedRedis`` (the client
 ``pool.client()`` yields) and its pipelines, and refuses once the block is over.
 """
@@ -10,18 +12,27 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+import threading
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from redis.client import Pipeline, PubSub
-from redis.connection import Connection
+from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import RedisError
 
+from .config import parse_redis_url, redact_url
 from .errors import PoolError
 
 if TYPE_CHECKING:
     from .redis_pool import RedisPool
 
-__all__ = ["ConnectionPoolAdapter", "PinnedPipeline", "PinnedPool", "PinnedRedis"]
+__all__ = [
+    "ConnectionPool",
+    "ConnectionPoolAdapter",
+    "PinnedPipeline",
+    "PinnedPool",
+    "PinnedRedis",
+]
 
 log = logging.getLogger("redispool.redis")
 
@@ -30,14 +41,96 @@ try:  # redis-py >= 5
 except ImportError:  # pragma: no cover - older layouts
     from redis.connection import Encoder  # type: ignore[attr-defined]
 
+_CP = TypeVar("_CP", bound="ConnectionPool")
 
-class ConnectionPoolAdapter:
-    """The parts of redis-py's ``ConnectionPool`` interface that clients and
-    libraries use, served by a ``RedisPool``."""
+# redis-py pool arguments that configure features redispool does not provide.
+_UNSUPPORTED = {
+    "cache": "client-side caching",
+    "cache_config": "client-side caching",
+    "cache_factory": "client-side caching",
+}
+# Handed to a pool by redis-py's cluster client with maintenance notifications
+# on "auto": redispool runs without them, as redis-py does for connection
+# classes that cannot handle them.
+_DROPPED = ("oss_cluster_maint_notifications_handler", "maint_notifications_pool_handler")
 
-    def __init__(self, owner: RedisPool) -> None:
-        self._owner = owner
-        kwargs = owner.connection_kwargs
+
+class ConnectionPool:
+    """A redis-py-compatible connection pool, backed by a fair ``RedisPool``.
+
+    ``ConnectionPool(connection_class=Connection, max_connections=None,
+    timeout=4.0, **connection_kwargs)`` takes redis-py's arguments:
+    ``max_connections`` is ``max_size``, ``timeout`` how long a borrow waits,
+    everything else (``host``, ``port``, ``db``, ``password``, ``ssl_*``,
+    ``socket_timeout``, ``health_check_interval``, ...) goes to the connections,
+    and any ``RedisPool`` option (``min_size``, ``max_idle_time``, ``name``, ...)
+    to the pool. ``from_url(url, **options)`` as in redis-py (the URL's values win).
+
+    ``disconnect()``, ``reset()`` and ``close()`` replace the connections (idle
+    ones now, borrowed ones when returned) and leave the pool usable, as redis-py
+    does; ``redis_pool.close()`` ends it. Client options such as
+    ``decode_responses`` belong here: ``redis.Redis(connection_pool=...)``
+    ignores its own.
+    """
+
+    redis_pool: RedisPool
+
+    def __init__(
+        self,
+        connection_class: type[Connection] | None = None,
+        max_connections: int | None = None,
+        **options: Any,
+    ) -> None:
+        from .redis_pool import RedisPool  # the pool imports this module
+
+        for key, feature in _UNSUPPORTED.items():
+            if options.get(key) is not None:
+                raise RedisError(f"ConnectionPool: {key}= ({feature}) is not supported")
+            options.pop(key, None)
+        for key in _DROPPED:
+            options.pop(key, None)
+        maint = options.pop("maint_notifications_config", None)
+        _check_maint_notifications(maint)
+        if max_connections is not None:
+            if "max_size" in options:
+                raise TypeError("ConnectionPool: give max_connections or max_size, not both")
+            options["max_size"] = max_connections
+        cls = connection_class or Connection
+        if not issubclass(cls, UnixDomainSocketConnection):
+            options.setdefault("host", "localhost")
+            options.setdefault("port", 6379)
+        url = _display_url(cls, options)
+        try:
+            parse_redis_url(url)
+        except ValueError:  # an odd host: RedisPool names it from the options
+            url = "redis://"
+        options.setdefault("name", url)
+        pool = RedisPool(url, connection_class=cls, **options)
+        self._attach(pool)
+        self.maint_notifications_config = maint
+
+    @classmethod
+    def from_url(cls: type[_CP], url: str, **options: Any) -> _CP:
+        """A pool for ``redis://``, ``rediss://`` or ``unix://`` ``url``; as in
+        redis-py, the URL's values win over ``options`` (``connection_class`` excepted)."""
+        url_options = parse_redis_url(url)  # errors are redacted
+        if "connection_class" in options:
+            url_options["connection_class"] = options["connection_class"]
+        options.update(url_options)
+        options.setdefault("name", redact_url(url))
+        return cls(**options)
+
+    @classmethod
+    def _of(cls, pool: RedisPool) -> ConnectionPool:
+        """The view ``RedisPool.as_redis_pool()`` returns."""
+        self = cls.__new__(cls)
+        self._attach(pool)
+        self.maint_notifications_config = None
+        return self
+
+    def _attach(self, pool: RedisPool) -> None:
+        self.redis_pool = pool
+        kwargs = pool.connection_kwargs
         self._encoder = Encoder(
             encoding=kwargs.get("encoding", "utf-8"),
             encoding_errors=kwargs.get("encoding_errors", "strict"),
@@ -45,11 +138,12 @@ class ConnectionPoolAdapter:
         )
         self.pid = os.getpid()
         self.cache = None
-        self._himport: Any = None
+        # redis-py's cluster client holds this around the reconnect calls below.
+        self._lock = threading.RLock()
 
     # What redis.Redis, Pipeline and PubSub call.
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Connection:
-        conn: Connection = self._owner._get()
+        conn: Connection = self.redis_pool._get()
         return conn
 
     def release(self, connection: Connection) -> None:
@@ -57,63 +151,120 @@ class ConnectionPoolAdapter:
             log.debug("release of a foreign object %r ignored", type(connection).__name__)
             return
         try:
-            self._owner._put(connection)
+            self.redis_pool._put(connection)
         except ValueError:
             # Like redis-py: a connection this pool does not own is ignored.
-            log.debug("release of a connection not borrowed from %r ignored", self._owner)
+            log.debug("release of a connection not borrowed from %r ignored", self.redis_pool)
 
     def get_encoder(self) -> Any:
         return self._encoder
 
     @property
     def connection_kwargs(self) -> dict[str, Any]:
-        return self._owner.connection_kwargs
+        return self.redis_pool.connection_kwargs
 
     @property
     def connection_class(self) -> type[Connection]:
-        return self._owner._conn_class
+        return self.redis_pool._conn_class
 
     @property
     def max_connections(self) -> int:
-        return self._owner._pool._max_size
+        return self.redis_pool.stats().max_size
 
     def get_protocol(self) -> Any:
-        return self._owner.connection_kwargs.get("protocol")
+        return self.connection_kwargs.get("protocol")
 
     @property
     def himport_registry(self) -> Any:
-        if self._himport is None:
-            from redis.client import HImportRegistry  # type: ignore[attr-defined]
+        """redis-py 8.1+'s HIMPORT registry, shared by every connection."""
+        registry = self.connection_kwargs.get("himport_registry")
+        if registry is None:
+            from redis.himport import HImportRegistry
 
-            self._himport = HImportRegistry()
-        return self._himport
+            registry = self.connection_kwargs["himport_registry"] = HImportRegistry()
+        return registry
 
-    # Lifecycle calls libraries make: replace connections, never close the shared pool.
+    @himport_registry.setter
+    def himport_registry(self, registry: Any) -> None:
+        self.connection_kwargs["himport_registry"] = registry  # for new connections
+
+    # Lifecycle calls libraries make: replace connections, keep the pool usable.
     def reset(self) -> None:
-        self._owner.drain()
+        self.redis_pool.drain()
 
     def disconnect(self, inuse_connections: bool = True) -> None:
-        self._owner.drain()
+        self.redis_pool.drain()
 
     def close(self) -> None:
-        self._owner.drain()
+        self.redis_pool.drain()
+
+    def __enter__(self: _CP) -> _CP:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def set_retry(self, retry: Any) -> None:
-        self._owner.connection_kwargs["retry"] = retry
-        self._owner.drain()
+        """The retry policy of new connections and of every live one, borrowed too."""
+        self.connection_kwargs["retry"] = retry
+        for conn in self.redis_pool._pool.objects():
+            conn.retry = retry
 
     def re_auth_callback(self, token: Any) -> None:
         raise NotImplementedError("re-authentication is not supported by redispool")
 
     def get_connection_count(self) -> list[tuple[int, dict[str, Any]]]:
-        return [(self._owner.stats().size, {"pool": self._owner.name})]
+        return [(self.redis_pool.stats().size, {"pool": self.redis_pool.name})]
 
     def make_connection(self) -> Connection:
         """A new connection outside the pool (the caller owns and closes it)."""
-        return self._owner._conn_class(**self._owner.connection_kwargs)
+        return self.redis_pool._conn_class(**self.connection_kwargs)
+
+    # What redis-py's cluster client calls on a node's pool.
+    def update_active_connections_for_reconnect(self, moving_address_src: Any = None) -> None:
+        """Borrowed connections are replaced when returned (in-flight commands finish)."""
+        self.redis_pool.drain()
+
+    def disconnect_free_connections(self, moving_address_src: Any = None) -> None:
+        """Idle connections are closed now (and borrowed ones replaced on return)."""
+        self.redis_pool.drain()
+
+    def update_maint_notifications_config(
+        self, maint_notifications_config: Any, oss_cluster_maint_notifications_handler: Any = None
+    ) -> None:
+        """Maintenance notifications stay off (``enabled="auto"`` is accepted)."""
+        _check_maint_notifications(maint_notifications_config)
+        self.maint_notifications_config = maint_notifications_config
+
+    def maint_notifications_enabled(self) -> bool:
+        return False
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} of {self._owner!r}>"
+        return f"<{type(self).__name__} of {self.redis_pool!r}>"
+
+
+ConnectionPoolAdapter = ConnectionPool
+"""Deprecated alias of ``ConnectionPool``."""
+
+
+def _check_maint_notifications(config: Any) -> None:
+    if config is not None and getattr(config, "enabled", None) is True:
+        raise RedisError(
+            "ConnectionPool: maintenance notifications are not supported by redispool "
+            "(use MaintNotificationsConfig(enabled=False) or 'auto')"
+        )
+
+
+def _display_url(cls: type[Connection], options: dict[str, Any]) -> str:
+    """A password-free URL naming the server, for the pool's name and repr."""
+    if issubclass(cls, UnixDomainSocketConnection):
+        return f"unix://{options.get('path', '')}"
+    scheme = "rediss" if issubclass(cls, SSLConnection) else "redis"
+    host = str(options.get("host"))
+    if ":" in host:
+        host = f"[{host}]"
+    db = options.get("db", 0)
+    return f"{scheme}://{host}:{options.get('port')}/{db}"
 
 
 class PinnedPool:
@@ -121,7 +272,7 @@ class PinnedPool:
 
     __slots__ = ("_adapter", "_conn")
 
-    def __init__(self, adapter: ConnectionPoolAdapter, conn: Connection) -> None:
+    def __init__(self, adapter: ConnectionPool, conn: Connection) -> None:
         self._adapter = adapter
         self._conn: Connection | None = conn
 

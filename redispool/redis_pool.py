@@ -13,11 +13,12 @@ discarded unless it is connected, owes no reply and holds no session state.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -32,7 +33,7 @@ from .config import env_options, parse_redis_url, redact_url
 from .connection import TIMEOUT_SET, is_alive, pooled_class, set_io_timeout
 from .dns import DNSCache
 from .pool import ObjectPool
-from .redis_adapter import ConnectionPoolAdapter, PinnedPool, PinnedRedis
+from .redis_adapter import ConnectionPool, PinnedPool, PinnedRedis
 from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
 from .stats import PoolStats
 
@@ -56,8 +57,11 @@ _REFUSED = {
     "max_connections": "use max_size",
     "connection_pool": "RedisPool is the pool",
     "single_connection_client": "use pool.client()",
-    "health_check_interval": None,  # ours; handled before
 }
+# How long a connection may sit idle before a borrow PINGs it, unless given.
+DEFAULT_HEALTH_CHECK_INTERVAL = 30.0
+# min_size unless given (never above max_size).
+DEFAULT_MIN_SIZE = 5
 
 
 # socket.settimeout() overflows a little past 9.2e9 s; nobody needs more than this.
@@ -99,6 +103,22 @@ def _check_connection_options(kwargs: dict[str, Any]) -> None:
     retry = kwargs.get("retry")
     if retry is not None and not isinstance(retry, Retry):
         raise TypeError(f"retry must be a redis.retry.Retry or None, got {retry!r}")
+
+
+_HImportRegistry: Callable[[], Any] | None
+try:  # redis-py >= 8.1: one registry per pool, shared by its connections
+    from redis.himport import HImportRegistry as _HImportRegistry
+except ImportError:  # pragma: no cover - older redis-py
+    _HImportRegistry = None
+
+
+def _accepts(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` takes a keyword argument ``name``."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a C-level constructor
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _trial_connection(cls: type[Connection], kwargs: dict[str, Any], options: Any) -> None:
@@ -159,11 +179,13 @@ class _ConnectionPool(ObjectPool[Connection]):
 class RedisPool:
     """A fair, bounded pool of checked redis-py connections.
 
-    Options: ``min_size`` (5), ``max_size`` (20), ``timeout`` (4 s: how long a
-    borrow waits), ``connect_timeout`` (2 s), ``socket_timeout`` (2 s per read or
-    write), ``max_idle_time`` (300 s), ``max_lifetime`` (1800 s),
-    ``health_check_interval`` (30 s: PING a connection idle that long before
-    lending it), ``max_waiting`` (0: unbounded), ``dns_ttl`` (30 s),
+    Options: ``min_size`` (5, or ``max_size`` if smaller), ``max_size`` (20),
+    ``timeout`` (4 s: how long a borrow waits), ``connect_timeout`` (2 s),
+    ``socket_timeout`` (2 s per read or write), ``max_idle_time`` (300 s),
+    ``max_lifetime`` (1800 s), ``health_check_interval`` (30 s: PING a connection
+    idle that long before lending it; when given, also redis-py's own check on the
+    connection, so a long-held one PINGs too), ``max_waiting`` (0: unbounded),
+    ``dns_ttl`` (30 s),
     ``read_url`` (a replica for ``reader()``), ``name``; any other keyword is a
     redis-py connection option (``password``, ``username``, ``db``, ``ssl_*``,
     ``client_name``, ``decode_responses``, ``protocol``, ``retry``, ...) and
@@ -174,14 +196,14 @@ class RedisPool:
         self,
         url: str = "redis://localhost:6379/0",
         *,
-        min_size: int = 5,
+        min_size: int | None = None,
         max_size: int = 20,
         timeout: float | None = 4.0,
         connect_timeout: float | None = 2.0,
         socket_timeout: float | None = 2.0,
         max_idle_time: float = 300.0,
         max_lifetime: float = 1800.0,
-        health_check_interval: float = 30.0,
+        health_check_interval: float | None = None,
         max_waiting: int = 0,
         dns_ttl: float = 30.0,
         read_url: str | None = None,
@@ -202,8 +224,11 @@ class RedisPool:
             connect_name = "socket_connect_timeout"
         _socket_timeout(connect_name, connect_timeout)
         _socket_timeout("socket_timeout", socket_timeout)
-        _number("health_check_interval", health_check_interval, minimum=0)
         _number("dns_ttl", dns_ttl, minimum=0)
+        if min_size is None:  # follows a small max_size down
+            min_size = DEFAULT_MIN_SIZE
+            if isinstance(max_size, int) and not isinstance(max_size, bool):
+                min_size = max(0, min(min_size, max_size))
         if read_url is not None:
             try:
                 parse_redis_url(read_url)
@@ -211,12 +236,27 @@ class RedisPool:
                 raise type(exc)(f"read_url: {exc}") from None
         kwargs = parse_redis_url(url)
         kwargs.update(options)
+        if health_check_interval is None:  # maybe ?health_check_interval= in the URL
+            health_check_interval = kwargs.get("health_check_interval")
+        _number("health_check_interval", health_check_interval, minimum=0, none_ok=True)
         _check_connection_options(kwargs)
         cls = kwargs.pop("connection_class", None) or Connection
         self._conn_class: type[Connection] = pooled_class(cls)
         kwargs["socket_timeout"] = socket_timeout
         kwargs["socket_connect_timeout"] = connect_timeout
-        kwargs["health_check_interval"] = 0  # we check on borrow instead
+        # Checked on borrow (a PING only after that long idle); given by the user,
+        # also on the connection, as redis-py does: a long-held connection (pubsub,
+        # pipeline, lock) PINGs before a command after that long without a reply.
+        kwargs["health_check_interval"] = health_check_interval or 0
+        given_interval = health_check_interval
+        if health_check_interval is None:
+            health_check_interval = DEFAULT_HEALTH_CHECK_INTERVAL
+        if (
+            _HImportRegistry is not None  # redis-py >= 8.1
+            and kwargs.get("himport_registry") is None
+            and _accepts(self._conn_class, "himport_registry")
+        ):
+            kwargs["himport_registry"] = _HImportRegistry()
         self.url = redact_url(url)
         self.name = name or self.url
         self._socket_timeout = socket_timeout
@@ -245,7 +285,7 @@ class RedisPool:
             **pool_opts,
         )
         self._borrow, self._release = self._pool.borrow, self._pool.release  # hot path
-        self._adapter = ConnectionPoolAdapter(self)
+        self._adapter = ConnectionPool._of(self)
         self._redis: redis.Redis | None = None
         self._proto: dict[str, Any] | None = None
         self.read_pool: RedisPool | None = None
@@ -259,7 +299,7 @@ class RedisPool:
                 socket_timeout=socket_timeout,
                 max_idle_time=max_idle_time,
                 max_lifetime=max_lifetime,
-                health_check_interval=health_check_interval,
+                health_check_interval=given_interval,
                 max_waiting=max_waiting,
                 dns_ttl=dns_ttl,
                 name=f"{self.name} (read)",
@@ -406,7 +446,7 @@ class RedisPool:
             self._redis = redis.Redis(connection_pool=self._adapter)  # type: ignore[arg-type]
         return self._redis
 
-    def as_redis_pool(self) -> ConnectionPoolAdapter:
+    def as_redis_pool(self) -> ConnectionPool:
         """This pool as a redis-py connection pool: ``redis.Redis(connection_pool=...)``."""
         return self._adapter
 

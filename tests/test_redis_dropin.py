@@ -595,3 +595,64 @@ def test_flask_caching_backend_with_connection_pool_kwarg(pool: RedisPool) -> No
         assert cache.get("k") == [1, "two"]
         assert cache.delete("k")
         assert cache.get("k") is None
+
+
+# -- redis-py's pool semantics: set_retry, health_check_interval ---------------
+
+
+def test_set_retry_reaches_borrowed_connections(pool: RedisPool) -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    r = redis.Redis(connection_pool=pool.as_redis_pool())  # type: ignore[arg-type]
+    r.ping()
+    retry = Retry(NoBackoff(), 7)
+    with pool.connection() as held:
+        r.set_retry(retry)  # as redis-py's pool: idle and borrowed connections alike
+        assert held.retry is retry
+    assert all(conn.retry is retry for conn in pool._pool.objects())
+    assert pool.connection_kwargs["retry"] is retry
+    with pool.connection() as conn:
+        assert conn.retry is retry
+
+
+def _pings(client: redis.Redis) -> int:
+    stats = client.info("commandstats").get("cmdstat_ping", {})
+    return int(stats.get("calls", 0))
+
+
+def test_health_check_interval_is_honoured_on_connections(redis_url: str) -> None:
+    """A connection held past the interval PINGs before its next command, as with
+    redis-py's own pool (pubsub, long pipelines and locks keep their keepalive)."""
+    with _pool(redis_url, health_check_interval=0.3, min_size=0) as p:
+        admin = redis.Redis.from_url(redis_url)
+        with p.connection() as conn:
+            assert conn.health_check_interval == 0.3
+            conn.send_command("GET", "x")
+            conn.read_response()
+            before = _pings(admin)
+            time.sleep(0.5)
+            conn.send_command("GET", "x")
+            conn.read_response()
+            assert _pings(admin) - before == 1
+        # A connection idle in the pool past the interval: PINGed once on borrow,
+        # and its first command sends no second PING.
+        time.sleep(0.5)
+        before = _pings(admin)
+        assert p.redis.get("x") is None
+        assert _pings(admin) - before == 1
+        ps = p.redis.pubsub()
+        ps.subscribe("ch")
+        wait_message(ps, "subscribe")
+        assert ps.connection is not None and ps.connection.health_check_interval == 0.3
+        ps.close()
+        admin.close()
+
+
+def test_default_health_check_is_on_borrow_only(redis_url: str) -> None:
+    with _pool(redis_url, min_size=0) as p, p.connection() as conn:
+        assert conn.health_check_interval == 0
+        assert p._health_check_interval == 30.0
+    base = redis_url.rsplit("/", 1)[0]
+    with _pool(f"{base}/0?health_check_interval=7", min_size=0) as p, p.connection() as conn:
+        assert conn.health_check_interval == 7 and p._health_check_interval == 7

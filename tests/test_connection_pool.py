@@ -1,0 +1,242 @@
+"""``redispool.ConnectionPool``: redis-py's pool interface (constructor, ``from_url``,
+lifecycle, the cluster client's hooks) served by a fair ``RedisPool``, against a
+real redis-server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.maint_notifications import MaintNotificationsConfig
+
+import redispool
+from redispool import ConnectionPool, RedisPool, RedisPoolTimeout
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def pools() -> Iterator[list[ConnectionPool]]:
+    """Pools a test makes; their RedisPools are closed afterwards."""
+    made: list[ConnectionPool] = []
+    yield made
+    for p in made:
+        p.redis_pool.close(timeout=1)
+
+
+def _client_db(pool: ConnectionPool) -> int:
+    r = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+    info = r.client_info()
+    return int(info["db"])
+
+
+def test_from_url_with_redis_client(redis_url: str, pools: list[ConnectionPool]) -> None:
+    pool = ConnectionPool.from_url(redis_url, min_size=0)
+    pools.append(pool)
+    r = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+    assert r.set("k", "v") and r.get("k") == b"v"
+    with r.pipeline() as pipe:
+        pipe.incr("n").incr("n")
+        assert pipe.execute() == [1, 2]
+    stats = pool.redis_pool.stats()
+    assert stats.commands >= 4 and stats.borrows >= 3 and stats.in_use == 0
+    assert isinstance(pool.redis_pool, RedisPool)
+    assert redis_url.split("//")[1].split("/")[0] in pool.redis_pool.name
+    r.close()  # a client given a pool never closes it
+    assert r.get("k") == b"v"
+
+
+def test_as_redis_pool_is_a_connection_pool(redis_url: str) -> None:
+    with RedisPool(redis_url, min_size=0) as rp:
+        view = rp.as_redis_pool()
+        assert isinstance(view, ConnectionPool)
+        assert view.redis_pool is rp
+        assert redispool.redis_adapter.ConnectionPoolAdapter is ConnectionPool  # old name
+
+
+def test_redis_py_constructor_arguments(redis_server: Any, pools: list[ConnectionPool]) -> None:
+    pool = ConnectionPool(
+        host=redis_server.host,
+        port=redis_server.port,
+        db=3,
+        max_connections=2,
+        timeout=0.3,
+        client_name="cp-test",
+    )
+    pools.append(pool)
+    stats = pool.redis_pool.stats()
+    assert (stats.min_size, stats.max_size) == (2, 2)  # min_size follows max_size down
+    assert pool.max_connections == 2
+    assert pool.connection_kwargs["host"] == redis_server.host
+    assert pool.connection_kwargs["port"] == redis_server.port
+    assert _client_db(pool) == 3
+    held = [pool.get_connection(), pool.get_connection()]
+    t0 = time.monotonic()
+    with pytest.raises(redis.ConnectionError) as info:  # the wait is `timeout`
+        pool.get_connection()
+    assert isinstance(info.value, RedisPoolTimeout)
+    assert 0.2 <= time.monotonic() - t0 < 5
+    for conn in held:
+        pool.release(conn)
+    assert pool.redis_pool.stats().in_use == 0
+
+
+def test_from_url_values_win_as_in_redis_py(redis_url: str, pools: list[ConnectionPool]) -> None:
+    base = redis_url.rsplit("/", 1)[0]
+    pool = ConnectionPool.from_url(f"{base}/4?max_connections=3&timeout=0.5", db=7)
+    pools.append(pool)
+    assert _client_db(pool) == 4
+    stats = pool.redis_pool.stats()
+    assert stats.max_size == 3 and stats.min_size == 3
+    assert pool.redis_pool._pool._timeout == 0.5
+    keyword = ConnectionPool.from_url(base, db=7, max_connections=4, min_size=1)
+    pools.append(keyword)
+    assert _client_db(keyword) == 7
+    assert keyword.redis_pool.stats().max_size == 4
+
+
+def test_client_options_belong_to_the_pool(redis_url: str, pools: list[ConnectionPool]) -> None:
+    pool = ConnectionPool.from_url(redis_url, decode_responses=True, min_size=0)
+    pools.append(pool)
+    r = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+    r.set("s", "x")
+    assert r.get("s") == "x"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"max_connections": 0}, ["max_size", "0"]),
+        ({"max_connections": 3, "max_size": 4}, ["max_connections", "max_size"]),
+        ({"cache": object()}, ["cache"]),
+        ({"cache_config": object()}, ["cache_config"]),
+        (
+            {"maint_notifications_config": MaintNotificationsConfig(enabled=True)},
+            ["maintenance notifications"],
+        ),
+        ({"min_size": 4, "max_connections": 2}, ["min_size (4)", "max_size (2)"]),
+        ({"port": 70000}, ["port", "70000"]),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs: dict[str, Any], words: list[str]) -> None:
+    with pytest.raises((TypeError, ValueError, redis.RedisError)) as info:
+        ConnectionPool(**kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_lifecycle_calls_keep_the_pool_usable(redis_url: str, pools: list[ConnectionPool]) -> None:
+    pool = ConnectionPool.from_url(redis_url, min_size=0)
+    pools.append(pool)
+    r = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+    for call in (pool.disconnect, pool.reset, pool.close):
+        r.ping()
+        held = pool.get_connection()
+        call()  # as redis-py: connections go, the pool stays
+        pool.release(held)
+        assert r.ping()
+    with pool as same:
+        assert same is pool
+    assert not pool.redis_pool.closed and r.ping()
+    destroyed = pool.redis_pool.stats().destroyed_by_reason
+    assert destroyed.get("drain", 0) >= 3, destroyed
+
+
+# -- what redis-py's cluster client needs of a node pool ---------------------
+
+
+def test_cluster_node_pool_hooks(redis_url: str, pools: list[ConnectionPool]) -> None:
+    pool = ConnectionPool.from_url(
+        redis_url,
+        maint_notifications_config=MaintNotificationsConfig(enabled="auto"),
+        oss_cluster_maint_notifications_handler=object(),  # dropped: notifications stay off
+        min_size=0,
+    )
+    pools.append(pool)
+    rp = pool.redis_pool
+    idle = pool.get_connection()
+    held = pool.get_connection()
+    pool.release(idle)
+    with pool._lock:  # the cluster client's sequence after a connection error
+        pool.update_active_connections_for_reconnect()
+        pool.disconnect_free_connections()
+    assert idle._sock is None  # type: ignore[attr-defined]  # closed at once
+    assert held._sock is not None  # type: ignore[attr-defined]  # in-flight use finishes
+    held.send_command("PING")
+    assert held.read_response() == b"PONG"
+    pool.release(held)
+    assert held._sock is None  # type: ignore[attr-defined]  # replaced on return
+    assert rp.stats().in_use == 0 and rp.stats().idle == 0
+
+    pool.update_maint_notifications_config(MaintNotificationsConfig(enabled="auto"))
+    assert not pool.maint_notifications_enabled()
+    with pytest.raises(redis.RedisError, match="maintenance notifications"):
+        pool.update_maint_notifications_config(MaintNotificationsConfig(enabled=True))
+
+
+def test_himport_registry_is_shared_and_settable(
+    redis_url: str, pools: list[ConnectionPool]
+) -> None:
+    pytest.importorskip("redis.himport")
+    from redis.himport import HImportRegistry
+
+    pool = ConnectionPool.from_url(redis_url, min_size=0)
+    pools.append(pool)
+    r = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+    assert r.himport_registry is pool.himport_registry
+    conn = pool.get_connection()
+    assert conn.himport_registry is pool.himport_registry  # type: ignore[attr-defined]
+    pool.release(conn)
+    shared = HImportRegistry()
+    pool.himport_registry = shared  # as the cluster client does
+    assert pool.himport_registry is shared
+    assert pool.connection_kwargs["himport_registry"] is shared
+    pool.disconnect()
+    conn = pool.get_connection()
+    assert conn.himport_registry is shared  # type: ignore[attr-defined]
+    pool.release(conn)
+
+
+def test_cluster_can_build_node_pools_from_url(redis_url: str) -> None:
+    """redis-py's ``NodesManager`` calls ``connection_pool_class(**kwargs)`` with
+    ``host``, ``port``, ``cache=None`` and a no-retry ``Retry``."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    kwargs = redis.connection.parse_url(redis_url)
+    kwargs.update(cache=None, retry=Retry(NoBackoff(), 0), min_size=0)
+    pool = ConnectionPool(**kwargs)
+    try:
+        node = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+        assert node.ping()
+        assert pool.get_connection_count()[0][0] >= 1
+    finally:
+        pool.redis_pool.close(timeout=1)
+
+
+def test_pool_is_shared_fairly_by_threads(redis_url: str, pools: list[ConnectionPool]) -> None:
+    pool = ConnectionPool.from_url(redis_url, max_connections=2, timeout=10)
+    pools.append(pool)
+    r = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(20):
+                r.incr("shared")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors
+    assert r.get("shared") == b"160"
+    stats = pool.redis_pool.stats()
+    assert stats.size <= 2 and stats.in_use == 0
