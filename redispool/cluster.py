@@ -32,7 +32,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from .config import env_options, parse_redis_url, redact_url
 from .connection import pooled_class
-from .redis_adapter import ConnectionPoolAdapter
+from .redis_adapter import ConnectionPool
 from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
 from .redis_pool import _POOL_OPTIONS, RedisPool, RedisPoolStats, _ClientLease
 
@@ -137,52 +137,24 @@ def _handshake(connect_func: Callable[[Any], None]) -> Callable[[Any], None]:
 # -- node pools --------------------------------------------------------------
 
 
-class _NodePool(ConnectionPoolAdapter):
-    """The ``connection_pool`` of one node's ``redis.Redis``: a ``RedisPool``
-    behind the calls ``RedisCluster`` and its ``NodesManager`` make."""
+class _NodePool(ConnectionPool):
+    """The ``connection_pool`` of one node's ``redis.Redis``: redispool's
+    ``ConnectionPool`` with the errors redis-py's cluster client needs."""
 
-    def __init__(self, owner: RedisPool, node: str) -> None:
-        super().__init__(owner)
-        self.node = node
-        self._lock = threading.RLock()  # NodesManager holds it around the two hooks below
+    node: str
 
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Connection:
         try:
-            conn: Connection = self._owner._get()
+            conn: Connection = self.redis_pool._get()
             return conn
         except RedisPoolTimeout as exc:
             raise _wait_error(exc, self.node) from exc
         except RedisPoolClosed as exc:  # the node left the topology under us
             raise RedisConnectionError(f"{self.node}: {exc}") from exc
 
-    @property
-    def himport_registry(self) -> Any:
-        return super().himport_registry
-
-    @himport_registry.setter
-    def himport_registry(self, registry: Any) -> None:
-        self._himport = registry
-
-    def update_active_connections_for_reconnect(self, *args: Any, **kwargs: Any) -> None:
-        """After a connection error (and on each refresh through this node):
-        borrowed connections are replaced when returned."""
-        if not self._owner.closed:
-            self._owner.drain()
-
-    def disconnect_free_connections(self, *args: Any, **kwargs: Any) -> None:
-        """Idle connections are replaced (``drain()`` closes them now)."""
-        if not self._owner.closed:
-            self._owner.drain()
-
     def owns_connection(self, connection: Connection) -> bool:
-        kwargs = self._owner.connection_kwargs
+        kwargs = self.connection_kwargs
         return bool(connection.host == kwargs["host"] and connection.port == kwargs["port"])
-
-    def update_maint_notifications_config(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("RedisClusterPool does not support maintenance notifications")
-
-    def close(self) -> None:
-        """Ignored: ``RedisClusterPool`` closes its node pools itself."""
 
 
 def _wait_error(exc: RedisPoolTimeout, node: str) -> Exception:
@@ -296,7 +268,7 @@ class RedisClusterPool:
         # Bad options fail here, naming themselves, rather than at first use.
         host, port = self._startup[0]
         trial = {**parse_redis_url(self._url), "host": host, "port": port}
-        self._new_node_pool(**trial)._owner.close(0)
+        self._new_node_pool(**trial).redis_pool.close(0)
         self._pools.clear()
 
     @classmethod
@@ -323,9 +295,6 @@ class RedisClusterPool:
 
     def _new_node_pool(self, **kwargs: Any) -> _NodePool:
         """What ``NodesManager`` calls for each node (``connection_pool_class``)."""
-        if kwargs.pop("cache", None) is not None:
-            raise ValueError("client-side caching is not supported by RedisClusterPool")
-        host, port = kwargs.pop("host"), kwargs.pop("port")
         kwargs.pop("db", None)
         base = kwargs.pop("connection_class", None) or Connection
         kwargs["connection_class"] = _cluster_connection_class(base)
@@ -335,12 +304,9 @@ class RedisClusterPool:
         for key in _NODE_POOL_OPTIONS:  # a URL's ?socket_timeout= wins, as in redis-py
             if key in opts:
                 self._pool_opts[key] = opts.pop(key)
-        node = f"{host}:{port}"
-        netloc = f"[{host}]:{port}" if ":" in str(host) else node
-        owner = RedisPool(
-            f"redis://{netloc}", name=f"{self.name} {node}", **self._pool_opts, **opts
-        )
-        pool = _NodePool(owner, node)
+        node = f"{opts['host']}:{opts['port']}"
+        pool = _NodePool(name=f"{self.name} {node}", **self._pool_opts, **opts)
+        pool.node = node
         with self._lock:
             self._pools[id(pool)] = pool
         return pool
@@ -368,8 +334,8 @@ class RedisClusterPool:
             self._retire(pool)
 
     def _retire(self, pool: _NodePool) -> None:
-        pool._owner.close(timeout=0)  # idle connections now, borrowed ones on return
-        stats = pool._owner.stats()
+        pool.redis_pool.close(timeout=0)  # idle connections now, borrowed ones on return
+        stats = pool.redis_pool.stats()
         with self._lock:
             for key in _COUNTERS:
                 self._retired[key] += getattr(stats, key)
@@ -424,13 +390,13 @@ class RedisClusterPool:
         cluster = self.redis
         node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
         pool: _NodePool = cluster.get_redis_connection(node).connection_pool  # type: ignore[assignment]
-        return pool._owner.client(timeout, wait=wait)
+        return pool.redis_pool.client(timeout, wait=wait)
 
     def node_pools(self) -> dict[str, RedisPool]:
         """``host:port`` -> the ``RedisPool`` of each node in use now."""
         with self._lock:
             pools = list(self._pools.values())
-        return {p.node: p._owner for p in pools}
+        return {p.node: p.redis_pool for p in pools}
 
     # -- lifecycle and numbers ------------------------------------------------------
 
@@ -452,7 +418,7 @@ class RedisClusterPool:
         with self._lock:
             pools = list(self._pools.values())
         for pool in pools:
-            pool._owner.close(timeout)
+            pool.redis_pool.close(timeout)
 
     @staticmethod
     def _close_cluster(cluster: RedisCluster) -> None:
