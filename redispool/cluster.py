@@ -30,11 +30,12 @@ from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from .cluster_client import SlotLease, slot_of
 from .config import env_options, parse_redis_url, redact_url
 from .connection import pooled_class
 from .redis_adapter import ConnectionPool
 from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
-from .redis_pool import _POOL_OPTIONS, RedisPool, RedisPoolStats, _ClientLease
+from .redis_pool import _POOL_OPTIONS, RedisPool, RedisPoolStats, _check_lease, _ClientLease
 
 __all__ = [
     "ClusterPoolTimeout",
@@ -381,16 +382,36 @@ class RedisClusterPool:
         return winner
 
     def client(
-        self, key: str | bytes, timeout: float | None = None, *, wait: float | None = None
-    ) -> _ClientLease:
+        self,
+        key: str | bytes | None = None,
+        timeout: float | None = None,
+        *,
+        wait: float | None = None,
+    ) -> _ClientLease | SlotLease:
         """``with pool.client(key) as r:`` a ``redis.Redis`` pinned to one checked
         connection of the primary serving ``key``'s slot (for WATCH/MULTI and
         multi-command work on one slot: give related keys one ``{hash tag}``).
-        Keys of other slots get MOVED errors, as on any single node."""
+        Without ``key``, the client pins itself at its first command, by that
+        command's keys. ``timeout`` bounds each read and write, ``wait`` the
+        borrow, as ``RedisPool.client()``. Keys of other slots get MOVED or
+        CROSSSLOT errors, as on a single node."""
+        _check_lease(timeout, wait)
+        if key is None:
+            return SlotLease(
+                lambda slot: self._node_for(slot).client(timeout, wait=wait),
+                functools.partial(slot_of, self.redis),
+            )
+        return self._node_for(self.redis.keyslot(key)).client(timeout, wait=wait)
+
+    def _node_for(self, slot: int | None) -> RedisPool:
+        """The pool of the primary serving ``slot`` (None: the default node)."""
         cluster = self.redis
-        node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
+        if slot is None:
+            node = cluster.get_default_node()
+        else:
+            node = cluster.nodes_manager.get_node_from_slot(slot)
         pool: _NodePool = cluster.get_redis_connection(node).connection_pool  # type: ignore[assignment]
-        return pool.redis_pool.client(timeout, wait=wait)
+        return pool.redis_pool
 
     def node_pools(self) -> dict[str, RedisPool]:
         """``host:port`` -> the ``RedisPool`` of each node in use now."""
