@@ -220,7 +220,9 @@ class RedisClusterServer(contextlib.AbstractContextManager["RedisClusterServer"]
                     if c.cluster("INFO").get("cluster_state") != "ok":
                         return False
                     slots = c.execute_command("CLUSTER SLOTS")
-                    if len(slots) != self.n_primaries:
+                    if len({int(s[2][1]) for s in slots}) != self.n_primaries:
+                        return False
+                    if sum(int(s[1]) - int(s[0]) + 1 for s in slots) != SLOTS:
                         return False
                     if want != -1 and any(len(s) - 3 != want for s in slots):
                         return False
