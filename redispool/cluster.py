@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,23 +136,64 @@ def _handshake(connect_func: Callable[[Any], None]) -> Callable[[Any], None]:
     return on_connect
 
 
+def _skip_when_busy(initialize: Callable[..., Any]) -> Callable[..., Any]:
+    """``NodesManager.initialize`` that does nothing when called while handling
+    a ``MaxConnectionsError``: a cluster pipeline refreshes the whole topology
+    on any ``ConnectionError`` from a node pool, though a busy pool says
+    nothing about the topology (and the refresh would wait for a connection
+    of a busy pool, holding the lock every other refresh waits on)."""
+
+    @functools.wraps(initialize)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if isinstance(sys.exc_info()[1], MaxConnectionsError):
+            return None
+        return initialize(*args, **kwargs)
+
+    return guarded
+
+
 # -- node pools --------------------------------------------------------------
+
+
+# Per thread (greenlet): node -> connections held. A cluster pipeline takes one
+# connection per node, in command order, holding the earlier ones while it
+# waits: two pipelines could each hold what the other waits for. A borrower
+# waits only for a node ordered after every node it holds; otherwise it does
+# not wait (the pipeline gives its connections back and retries).
+_HELD = threading.local()
 
 
 class _NodePool(ConnectionPool):
     """The ``connection_pool`` of one node's ``redis.Redis``: redispool's
-    ``ConnectionPool`` with the errors redis-py's cluster client needs."""
+    ``ConnectionPool`` with the errors redis-py's cluster client needs and
+    ordered waiting across nodes."""
 
     node: str
 
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Connection:
+        held: dict[str, int] | None = getattr(_HELD, "nodes", None)
+        if held is None:
+            held = _HELD.nodes = {}
         try:
-            conn: Connection = self.redis_pool._get()
-            return conn
+            conn: Any = self.redis_pool._get(0.0 if held and max(held) >= self.node else None)
         except RedisPoolTimeout as exc:
             raise _wait_error(exc, self.node) from exc
         except RedisPoolClosed as exc:  # the node left the topology under us
             raise RedisConnectionError(f"{self.node}: {exc}") from exc
+        held[self.node] = held.get(self.node, 0) + 1
+        conn._rp_held = held
+        return conn  # type: ignore[no-any-return]
+
+    def release(self, connection: Connection) -> None:
+        held = getattr(connection, "_rp_held", None)
+        if held is not None:
+            connection._rp_held = None  # type: ignore[attr-defined]
+            left = held.get(self.node, 0) - 1
+            if left > 0:
+                held[self.node] = left
+            else:
+                held.pop(self.node, None)
+        super().release(connection)
 
     def owns_connection(self, connection: Connection) -> bool:
         kwargs = self.connection_kwargs
@@ -369,6 +411,8 @@ class RedisClusterPool:
             **self._cluster_opts,
             **allowed,
         )
+        manager = cluster.nodes_manager
+        manager.initialize = _skip_when_busy(manager.initialize)  # type: ignore[method-assign]
         with self._lock:
             if self._redis is None and not self._closed:
                 self._redis = cluster

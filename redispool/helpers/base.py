@@ -204,8 +204,7 @@ class HelperBase:
 
         if not isinstance(pool, (RedisPool, RedisClusterPool)):
             raise TypeError(
-                "pool must be a redispool.RedisPool or RedisClusterPool, "
-                f"got {type(pool).__name__}"
+                f"pool must be a redispool.RedisPool or RedisClusterPool, got {type(pool).__name__}"
             )
         self.pool = pool
         self.namespace = check_namespace(namespace)

@@ -163,11 +163,17 @@ class RedisClusterServer(contextlib.AbstractContextManager["RedisClusterServer"]
         return [node for node in self.running() if roles.get(node.port) == "slave"]
 
     def _nodes_view(self) -> dict[str, Any]:
-        """``CLUSTER NODES`` of the first running node (not a client's refresh
+        """``CLUSTER NODES`` as a running member sees it (not a client's refresh
         command, so it does not count in :meth:`refresh_count`)."""
-        with self.running()[0].client(socket_timeout=2) as c:
-            view: dict[str, Any] = c.execute_command("CLUSTER NODES")
-        return view
+        best: dict[str, Any] = {}
+        for node in self.running():  # a node just removed (reset) knows only itself
+            with node.client(socket_timeout=2) as c:
+                view: dict[str, Any] = c.execute_command("CLUSTER NODES")
+            if len(view) > len(best):
+                best = view
+            if len(best) >= len(self.nodes):
+                break
+        return best
 
     def slot_owners(self) -> dict[int, list[tuple[int, int]]]:
         """primary port -> its slot ranges, as the first running node sees it."""
