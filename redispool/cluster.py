@@ -303,6 +303,7 @@ class RedisClusterPool:
         self._pool_opts = pool_opts
         self._conn_opts = options  # connection options: every node pool gets them
         self._lock = threading.RLock()
+        self._connect_lock = threading.Lock()
         self._pools: dict[int, _NodePool] = {}  # id -> every node pool not yet closed
         self._retired: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
         self._refreshes = 0
@@ -394,36 +395,34 @@ class RedisClusterPool:
         return cluster
 
     def _connect(self) -> RedisCluster:
-        with self._lock:
+        with self._connect_lock:  # one discovery at a time: callers wait for it
             if self._closed:
                 raise RedisPoolClosed(f"pool {self.name!r} is closed")
             if self._redis is not None:
                 return self._redis
-        dispatcher = EventDispatcher()
-        dispatcher.register_listeners({AfterSlotsCacheRefreshEvent: [_RefreshListener(self)]})
-        allowed = {k: v for k, v in self._conn_opts.items() if k in REDIS_ALLOWED_KEYS}
-        cluster = RedisCluster(
-            url=self._url,
-            startup_nodes=[ClusterNode(h, p) for h, p in self._startup[1:]],
-            connection_pool_class=self._new_node_pool,
-            event_dispatcher=dispatcher,
-            maint_notifications_config=MaintNotificationsConfig(enabled=False),
-            **self._cluster_opts,
-            **allowed,
-        )
-        manager = cluster.nodes_manager
-        manager.initialize = _skip_when_busy(manager.initialize)  # type: ignore[method-assign]
-        with self._lock:
-            if self._redis is None and not self._closed:
-                self._redis = cluster
-                cluster = None  # type: ignore[assignment]
-            winner = self._redis
-        if cluster is not None:  # lost a race, or closed meanwhile: drop ours
+            dispatcher = EventDispatcher()
+            dispatcher.register_listeners({AfterSlotsCacheRefreshEvent: [_RefreshListener(self)]})
+            allowed = {k: v for k, v in self._conn_opts.items() if k in REDIS_ALLOWED_KEYS}
+            cluster = RedisCluster(
+                url=self._url,
+                startup_nodes=[ClusterNode(h, p) for h, p in self._startup[1:]],
+                connection_pool_class=self._new_node_pool,
+                event_dispatcher=dispatcher,
+                maint_notifications_config=MaintNotificationsConfig(enabled=False),
+                **self._cluster_opts,
+                **allowed,
+            )
+            manager = cluster.nodes_manager
+            manager.initialize = _skip_when_busy(manager.initialize)  # type: ignore[method-assign]
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._redis = cluster
+        if closed:  # closed while discovering
             self._close_cluster(cluster)
-        if winner is None:
             raise RedisPoolClosed(f"pool {self.name!r} is closed")
         self._close_departed()  # the startup node's first pool is no node's now
-        return winner
+        return cluster
 
     def client(
         self,

@@ -3,6 +3,7 @@ error types, handshake and ASKING, configuration."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -217,3 +218,26 @@ def test_close_leaves_no_socket_on_any_node(
     assert redis_cluster.clients_named("rp-close") == dict.fromkeys(counts, 0)
     with pytest.raises(redis.ConnectionError):
         pool.redis  # noqa: B018
+
+
+def test_concurrent_first_use_discovers_once(cluster_pool: Make) -> None:
+    """Callers racing on a fresh pool share one discovery (a second one would
+    close the node pools the first is still using)."""
+    pool = cluster_pool(max_size=2)
+    errors: list[BaseException] = []
+    start = threading.Barrier(12)
+
+    def worker(i: int) -> None:
+        start.wait()
+        try:
+            assert pool.redis.set(f"first{i}", i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors, errors[:3]
+    assert pool.stats().topology_refreshes == 1
