@@ -367,13 +367,15 @@ class RedisClusterPool:
         if cluster is None:  # the first refresh, inside the RedisCluster constructor
             return
         manager = cluster.nodes_manager
-        with manager._lock:
+        # Not in the middle of a refresh (from another thread: a MOVED patch
+        # dispatches outside it): its new pools are not in nodes_cache yet.
+        with manager._initialization_lock, manager._lock:
             nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
-        live = {id(n.redis_connection.connection_pool) for n in nodes if n.redis_connection}
-        with self._lock:
-            gone = [p for key, p in self._pools.items() if key not in live]
-            for pool in gone:
-                del self._pools[id(pool)]
+            live = {id(n.redis_connection.connection_pool) for n in nodes if n.redis_connection}
+            with self._lock:
+                gone = [p for key, p in self._pools.items() if key not in live]
+                for pool in gone:
+                    del self._pools[id(pool)]
         for pool in gone:
             self._retire(pool)
 
