@@ -1,7 +1,8 @@
 """Flask extension: one RedisPool per app, health and metrics endpoints.
 
 ``ext = RedisPoolExtension(app)`` or ``ext.init_app(app)``; configuration from
-``app.config``: ``REDIS_URL``, ``READ_REDIS_URL``, ``REDIS_POOL_MIN_SIZE``,
+``app.config``: ``REDIS_URL``, ``READ_REDIS_URL``, ``REDIS_CLUSTER_URL`` (a
+``RedisClusterPool`` instead, the pool options per node), ``REDIS_POOL_MIN_SIZE``,
 ``REDIS_POOL_MAX_SIZE``, ``REDIS_POOL_TIMEOUT``, ``REDIS_SOCKET_TIMEOUT``,
 ``REDIS_CONNECT_TIMEOUT``, ``REDIS_HEALTH_CHECK_INTERVAL``, ``REDIS_POOL_OPTIONS``
 (a dict of any other ``RedisPool`` option); ``REDISPOOL_HEALTH_URL`` (default
@@ -21,6 +22,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.local import LocalProxy
 
+from ..cluster import RedisClusterPool
 from ..config import parse_redis_url
 from ..redis_pool import RedisPool
 from .health import DETAIL_LEVELS, pool_health
@@ -55,7 +57,7 @@ def _config_number(key: str, value: Any, kind: type, minimum: float) -> Any:
 
 def _check_config(cfg: Mapping[str, Any]) -> None:
     """Settings that RedisPool does not see (or would name by its own option)."""
-    for key in ("REDIS_URL", "READ_REDIS_URL"):
+    for key in ("REDIS_URL", "READ_REDIS_URL", "REDIS_CLUSTER_URL"):
         if cfg.get(key):
             try:
                 parse_redis_url(cfg[key])
@@ -83,7 +85,7 @@ def _check_config(cfg: Mapping[str, Any]) -> None:
             )
 
 
-def _close_at_exit(ref: weakref.ref[RedisPool]) -> None:
+def _close_at_exit(ref: weakref.ref[RedisPool | RedisClusterPool]) -> None:
     pool = ref()
     if pool is not None and not pool.closed:
         pool.close(timeout=1.0)
@@ -96,7 +98,7 @@ class RedisPoolExtension:
 
     def __init__(self, app: Flask | None = None, **pool_options: Any) -> None:
         self.pool_options = pool_options
-        self.pool: RedisPool | None = None
+        self.pool: RedisPool | RedisClusterPool | None = None
         self.metrics: PoolMetrics | None = None
         if app is not None:
             self.init_app(app)
@@ -112,7 +114,11 @@ class RedisPoolExtension:
         if cfg.get("READ_REDIS_URL"):
             options.setdefault("read_url", cfg["READ_REDIS_URL"])
         url = cfg.get("REDIS_URL", "redis://localhost:6379/0")
-        pool = RedisPool(url, **options)
+        pool: RedisPool | RedisClusterPool
+        if cfg.get("REDIS_CLUSTER_URL"):
+            pool = RedisClusterPool(cfg["REDIS_CLUSTER_URL"], **options)
+        else:
+            pool = RedisPool(url, **options)
         self.pool = pool
         app.extensions["redispool"] = self
         atexit.register(_close_at_exit, weakref.ref(pool))

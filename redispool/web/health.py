@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..cluster import RedisClusterPool
     from ..redis_pool import RedisPool, RedisPoolStats
 
 __all__ = ["DETAIL_LEVELS", "pool_health"]
@@ -39,7 +40,7 @@ def _numbers(s: RedisPoolStats) -> dict[str, Any]:
     }
 
 
-def _ping(pool: RedisPool, timeout: float) -> tuple[float | None, str | None]:
+def _ping(pool: RedisPool | RedisClusterPool, timeout: float) -> tuple[float | None, str | None]:
     t0 = time.perf_counter()
     try:
         with pool.client(timeout=timeout, wait=timeout) as r:
@@ -50,16 +51,19 @@ def _ping(pool: RedisPool, timeout: float) -> tuple[float | None, str | None]:
 
 
 def pool_health(
-    pool: RedisPool, *, detail: str = "full", ping_timeout: float = 1.0
+    pool: RedisPool | RedisClusterPool, *, detail: str = "full", ping_timeout: float = 1.0
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body). ``status`` is ``up``, ``degraded`` (answers, but
     callers wait, time out or connections fail to open) or ``down`` (no PING:
     503). ``detail``: ``status`` (only that), ``basic`` (+ pool occupancy) or
     ``full``. Connection URLs in it carry no password."""
+    from ..cluster import RedisClusterPool
     from ..redis_pool import RedisPool, _socket_timeout
 
-    if not isinstance(pool, RedisPool):
-        raise TypeError(f"pool must be a redispool.RedisPool, got {type(pool).__name__}")
+    if not isinstance(pool, (RedisPool, RedisClusterPool)):
+        raise TypeError(
+            f"pool must be a redispool.RedisPool or RedisClusterPool, got {type(pool).__name__}"
+        )
     if detail not in DETAIL_LEVELS:
         raise ValueError(f"detail must be one of {DETAIL_LEVELS}, got {detail!r}")
     _socket_timeout("ping_timeout", ping_timeout, none_ok=False)
@@ -83,4 +87,7 @@ def pool_health(
             body["error"] = error
         if detail == "full" and stats.read is not None:
             body["read"] = _numbers(stats.read)
+        nodes: dict[str, RedisPoolStats] | None = getattr(stats, "nodes", None)
+        if detail == "full" and nodes is not None:  # a cluster: each node's pool
+            body["nodes"] = {node: _numbers(s) for node, s in nodes.items()}
     return (503 if status == "down" else 200), body
