@@ -1,4 +1,4 @@
-"""Cluster load benchmark: N workers x M GETs (keys over every slot range) on a
+"""Cluster load benchmark: N workers x M GETs (the same number of keys on each node) on a
 3-primary Redis Cluster, for redis-py's ``RedisCluster`` with its default node
 pools, with ``BlockingConnectionPool`` node pools, and ``RedisClusterPool``,
 side by side. Pools are bounded to ``--size`` connections per node (the
@@ -29,7 +29,30 @@ CASES = (
     "redis-py RedisCluster + BlockingConnectionPool",
     "RedisClusterPool",
 )
-KEYS = [f"key:{i}" for i in range(300)]  # spread over the three primaries
+
+
+def _balanced_keys(per_node: int = 100, primaries: int = 3) -> list[str]:
+    """``per_node`` keys for each primary of a fresh ``RedisClusterServer`` (its
+    slot ranges are even), interleaved: every node gets the same share of the
+    load, so latency differences are the pools', not the key mix's."""
+    from redis.crc import key_slot
+
+    from redispool.testing.cluster import slot_ranges
+
+    ranges = slot_ranges(primaries)
+    buckets: list[list[str]] = [[] for _ in ranges]
+    i = 0
+    while min(len(b) for b in buckets) < per_node:
+        key = f"key:{i}"
+        slot = key_slot(key.encode())
+        node = next(n for n, (lo, hi) in enumerate(ranges) if lo <= slot <= hi)
+        if len(buckets[node]) < per_node:
+            buckets[node].append(key)
+        i += 1
+    return [key for group in zip(*buckets, strict=True) for key in group]
+
+
+KEYS = _balanced_keys()
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -143,6 +166,9 @@ def table(results: list[dict[str, Any]], title: str) -> str:
             f"{fair:>5} {r['refreshes']:>7}"
         )
     lines.append("fair = p99 / (workers / throughput), the Little's-law mean; 1.0 is fair")
+    for r in results:
+        if r["error_kinds"]:
+            lines.append(f"errors of {r['case']}: {r['error_kinds']}")
     return "\n".join(lines)
 
 
