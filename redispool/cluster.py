@@ -10,7 +10,10 @@ node, FIFO waiters, checked connections). What this module adds around it:
   ``TimeoutError`` redis-py refreshes and retries on;
 * the READONLY handshake of replica connections and one-shot ASKING are not
   session state (the connection stays reusable);
-* a node that leaves the topology has its pool closed (no orphaned sockets).
+* a node that leaves the topology has its pool closed (no orphaned sockets);
+* a multi-node pipeline never waits for a node while holding a connection of a
+  node ordered after it, so two pipelines cannot wait for each other, and a
+  busy node pool does not make a pipeline refresh the topology.
 """
 
 from __future__ import annotations
@@ -94,7 +97,9 @@ class ClusterTooManyWaiters(RedisTooManyWaiters, ClusterPoolTimeout):
 
 # -- connections -----------------------------------------------------------
 
-_ASKING_SENT = 16  # a ``_rp_state`` bit: ASKING sent, the command it allows not yet
+# A ``_rp_state`` bit (high, clear of connection.py's): ASKING sent, the command
+# it allows not yet.
+_ASKING_SENT = 1 << 12
 _ASKING = frozenset(["ASKING", "asking", b"ASKING", b"asking"])
 
 
@@ -159,7 +164,8 @@ def _skip_when_busy(initialize: Callable[..., Any]) -> Callable[..., Any]:
 # connection per node, in command order, holding the earlier ones while it
 # waits: two pipelines could each hold what the other waits for. A borrower
 # waits only for a node ordered after every node it holds; otherwise it does
-# not wait (the pipeline gives its connections back and retries).
+# not wait (the pipeline gives its connections back and retries). A thread
+# that keeps a connection (a cluster pubsub) is treated the same way.
 _HELD = threading.local()
 
 
@@ -241,11 +247,6 @@ class RedisClusterPoolStats(RedisPoolStats):
 
     nodes: dict[str, RedisPoolStats] = field(default_factory=dict)
     topology_refreshes: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        out = super().as_dict()
-        out["nodes"] = {name: s.as_dict() for name, s in self.nodes.items()}
-        return out
 
 
 # -- the pool ------------------------------------------------------------------
