@@ -52,7 +52,8 @@ def _balanced_keys(per_node: int = 100, primaries: int = 3) -> list[str]:
     return [key for group in zip(*buckets, strict=True) for key in group]
 
 
-KEYS = _balanced_keys()
+# Nothing from redis or redispool is imported at module level: the child
+# process monkey-patches for gevent first.
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -101,6 +102,7 @@ def _server_counts(nodes: list[tuple[str, int]]) -> tuple[int, int]:
 def run_case(
     case: str, url: str, nodes: list[tuple[str, int]], workers: int, ops: int, size: int
 ) -> dict[str, Any]:
+    keys = _balanced_keys()
     refreshes0, accepted0 = _server_counts(nodes)
     get, cleanup = _make_op(case, url, size)
     latencies: list[list[float]] = [[] for _ in range(workers)]
@@ -112,7 +114,7 @@ def run_case(
         mine = latencies[i]
         start.wait()
         for j in range(ops):
-            key = KEYS[(i * ops + j) % len(KEYS)]
+            key = keys[(i * ops + j) % len(keys)]
             t0 = time.perf_counter()
             try:
                 get(key)
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         for node in cluster.nodes:
             node.config_set("maxclients", 10000)
         with cluster.client() as rc:
-            for key in KEYS:
+            for key in _balanced_keys():
                 rc.set(key, "v" * 64)
         nodes = ",".join(f"{h}:{p}" for h, p in cluster.startup_nodes())
         for case in opts.cases:  # one process per case: nothing shared between them

@@ -165,8 +165,11 @@ def _skip_when_busy(initialize: Callable[..., Any]) -> Callable[..., Any]:
 # waits: two pipelines could each hold what the other waits for. A borrower
 # waits only for a node ordered after every node it holds; otherwise it does
 # not wait (the pipeline gives its connections back and retries). A thread
-# that keeps a connection (a cluster pubsub) is treated the same way.
-_HELD = threading.local()
+# that keeps a connection (a cluster pubsub) is treated the same way. Keyed by
+# ``threading.get_ident()``, looked up at each call: under gevent that is the
+# greenlet's, even when this module was imported before monkey-patching (a
+# ``threading.local`` made then would be shared by every greenlet).
+_HELD: dict[int, dict[str, int]] = {}
 
 
 class _NodePool(ConnectionPool):
@@ -177,28 +180,32 @@ class _NodePool(ConnectionPool):
     node: str
 
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Connection:
-        held: dict[str, int] | None = getattr(_HELD, "nodes", None)
-        if held is None:
-            held = _HELD.nodes = {}
+        ident = threading.get_ident()
+        held = _HELD.get(ident)
         try:
             conn: Any = self.redis_pool._get(0.0 if held and max(held) >= self.node else None)
         except RedisPoolTimeout as exc:
             raise _wait_error(exc, self.node) from exc
         except RedisPoolClosed as exc:  # the node left the topology under us
             raise RedisConnectionError(f"{self.node}: {exc}") from exc
+        if held is None:
+            held = _HELD[ident] = {}
         held[self.node] = held.get(self.node, 0) + 1
-        conn._rp_held = held
+        conn._rp_held = (ident, held)
         return conn  # type: ignore[no-any-return]
 
     def release(self, connection: Connection) -> None:
-        held = getattr(connection, "_rp_held", None)
-        if held is not None:
+        mark = getattr(connection, "_rp_held", None)
+        if mark is not None:
             connection._rp_held = None  # type: ignore[attr-defined]
+            ident, held = mark
             left = held.get(self.node, 0) - 1
             if left > 0:
                 held[self.node] = left
             else:
                 held.pop(self.node, None)
+                if not held and _HELD.get(ident) is held:
+                    del _HELD[ident]
         super().release(connection)
 
     def owns_connection(self, connection: Connection) -> bool:

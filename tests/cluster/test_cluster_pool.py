@@ -3,6 +3,8 @@ error types, handshake and ASKING, configuration."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -241,3 +243,37 @@ def test_concurrent_first_use_discovers_once(cluster_pool: Make) -> None:
         t.join(20)
     assert not errors, errors[:3]
     assert pool.stats().topology_refreshes == 1
+
+
+GEVENT_CHILD = """
+import sys
+import redispool  # before monkey-patching, as with gunicorn's preload_app
+from gevent import monkey
+monkey.patch_all()
+import gevent
+pool = redispool.RedisClusterPool(sys.argv[1], max_size=2, timeout=20)
+errors = []
+def work(i):
+    for j in range(5):
+        try:
+            pool.redis.get(f"g{(i * 5 + j) % 60}")
+        except Exception as exc:
+            errors.append(repr(exc))
+gevent.joinall([gevent.spawn(work, i) for i in range(200)])
+print(len(errors), errors[:3])
+"""
+
+
+def test_greenlets_wait_when_imported_before_monkey_patching(redis_cluster_url: str) -> None:
+    """Each greenlet keeps its own record of the node connections it holds
+    (a thread-local made before patching would be shared: waits became
+    immediate ClusterPoolTimeouts)."""
+    out = subprocess.run(
+        [sys.executable, "-c", GEVENT_CHILD, redis_cluster_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().startswith("0 "), out.stdout
