@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -170,6 +171,7 @@ def _skip_when_busy(initialize: Callable[..., Any]) -> Callable[..., Any]:
 # greenlet's, even when this module was imported before monkey-patching (a
 # ``threading.local`` made then would be shared by every greenlet).
 _HELD: dict[int, dict[str, int]] = {}
+os.register_at_fork(after_in_child=_HELD.clear)  # the parent's threads are not here
 
 
 class _NodePool(ConnectionPool):
