@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConnectionPool",
-    "ConnectionPoolAdapter",
     "PinnedPipeline",
     "PinnedPool",
     "PinnedRedis",
@@ -49,6 +50,8 @@ _UNSUPPORTED = {
     "cache_config": "client-side caching",
     "cache_factory": "client-side caching",
 }
+# Shown as <REDACTED> in repr, as redis-py does.
+_SENSITIVE = frozenset(["password", "username", "ssl_password", "credential_provider"])
 # Handed to a pool by redis-py's cluster client with maintenance notifications
 # on "auto": redispool runs without them, as redis-py does for connection
 # classes that cannot handle them.
@@ -89,13 +92,26 @@ class ConnectionPool:
             options.pop(key, None)
         for key in _DROPPED:
             options.pop(key, None)
+        cls = connection_class or Connection
         maint = options.pop("maint_notifications_config", None)
-        _check_maint_notifications(maint)
-        if max_connections is not None:
+        _check_maint_notifications(maint, cls)
+        if max_connections:  # as redis-py: None or 0 is the default
+            if (
+                isinstance(max_connections, bool)
+                or not isinstance(max_connections, int)
+                or max_connections < 1
+            ):
+                raise ValueError(
+                    f'"max_connections" must be a positive integer, got {max_connections!r}'
+                )
             if "max_size" in options:
                 raise TypeError("ConnectionPool: give max_connections or max_size, not both")
             options["max_size"] = max_connections
-        cls = connection_class or Connection
+        if options.get("health_check_interval") == 0:
+            # redis-py's "no health checks" (its default, which libraries pass
+            # explicitly): keep the borrow-time check at its default, not a PING
+            # on every borrow as RedisPool(health_check_interval=0) means.
+            del options["health_check_interval"]
         if not issubclass(cls, UnixDomainSocketConnection):
             options.setdefault("host", "localhost")
             options.setdefault("port", 6379)
@@ -138,6 +154,7 @@ class ConnectionPool:
         )
         self.pid = os.getpid()
         self.cache = None
+        self._pool_id = secrets.token_hex(4)  # redis-py's metrics name pools by it
         # redis-py's cluster client holds this around the reconnect calls below.
         self._lock = threading.RLock()
 
@@ -165,7 +182,8 @@ class ConnectionPool:
 
     @property
     def connection_class(self) -> type[Connection]:
-        return self.redis_pool._conn_class
+        """The class configured (connections are its tracking subclass)."""
+        return self.redis_pool._given_class
 
     @property
     def max_connections(self) -> int:
@@ -196,7 +214,7 @@ class ConnectionPool:
         self.redis_pool.drain()
 
     def close(self) -> None:
-        self.redis_pool.drain()
+        self.disconnect()
 
     def __enter__(self: _CP) -> _CP:
         return self
@@ -214,7 +232,19 @@ class ConnectionPool:
         raise NotImplementedError("re-authentication is not supported by redispool")
 
     def get_connection_count(self) -> list[tuple[int, dict[str, Any]]]:
-        return [(self.redis_pool.stats().size, {"pool": self.redis_pool.name})]
+        """Idle and used counts with OpenTelemetry attributes (for redis-py's metrics)."""
+        stats = self.redis_pool.stats()
+        try:  # redis-py >= 8
+            from redis.observability import attributes as otel
+        except ImportError:  # pragma: no cover - older redis-py
+            return [(stats.size, {"pool": self.redis_pool.name})]
+        base = otel.AttributeBuilder.build_base_attributes()
+        base[otel.DB_CLIENT_CONNECTION_POOL_NAME] = otel.get_pool_name(self)  # type: ignore[arg-type]
+        state = otel.DB_CLIENT_CONNECTION_STATE
+        return [
+            (stats.idle, {**base, state: otel.ConnectionState.IDLE.value}),
+            (stats.in_use, {**base, state: otel.ConnectionState.USED.value}),
+        ]
 
     def make_connection(self) -> Connection:
         """A new connection outside the pool (the caller owns and closes it)."""
@@ -233,25 +263,45 @@ class ConnectionPool:
         self, maint_notifications_config: Any, oss_cluster_maint_notifications_handler: Any = None
     ) -> None:
         """Maintenance notifications stay off (``enabled="auto"`` is accepted)."""
-        _check_maint_notifications(maint_notifications_config)
+        _check_maint_notifications(maint_notifications_config, self.connection_class)
         self.maint_notifications_config = maint_notifications_config
 
     def maint_notifications_enabled(self) -> bool:
         return False
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} of {self.redis_pool!r}>"
+        """redis-py's form (secrets redacted) plus the pool's occupancy."""
+        shown = ",".join(
+            f"{k}={'<REDACTED>' if k in _SENSITIVE else v}"
+            for k, v in self.connection_kwargs.items()
+            if k != "himport_registry"
+        )
+        cls = self.connection_class
+        s = self.redis_pool.stats()
+        return (
+            f"<{type(self).__module__}.{type(self).__name__}"
+            f"(<{cls.__module__}.{cls.__name__}({shown})>) "
+            f"size={s.size} in_use={s.in_use} max_size={s.max_size}>"
+        )
 
 
-ConnectionPoolAdapter = ConnectionPool
-"""Deprecated alias of ``ConnectionPool``."""
+def __getattr__(name: str) -> Any:
+    if name == "ConnectionPoolAdapter":  # the name before 0.1
+        warnings.warn(
+            "redispool.redis_adapter.ConnectionPoolAdapter is deprecated: use "
+            "redispool.ConnectionPool",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ConnectionPool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _check_maint_notifications(config: Any) -> None:
+def _check_maint_notifications(config: Any, cls: type) -> None:
     if config is not None and getattr(config, "enabled", None) is True:
         raise RedisError(
-            "ConnectionPool: maintenance notifications are not supported by redispool "
-            "(use MaintNotificationsConfig(enabled=False) or 'auto')"
+            f"Maintenance notifications are not supported with {cls} by "
+            f"redispool.ConnectionPool (use MaintNotificationsConfig(enabled=False) or 'auto')"
         )
 
 
@@ -263,8 +313,8 @@ def _display_url(cls: type[Connection], options: dict[str, Any]) -> str:
     host = str(options.get("host"))
     if ":" in host:
         host = f"[{host}]"
-    db = options.get("db", 0)
-    return f"{scheme}://{host}:{options.get('port')}/{db}"
+    db = f"/{options['db']}" if "db" in options else ""
+    return f"{scheme}://{host}:{options.get('port')}{db}"
 
 
 class PinnedPool:

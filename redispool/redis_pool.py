@@ -241,6 +241,7 @@ class RedisPool:
         _number("health_check_interval", health_check_interval, minimum=0, none_ok=True)
         _check_connection_options(kwargs)
         cls = kwargs.pop("connection_class", None) or Connection
+        self._given_class: type[Connection] = cls  # what ConnectionPool reports
         self._conn_class: type[Connection] = pooled_class(cls)
         kwargs["socket_timeout"] = socket_timeout
         kwargs["socket_connect_timeout"] = connect_timeout

@@ -55,7 +55,8 @@ def test_as_redis_pool_is_a_connection_pool(redis_url: str) -> None:
         view = rp.as_redis_pool()
         assert isinstance(view, ConnectionPool)
         assert view.redis_pool is rp
-        assert redispool.redis_adapter.ConnectionPoolAdapter is ConnectionPool  # old name
+        with pytest.warns(DeprecationWarning, match="use redispool.ConnectionPool"):
+            assert redispool.redis_adapter.ConnectionPoolAdapter is ConnectionPool
 
 
 def test_redis_py_constructor_arguments(redis_server: Any, pools: list[ConnectionPool]) -> None:
@@ -110,13 +111,14 @@ def test_client_options_belong_to_the_pool(redis_url: str, pools: list[Connectio
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"max_connections": 0}, ["max_size", "0"]),
+        ({"max_connections": -1}, ['"max_connections" must be a positive integer, got -1']),
+        ({"max_connections": "3"}, ['"max_connections" must be a positive integer']),
         ({"max_connections": 3, "max_size": 4}, ["max_connections", "max_size"]),
         ({"cache": object()}, ["cache"]),
         ({"cache_config": object()}, ["cache_config"]),
         (
             {"maint_notifications_config": MaintNotificationsConfig(enabled=True)},
-            ["maintenance notifications"],
+            ["Maintenance notifications are not supported"],
         ),
         ({"min_size": 4, "max_connections": 2}, ["min_size (4)", "max_size (2)"]),
         ({"port": 70000}, ["port", "70000"]),
@@ -174,7 +176,7 @@ def test_cluster_node_pool_hooks(redis_url: str, pools: list[ConnectionPool]) ->
 
     pool.update_maint_notifications_config(MaintNotificationsConfig(enabled="auto"))
     assert not pool.maint_notifications_enabled()
-    with pytest.raises(redis.RedisError, match="maintenance notifications"):
+    with pytest.raises(redis.RedisError, match="Maintenance notifications"):
         pool.update_maint_notifications_config(MaintNotificationsConfig(enabled=True))
 
 
@@ -240,3 +242,45 @@ def test_pool_is_shared_fairly_by_threads(redis_url: str, pools: list[Connection
     assert r.get("shared") == b"160"
     stats = pool.redis_pool.stats()
     assert stats.size <= 2 and stats.in_use == 0
+
+
+def test_looks_like_redis_pys_pool(redis_url: str, pools: list[ConnectionPool]) -> None:
+    from redis.observability.attributes import DB_CLIENT_CONNECTION_STATE
+
+    pool = ConnectionPool.from_url(redis_url, password="s3cret-pw", client_name="cp", min_size=0)
+    pools.append(pool)
+    text = repr(pool)
+    assert "s3cret" not in text and "password=<REDACTED>" in text
+    assert "client_name=cp" in text and "in_use=0" in text
+    assert pool.connection_class is redis.Connection  # as configured; tracked underneath
+    pools.append(ConnectionPool(max_connections=0))
+    assert pools[-1].max_connections == 20  # as redis-py: 0 is the default
+    nopw = ConnectionPool.from_url(redis_url, min_size=0)
+    pools.append(nopw)
+    held = nopw.get_connection()
+    counts = nopw.get_connection_count()
+    assert counts[0][1]["db.client.connection.pool.name"].startswith("127.0.0.1:")
+    assert [(n, attrs[DB_CLIENT_CONNECTION_STATE]) for n, attrs in counts] == [
+        (0, "idle"),
+        (1, "used"),
+    ]
+    nopw.release(held)
+    assert [n for n, _ in nopw.get_connection_count()] == [1, 0]
+
+
+def test_health_check_interval_zero_means_redis_pys_default(
+    redis_url: str, pools: list[ConnectionPool]
+) -> None:
+    """redis-py's 0 is "no checks": not a PING on every borrow."""
+    pool = ConnectionPool.from_url(redis_url, health_check_interval=0, min_size=0)
+    pools.append(pool)
+    assert pool.redis_pool._health_check_interval == 30.0
+    conn = pool.get_connection()
+    assert conn.health_check_interval == 0
+    pool.release(conn)
+    given = ConnectionPool.from_url(redis_url, health_check_interval=5, min_size=0)
+    pools.append(given)
+    assert given.redis_pool._health_check_interval == 5
+    conn = given.get_connection()
+    assert conn.health_check_interval == 5
+    given.release(conn)

@@ -43,7 +43,7 @@ urlpatterns = [
     path("api/health/redis", health_view()),
     path("health/status", health_view(detail="status")),
     path("health/by-caller", health_view(detail=lambda r: r.GET.get("detail", "status"))),
-    path("health/dead", health_view(_DEAD)),
+    path("health/dead", health_view(_DEAD, ping_timeout=0.5)),
 ]
 
 

@@ -57,11 +57,11 @@ def health_view(
     *,
     cache: str = "default",
     detail: Detail = None,
-    ping_timeout: float = 1.0,
+    ping_timeout: float | None = None,
 ) -> Callable[[HttpRequest], HttpResponse]:
     """A view for ``pool``, or (without one) for Django cache ``cache``'s pool,
     looked up per request. ``detail``: a level of ``pool_health`` or a callable
-    ``(request) -> level`` (None: ``pool_health``'s default)."""
+    ``(request) -> level``; it and ``ping_timeout`` default to ``pool_health``'s."""
     if isinstance(pool, ConnectionPool):
         pool = pool.redis_pool
     if pool is not None and not isinstance(pool, RedisPool):
@@ -80,7 +80,9 @@ def health_view(
         if request.method not in ("GET", "HEAD"):
             return HttpResponseNotAllowed(["GET", "HEAD"])
         level = detail(request) if callable(detail) else detail
-        options: dict[str, Any] = {"ping_timeout": ping_timeout}
+        options: dict[str, Any] = {}
+        if ping_timeout is not None:
+            options["ping_timeout"] = ping_timeout
         if level is not None:
             options["detail"] = level
         status, body = pool_health(fixed or cache_pool(cache), **options)
