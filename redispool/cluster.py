@@ -132,7 +132,9 @@ def _cluster_connection_class(base: type[Connection]) -> type[Connection]:
 def _handshake(connect_func: Callable[[Any], None]) -> Callable[[Any], None]:
     """``RedisCluster.on_connect`` (READONLY for replica reads, the user's own
     ``redis_connect_func``) is part of connecting: whatever it sends leaves no
-    user state on the new session."""
+    user state on the new session. Only for a connection.py that counts what
+    ``connect()`` sends as the user's (one with ``_rp_fresh``); the session
+    tracking of issue 11 already forgets the whole handshake."""
 
     def on_connect(conn: Any) -> None:
         owed = conn._rp_pending
@@ -352,7 +354,9 @@ class RedisClusterPool:
         kwargs.pop("db", None)
         base = kwargs.pop("connection_class", None) or Connection
         kwargs["connection_class"] = _cluster_connection_class(base)
-        if kwargs.get("redis_connect_func") is not None:
+        if kwargs.get("redis_connect_func") is not None and hasattr(
+            kwargs["connection_class"], "_rp_fresh"
+        ):
             kwargs["redis_connect_func"] = _handshake(kwargs["redis_connect_func"])
         opts = {**self._conn_opts, **kwargs}
         for key in _NODE_POOL_OPTIONS:  # a URL's ?socket_timeout= wins, as in redis-py
