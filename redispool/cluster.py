@@ -254,7 +254,8 @@ _COUNTERS = [
 @dataclass(frozen=True)
 class RedisClusterPoolStats(RedisPoolStats):
     """Totals over the node pools, plus each node's own numbers in ``nodes``
-    (``host:port`` -> ``RedisPoolStats``). Counters include the nodes that left."""
+    (``host:port`` -> ``RedisPoolStats``). Counters include the nodes that left.
+    ``topology_refreshes``: slot-table updates (full refreshes and MOVED patches)."""
 
     nodes: dict[str, RedisPoolStats] = field(default_factory=dict)
     topology_refreshes: int = 0

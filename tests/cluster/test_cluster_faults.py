@@ -56,12 +56,14 @@ def test_moved_after_cluster_failover(
     victim = redis_cluster.node_for_key("m0")
     replica = redis_cluster.replica_of(victim)
     redis_cluster.failover(replica)
+    before = redis_cluster.refresh_count()
     for k in keys:  # the old primary answers MOVED; no error reaches the caller
         assert pool.redis.get(k) == k.encode()
     assert _node_of(pool, "m0") == _name(replica)
     s = pool.stats()
     assert s.in_use == 0 and s.command_errors <= 90  # MOVED replies are counted errors
-    assert s.topology_refreshes <= 3  # slots patched from MOVED; a refresh every 5th
+    # redis-py patches the slot from each MOVED and refreshes fully every 5th
+    assert redis_cluster.refresh_count() - before <= 3
 
 
 def test_ask_during_slot_migration_keeps_connections(
