@@ -166,10 +166,13 @@ def test_wait_timeouts_under_exhaustion_cause_no_refresh_storm(
     assert pool.stats().topology_refreshes == 1 and pool.stats().in_use == 0
 
 
-def test_multi_node_pipelines_under_contention(cluster_pool: Make) -> None:
+def test_multi_node_pipelines_under_contention(
+    cluster_pool: Make, redis_cluster: RedisClusterServer
+) -> None:
     """16 threads, pipelines over all three primaries in random order, 2
     connections per node: every call ends within its wait bound (no deadlock),
-    replies are each caller's own, nothing stays borrowed."""
+    replies are each caller's own, nothing stays borrowed, and busy pools
+    refresh no topology."""
     timeout = 0.5
     pool = cluster_pool(max_size=2, timeout=timeout)
     by_node: dict[str, str] = {}
@@ -177,6 +180,7 @@ def test_multi_node_pipelines_under_contention(cluster_pool: Make) -> None:
         by_node.setdefault(_node_of(pool, f"{{p{i}}}"), f"{{p{i}}}")
     tags = list(by_node.values())
     assert len(tags) == 3
+    before = redis_cluster.refresh_count()
     outcome: Counter[str] = Counter()
     longest = [0.0]
     lock = threading.Lock()
@@ -218,6 +222,7 @@ def test_multi_node_pipelines_under_contention(cluster_pool: Make) -> None:
     s = pool.stats()
     assert s.in_use == 0 and s.waiting == 0, s
     assert all(n.size <= 2 for n in s.nodes.values())
+    assert redis_cluster.refresh_count() == before, outcome
 
 
 def test_node_leaving_has_its_pool_closed(
