@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["budget", "server_maxclients"]
+__all__ = ["budget", "default_reserve", "server_maxclients"]
 
 
 def _count(name: str, value: Any, minimum: int) -> int:

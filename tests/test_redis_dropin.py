@@ -645,6 +645,12 @@ def test_health_check_interval_is_honoured_on_connections(redis_url: str) -> Non
         ps.subscribe("ch")
         wait_message(ps, "subscribe")
         assert ps.connection is not None and ps.connection.health_check_interval == 0.3
+        time.sleep(0.5)  # a quiet subscription past the interval: get_message PINGs
+        before = _pings(admin)
+        assert ps.get_message(timeout=0.05) is None  # the PONG is not a message
+        assert _pings(admin) - before == 1
+        p.redis.publish("ch", "hi")
+        assert wait_message(ps, "message")["data"] == b"hi"
         ps.close()
         admin.close()
 
