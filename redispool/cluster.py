@@ -166,14 +166,24 @@ def _skip_when_busy(initialize: Callable[..., Any]) -> Callable[..., Any]:
 # Per thread (greenlet): node -> connections held. A cluster pipeline takes one
 # connection per node, in command order, holding the earlier ones while it
 # waits: two pipelines could each hold what the other waits for. A borrower
-# waits only for a node ordered after every node it holds; otherwise it does
-# not wait (the pipeline gives its connections back and retries). A thread
-# that keeps a connection (a cluster pubsub) is treated the same way. Keyed by
-# ``threading.get_ident()``, looked up at each call: under gevent that is the
-# greenlet's, even when this module was imported before monkey-patching (a
-# ``threading.local`` made then would be shared by every greenlet).
-_HELD: dict[int, dict[str, int]] = {}
+# waits only for a node ordered after every node it holds a connection of;
+# otherwise it does not wait (the pipeline gives its connections back and
+# retries). A subscribed connection (a cluster pubsub) is not part of such a
+# set and does not count. Keyed by ``threading.get_ident()``, looked up at each
+# call: under gevent that is the greenlet's, even when this module was
+# imported before monkey-patching (a ``threading.local`` made then would be
+# shared by every greenlet).
+_HELD: dict[int, dict[str, list[Any]]] = {}
 os.register_at_fork(after_in_child=_HELD.clear)  # the parent's threads are not here
+
+
+def _must_not_wait(held: dict[str, list[Any]], node: str) -> bool:
+    """Does this thread hold a connection of ``node`` or of a node ordered
+    after it (other than a pubsub's: redis-py gives those a connect callback)?"""
+    return any(
+        name >= node and any(not conn._connect_callbacks for conn in conns)
+        for name, conns in held.items()
+    )
 
 
 class _NodePool(ConnectionPool):
@@ -186,15 +196,16 @@ class _NodePool(ConnectionPool):
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Connection:
         ident = threading.get_ident()
         held = _HELD.get(ident)
+        wait = 0.0 if held and _must_not_wait(held, self.node) else None
         try:
-            conn: Any = self.redis_pool._get(0.0 if held and max(held) >= self.node else None)
+            conn: Any = self.redis_pool._get(wait)
         except RedisPoolTimeout as exc:
             raise _wait_error(exc, self.node) from exc
         except RedisPoolClosed as exc:  # the node left the topology under us
             raise RedisConnectionError(f"{self.node}: {exc}") from exc
         if held is None:
             held = _HELD[ident] = {}
-        held[self.node] = held.get(self.node, 0) + 1
+        held.setdefault(self.node, []).append(conn)
         conn._rp_held = (ident, held)
         return conn  # type: ignore[no-any-return]
 
@@ -203,10 +214,12 @@ class _NodePool(ConnectionPool):
         if mark is not None:
             connection._rp_held = None  # type: ignore[attr-defined]
             ident, held = mark
-            left = held.get(self.node, 0) - 1
-            if left > 0:
-                held[self.node] = left
-            else:
+            conns = held.get(self.node, [])
+            for i, conn in enumerate(conns):
+                if conn is connection:
+                    del conns[i]
+                    break
+            if not conns:
                 held.pop(self.node, None)
                 if not held and _HELD.get(ident) is held:
                     del _HELD[ident]

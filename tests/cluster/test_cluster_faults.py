@@ -325,3 +325,34 @@ def test_kill9_of_a_primary_errors_briefly_then_recovers(
     # the outage and the callers, not by anything in the pool (measured: ~300).
     window = errors[-1] - killed_at
     assert refreshes <= 60 * len(threads) * (window + 1), (refreshes, window)
+
+
+def test_a_thread_with_a_pubsub_still_waits_for_a_busy_node(cluster_pool: Make) -> None:
+    """A subscribed connection held by this thread is not a pipeline's: the
+    thread's commands still wait their turn for a busy node."""
+    pool = cluster_pool(max_size=1, timeout=5.0)
+    r = pool.redis
+    nodes = sorted(r.get_primaries(), key=lambda n: n.name)
+    low, high = nodes[0], nodes[-1]
+    key = next(f"ps{i}" for i in range(500) if _node_of(pool, f"ps{i}") == low.name)
+    pubsub = r.pubsub(node=high)
+    try:
+        pubsub.subscribe("news")
+        assert pubsub.get_message(timeout=2)["type"] == "subscribe"  # type: ignore[index]
+        busy = pool.node_pools()[low.name]
+        holding = threading.Event()
+
+        def hold() -> None:
+            with busy.connection():
+                holding.set()
+                time.sleep(0.3)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        holding.wait(5)
+        t0 = time.monotonic()
+        assert r.get(key) is None  # waited for the holder, no ClusterPoolTimeout
+        assert time.monotonic() - t0 >= 0.1
+        holder.join(5)
+    finally:
+        pubsub.close()
