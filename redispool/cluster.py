@@ -4,42 +4,40 @@ redis-py keeps routing, MOVED/ASK, pipelines, replica reads and topology
 refresh; each node's connections come from a ``RedisPool`` (``max_size`` per
 node, FIFO waiters, checked connections). What this module adds around it:
 
-* errors that keep redis-py's recovery right: a wait timeout is a
-  ``MaxConnectionsError`` (no topology refresh), a node that cannot be reached
-  or a node pool closed under a caller raises the exact ``ConnectionError`` /
-  ``TimeoutError`` redis-py refreshes and retries on;
+* the node pools, with the errors redis-py's recovery needs and ordered
+  waiting across nodes (``cluster_nodes``);
 * the READONLY handshake of replica connections and one-shot ASKING are not
   session state (the connection stays reusable);
 * a node that leaves the topology has its pool closed (no orphaned sockets);
-* a multi-node pipeline never waits for a node while holding a connection of a
-  node ordered after it, so two pipelines cannot wait for each other, and a
-  busy node pool does not make a pipeline refresh the topology.
+* ``client(key)`` / ``client()``: one pinned connection (``cluster_client``);
+* totals and per-node numbers in ``stats()``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
 from redis.connection import Connection
 from redis.event import AfterSlotsCacheRefreshEvent, EventDispatcher, EventListenerInterface
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from .cluster_client import SlotLease, slot_of
+from .cluster_nodes import (
+    ClusterPoolTimeout,
+    ClusterTooManyWaiters,
+    NodePool,
+    cluster_connection_class,
+    handshake,
+    skip_when_busy,
+)
 from .config import env_options, parse_redis_url, redact_url
-from .connection import pooled_class
-from .redis_adapter import ConnectionPool
-from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
+from .redis_errors import RedisPoolClosed
 from .redis_pool import _POOL_OPTIONS, RedisPool, RedisPoolStats, _check_lease, _ClientLease
 
 __all__ = [
@@ -84,163 +82,6 @@ _REFUSED = {
     "cache_config": "client-side caching is not supported",
     "event_dispatcher": "RedisClusterPool needs its own",
 }
-
-
-class ClusterPoolTimeout(RedisPoolTimeout, MaxConnectionsError):
-    """No connection to a node could be borrowed in time. A
-    ``MaxConnectionsError``, so redis-py does not refresh the topology for it
-    (every connection was busy: nothing is wrong with the node)."""
-
-
-class ClusterTooManyWaiters(RedisTooManyWaiters, ClusterPoolTimeout):
-    """A node pool's wait queue is full (``max_waiting``)."""
-
-
-# -- connections -----------------------------------------------------------
-
-# A ``_rp_state`` bit (high, clear of connection.py's): ASKING sent, the command
-# it allows not yet.
-_ASKING_SENT = 1 << 12
-_ASKING = frozenset(["ASKING", "asking", b"ASKING", b"asking"])
-
-
-class _AskingMixin:
-    """ASKING allows the next command only (then the server forgets it): not
-    session state, unless the connection is returned before that command."""
-
-    _rp_state: int
-
-    def _rp_note(self, args: tuple[Any, ...]) -> None:
-        if args and args[0] in _ASKING:
-            self._rp_state |= _ASKING_SENT
-            return
-        self._rp_state &= ~_ASKING_SENT
-        super()._rp_note(args)  # type: ignore[misc]
-
-    def send_command(self, *args: Any, **kwargs: Any) -> None:
-        if self._rp_state & _ASKING_SENT and args and args[0] not in _ASKING:
-            self._rp_state &= ~_ASKING_SENT  # the fast path skips _rp_note for GET, SET, ...
-        super().send_command(*args, **kwargs)  # type: ignore[misc]
-
-
-@functools.cache
-def _cluster_connection_class(base: type[Connection]) -> type[Connection]:
-    pooled = pooled_class(base)
-    return type(f"Cluster{pooled.__name__}", (_AskingMixin, pooled), {})
-
-
-def _handshake(connect_func: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``RedisCluster.on_connect`` (READONLY for replica reads, the user's own
-    ``redis_connect_func``) is part of connecting: whatever it sends leaves no
-    user state on the new session. Only for a connection.py that counts what
-    ``connect()`` sends as the user's (one with ``_rp_fresh``); the session
-    tracking of issue 11 already forgets the whole handshake."""
-
-    def on_connect(conn: Any) -> None:
-        owed = conn._rp_pending
-        connect_func(conn)
-        conn._rp_fresh(owed)
-
-    return on_connect
-
-
-def _skip_when_busy(initialize: Callable[..., Any]) -> Callable[..., Any]:
-    """``NodesManager.initialize`` that does nothing when called while handling
-    a ``MaxConnectionsError``: a cluster pipeline refreshes the whole topology
-    on any ``ConnectionError`` from a node pool, though a busy pool says
-    nothing about the topology (and the refresh would wait for a connection
-    of a busy pool, holding the lock every other refresh waits on)."""
-
-    @functools.wraps(initialize)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        if isinstance(sys.exc_info()[1], MaxConnectionsError):
-            return None
-        return initialize(*args, **kwargs)
-
-    return guarded
-
-
-# -- node pools --------------------------------------------------------------
-
-
-# Per thread (greenlet): node -> connections held. A cluster pipeline takes one
-# connection per node, in command order, holding the earlier ones while it
-# waits: two pipelines could each hold what the other waits for. A borrower
-# waits only for a node ordered after every node it holds a connection of;
-# otherwise it does not wait (the pipeline gives its connections back and
-# retries). A subscribed connection (a cluster pubsub) is not part of such a
-# set and does not count. Keyed by ``threading.get_ident()``, looked up at each
-# call: under gevent that is the greenlet's, even when this module was
-# imported before monkey-patching (a ``threading.local`` made then would be
-# shared by every greenlet).
-_HELD: dict[int, dict[str, list[Any]]] = {}
-os.register_at_fork(after_in_child=_HELD.clear)  # the parent's threads are not here
-
-
-def _must_not_wait(held: dict[str, list[Any]], node: str) -> bool:
-    """Does this thread hold a connection of ``node`` or of a node ordered
-    after it (other than a pubsub's: redis-py gives those a connect callback)?"""
-    return any(
-        name >= node and any(not conn._connect_callbacks for conn in conns)
-        for name, conns in held.items()
-    )
-
-
-class _NodePool(ConnectionPool):
-    """The ``connection_pool`` of one node's ``redis.Redis``: redispool's
-    ``ConnectionPool`` with the errors redis-py's cluster client needs and
-    ordered waiting across nodes."""
-
-    node: str
-
-    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Connection:
-        ident = threading.get_ident()
-        held = _HELD.get(ident)
-        wait = 0.0 if held and _must_not_wait(held, self.node) else None
-        try:
-            conn: Any = self.redis_pool._get(wait)
-        except RedisPoolTimeout as exc:
-            raise _wait_error(exc, self.node) from exc
-        except RedisPoolClosed as exc:  # the node left the topology under us
-            raise RedisConnectionError(f"{self.node}: {exc}") from exc
-        if held is None:
-            held = _HELD[ident] = {}
-        held.setdefault(self.node, []).append(conn)
-        conn._rp_held = (ident, held)
-        return conn  # type: ignore[no-any-return]
-
-    def release(self, connection: Connection) -> None:
-        mark = getattr(connection, "_rp_held", None)
-        if mark is not None:
-            connection._rp_held = None  # type: ignore[attr-defined]
-            ident, held = mark
-            conns = held.get(self.node, [])
-            for i, conn in enumerate(conns):
-                if conn is connection:
-                    del conns[i]
-                    break
-            if not conns:
-                held.pop(self.node, None)
-                if not held and _HELD.get(ident) is held:
-                    del _HELD[ident]
-        super().release(connection)
-
-    def owns_connection(self, connection: Connection) -> bool:
-        kwargs = self.connection_kwargs
-        return bool(connection.host == kwargs["host"] and connection.port == kwargs["port"])
-
-
-def _wait_error(exc: RedisPoolTimeout, node: str) -> Exception:
-    """A node pool's wait timeout as redis-py needs it: the node's own connect
-    error (exact type: refresh and retry) if connecting to it keeps failing,
-    else a ``MaxConnectionsError`` (all busy: no refresh)."""
-    cause = exc.__cause__
-    if type(cause) is RedisConnectionError or type(cause) is RedisTimeoutError:
-        return type(cause)(f"{node}: {cause}")
-    kind = ClusterTooManyWaiters if isinstance(exc, RedisTooManyWaiters) else ClusterPoolTimeout
-    err = kind(str(exc))
-    err.__cause__ = cause
-    return err
 
 
 # -- stats ---------------------------------------------------------------------
@@ -330,7 +171,7 @@ class RedisClusterPool:
         self._conn_opts = options  # connection options: every node pool gets them
         self._lock = threading.RLock()
         self._connect_lock = threading.Lock()
-        self._pools: dict[int, _NodePool] = {}  # id -> every node pool not yet closed
+        self._pools: dict[int, NodePool] = {}  # id -> every node pool not yet closed
         self._retired: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
         self._refreshes = 0
         self._redis: RedisCluster | None = None
@@ -363,21 +204,21 @@ class RedisClusterPool:
 
     # -- node pools ------------------------------------------------------------
 
-    def _new_node_pool(self, **kwargs: Any) -> _NodePool:
+    def _new_node_pool(self, **kwargs: Any) -> NodePool:
         """What ``NodesManager`` calls for each node (``connection_pool_class``)."""
         kwargs.pop("db", None)
         base = kwargs.pop("connection_class", None) or Connection
-        kwargs["connection_class"] = _cluster_connection_class(base)
+        kwargs["connection_class"] = cluster_connection_class(base)
         if kwargs.get("redis_connect_func") is not None and hasattr(
             kwargs["connection_class"], "_rp_fresh"
         ):
-            kwargs["redis_connect_func"] = _handshake(kwargs["redis_connect_func"])
+            kwargs["redis_connect_func"] = handshake(kwargs["redis_connect_func"])
         opts = {**self._conn_opts, **kwargs}
         for key in _NODE_POOL_OPTIONS:  # a URL's ?socket_timeout= wins, as in redis-py
             if key in opts:
                 self._pool_opts[key] = opts.pop(key)
         node = f"{opts['host']}:{opts['port']}"
-        pool = _NodePool(name=f"{self.name} {node}", **self._pool_opts, **opts)
+        pool = NodePool(name=f"{self.name} {node}", **self._pool_opts, **opts)
         pool.node = node
         with self._lock:
             self._pools[id(pool)] = pool
@@ -407,7 +248,7 @@ class RedisClusterPool:
         for pool in gone:
             self._retire(pool)
 
-    def _retire(self, pool: _NodePool) -> None:
+    def _retire(self, pool: NodePool) -> None:
         pool.redis_pool.close(timeout=0)  # idle connections now, borrowed ones on return
         stats = pool.redis_pool.stats()
         with self._lock:
@@ -443,7 +284,7 @@ class RedisClusterPool:
                 **allowed,
             )
             manager = cluster.nodes_manager
-            manager.initialize = _skip_when_busy(manager.initialize)  # type: ignore[method-assign]
+            manager.initialize = skip_when_busy(manager.initialize)  # type: ignore[method-assign]
             with self._lock:
                 closed = self._closed
                 if not closed:
@@ -483,7 +324,7 @@ class RedisClusterPool:
             node = cluster.get_default_node()
         else:
             node = cluster.nodes_manager.get_node_from_slot(slot)
-        pool: _NodePool = cluster.get_redis_connection(node).connection_pool  # type: ignore[assignment]
+        pool: NodePool = cluster.get_redis_connection(node).connection_pool  # type: ignore[assignment]
         return pool.redis_pool
 
     def node_pools(self) -> dict[str, RedisPool]:

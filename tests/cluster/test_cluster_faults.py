@@ -217,12 +217,14 @@ def test_multi_node_pipelines_under_contention(
         t.join(20)
     assert not any(t.is_alive() for t in threads), "a pipeline is stuck"
     assert outcome["ok"] >= 20, outcome
-    # at most one wait per node, then the socket: far below a deadlock
-    assert longest[0] < 3 * timeout + 2.0, (longest, outcome)
+    # at most one wait per node per attempt (redis-py: 1 + 3 attempts), then
+    # the socket: bounded, where two pipelines waiting for each other would
+    # each sit out every wait
+    assert longest[0] < 4 * 3 * timeout + 2.0, (longest, outcome)
     s = pool.stats()
     assert s.in_use == 0 and s.waiting == 0, s
     assert all(n.size <= 2 for n in s.nodes.values())
-    assert redis_cluster.refresh_count() == before, outcome
+    assert redis_cluster.refresh_count() == before, (outcome, s)
 
 
 def test_node_leaving_has_its_pool_closed(

@@ -28,7 +28,7 @@ from redispool import (
     RedisClusterPoolStats,
     RedisPoolTimeout,
 )
-from redispool.cluster import _wait_error
+from redispool.cluster_nodes import _wait_error
 from redispool.testing import RedisClusterServer
 
 Make = Callable[..., RedisClusterPool]
