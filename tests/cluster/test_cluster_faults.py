@@ -216,7 +216,7 @@ def test_multi_node_pipelines_under_contention(
     for t in threads:
         t.join(20)
     assert not any(t.is_alive() for t in threads), "a pipeline is stuck"
-    assert outcome["ok"] >= 20, outcome
+    assert outcome["ok"] >= 100, outcome  # waiting in a circle: ~20 in 2 s
     # at most one wait per node per attempt (redis-py: 1 + 3 attempts), then
     # the socket: bounded, where two pipelines waiting for each other would
     # each sit out every wait
