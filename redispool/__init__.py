@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from .cluster import (
+    ClusterPoolTimeout,
+    ClusterTooManyWaiters,
+    RedisClusterPool,
+    RedisClusterPoolStats,
+)
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from .pool import ObjectPool
 from .redis_adapter import ConnectionPool
@@ -11,12 +17,16 @@ from .sizing import budget
 from .stats import PoolStats
 
 __all__ = [
+    "ClusterPoolTimeout",
+    "ClusterTooManyWaiters",
     "ConnectionPool",
     "ObjectPool",
     "PoolClosed",
     "PoolError",
     "PoolStats",
     "PoolTimeout",
+    "RedisClusterPool",
+    "RedisClusterPoolStats",
     "RedisPool",
     "RedisPoolClosed",
     "RedisPoolStats",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import logging
 import os
 import threading
 import time
@@ -30,6 +29,7 @@ from redis.connection import Connection
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from ._closehooks import CloseHooks
 from ._poolparts import _number
 from .config import env_options, parse_redis_url, redact_url
 from .connection import TIMEOUT_SET, is_alive, pooled_class, set_io_timeout
@@ -279,6 +279,7 @@ class RedisPool:
         self.connection_kwargs: dict[str, Any] = kwargs
         self._dns = DNSCache(ttl=dns_ttl) if issubclass(cls, Connection) else None
         self._stats_lock = threading.Lock()
+        self._close_hooks = CloseHooks()
         _POOLS.add(self)  # its lock is remade in a forked child
         self._retired_commands = 0
         self._retired_errors = 0
@@ -452,34 +453,17 @@ class RedisPool:
         if self.read_pool is not None:
             self.read_pool.open(wait=wait, timeout=timeout)
 
-    _close_hooks: tuple[Callable[[], Callable[[], object] | None], ...] = ()
-
     def on_close(self, hook: Callable[[], object]) -> None:
         """Run ``hook()`` at the start of ``close()``, while the pool still works: a
         helper that buffers writes flushes there, whatever order exit hooks run in.
         Hooks run once, in order; a bound method is held weakly (it does not keep
         its object alive); an exception is logged, not raised."""
-        if not callable(hook):
-            raise TypeError(f"hook must be callable, got {hook!r}")
-        if hasattr(hook, "__self__") and hasattr(hook, "__func__"):
-            ref: Callable[[], Callable[[], object] | None] = weakref.WeakMethod(hook)
-        else:
-            ref = lambda: hook  # noqa: E731 - a plain function is held strongly
-        with self._stats_lock:
-            self._close_hooks = (*(r for r in self._close_hooks if r() is not None), ref)
+        self._close_hooks.add(hook)
 
     def close(self, timeout: float = 5.0) -> None:
         """Run the ``on_close`` hooks, then close the pool(s): idle connections now,
         borrowed ones when returned."""
-        with self._stats_lock:
-            hooks, self._close_hooks = self._close_hooks, ()
-        for ref in hooks:
-            hook = ref()
-            try:
-                if hook is not None:
-                    hook()
-            except Exception:
-                logging.getLogger("redispool").exception("%s: a close hook failed", self.name)
+        self._close_hooks.run(self.name)
         self._pool.close(timeout)
         if self.read_pool is not None:
             self.read_pool.close(timeout)

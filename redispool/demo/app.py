@@ -145,7 +145,7 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
         REDIS_URL=url, REDIS_POOL_MIN_SIZE=2, REDIS_POOL_MAX_SIZE=20, MAX_CONTENT_LENGTH=MAX_BODY
     )
     ext = RedisPoolExtension(app)
-    assert ext.pool is not None
+    assert isinstance(ext.pool, RedisPool)  # REDIS_URL: a single server
     shared = _Services(RedisPyBlockingPool(url) if mode == "redis-py" else ext.pool)
     # Registered after the pool's own atexit close, so it runs before it (LIFO): the
     # buffered analytics and queued cache writes are flushed while the pool is open.

@@ -350,20 +350,26 @@ class Analytics(HelperBase):
 
     def flush(self) -> int:
         """Write the buffer now, one pipeline (one round trip) per ``FLUSH_CHUNK``
-        entries; returns how many keys were written. What could not be written
-        goes back into the buffer."""
+        entries (and, on a Redis Cluster, per node); returns how many keys were
+        written. What could not be written goes back into the buffer."""
         if self._pid != os.getpid():
             self._reset_buffer()
         with self._lock:
             items = list(self._buf.items())
             self._buf, self._entries, self._pending = {}, 0, 0
+        # On a cluster, one pipeline per node: group the keys by the node serving them.
+        node_of = getattr(self.pool, "node_of", None)
+        nodes = [node_of(key) for key, _ in items] if node_of is not None else [""] * len(items)
+        if node_of is not None:
+            order = sorted(range(len(items)), key=nodes.__getitem__)
+            items, nodes = [items[i] for i in order], [nodes[i] for i in order]
         written = 0
         chunk: list[tuple[str, int | set[bytes]]] = []
         weight = 0
         for i, (key, value) in enumerate(items):
             chunk.append((key, value))
             weight += 1 if isinstance(value, int) else len(value)
-            if weight < FLUSH_CHUNK and i < len(items) - 1:
+            if weight < FLUSH_CHUNK and i < len(items) - 1 and nodes[i + 1] == nodes[i]:
                 continue
             try:
                 failed = self._call(functools.partial(self._write, chunk=chunk))

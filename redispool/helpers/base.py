@@ -274,10 +274,13 @@ class HelperBase:
         timeout: float = 0.25,
         breaker: CircuitBreaker | None = None,
     ) -> None:
+        from ..cluster import RedisClusterPool
         from ..redis_pool import RedisPool
 
-        if not isinstance(pool, RedisPool):
-            raise TypeError(f"pool must be a redispool.RedisPool, got {type(pool).__name__}")
+        if not isinstance(pool, (RedisPool, RedisClusterPool)):
+            raise TypeError(
+                f"pool must be a redispool.RedisPool or RedisClusterPool, got {type(pool).__name__}"
+            )
         self.pool = pool
         self.namespace = check_namespace(namespace)
         self.timeout = _number("timeout", timeout, minimum=0.001)

@@ -1,14 +1,19 @@
 """pytest fixtures: ``redis_server`` (session), ``redis_url`` and
-``redis_server_factory``. Load with ``pytest_plugins = ["redispool.testing"]``."""
+``redis_server_factory``; ``redis_cluster`` (session), ``redis_cluster_url`` and
+``redis_cluster_factory`` (started only by the tests that ask for them).
+Load with ``pytest_plugins = ["redispool.testing"]``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .server import RedisServer
+
+if TYPE_CHECKING:
+    from .cluster import RedisClusterServer
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +49,45 @@ def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
     yield factory
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """One real 3 primaries + 3 replicas cluster shared by the session (about 2.5 s
+    to start, paid only if a test uses it)."""
+    from .cluster import RedisClusterServer
+
+    cluster = RedisClusterServer()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServer) -> str:
+    """A startup-node URL of the shared cluster: healthy again (if a test broke
+    it), flushed, command stats reset."""
+    if not redis_cluster.is_ready():
+        redis_cluster.restore()
+    redis_cluster.flushall()
+    redis_cluster.reset_stats()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def redis_cluster_factory() -> Iterator[Callable[..., RedisClusterServer]]:
+    """Start private clusters (``**kwargs`` as for ``RedisClusterServer``), for
+    tests that damage them; all stopped after."""
+    from .cluster import RedisClusterServer
+
+    clusters: list[RedisClusterServer] = []
+
+    def factory(**kwargs: Any) -> RedisClusterServer:
+        cluster = RedisClusterServer(**kwargs)
+        clusters.append(cluster)
+        return cluster
+
+    yield factory
+    for cluster in clusters:
+        cluster.close()

@@ -1,7 +1,8 @@
 """Flask extension: one RedisPool per app, health and metrics endpoints.
 
 ``ext = RedisPoolExtension(app)`` or ``ext.init_app(app)``; configuration from
-``app.config``: ``REDIS_URL``, ``READ_REDIS_URL``, ``REDIS_POOL_MIN_SIZE``,
+``app.config``: ``REDIS_URL``, ``READ_REDIS_URL``, ``REDIS_CLUSTER_URL`` (a
+``RedisClusterPool`` instead, the pool options per node), ``REDIS_POOL_MIN_SIZE``,
 ``REDIS_POOL_MAX_SIZE``, ``REDIS_POOL_TIMEOUT``, ``REDIS_SOCKET_TIMEOUT``,
 ``REDIS_CONNECT_TIMEOUT``, ``REDIS_HEALTH_CHECK_INTERVAL``, ``REDIS_POOL_OPTIONS``
 (a dict of any other ``RedisPool`` option); ``REDISPOOL_HEALTH_URL`` (default
@@ -28,6 +29,7 @@ from typing import Any
 from flask import Flask, Response, current_app, has_app_context, jsonify, request
 from werkzeug.local import LocalProxy
 
+from ..cluster import RedisClusterPool
 from ..config import parse_redis_url
 from ..redis_pool import RedisPool
 from .health import DETAIL_LEVELS, SHOW_DETAILS, pool_health
@@ -62,7 +64,7 @@ def _config_number(key: str, value: Any, kind: type, minimum: float) -> Any:
 
 def _check_config(cfg: Mapping[str, Any]) -> None:
     """Settings that RedisPool does not see (or would name by its own option)."""
-    for key in ("REDIS_URL", "READ_REDIS_URL"):
+    for key in ("REDIS_URL", "READ_REDIS_URL", "REDIS_CLUSTER_URL"):
         if cfg.get(key):
             try:
                 parse_redis_url(cfg[key])
@@ -96,7 +98,7 @@ def _check_config(cfg: Mapping[str, Any]) -> None:
             )
 
 
-def _close_at_exit(ref: weakref.ref[RedisPool]) -> None:
+def _close_at_exit(ref: weakref.ref[RedisPool | RedisClusterPool]) -> None:
     pool = ref()
     if pool is not None and not pool.closed:
         pool.close(timeout=1.0)
@@ -107,7 +109,7 @@ class AppState:
     """What the extension keeps for one app, in ``app.extensions["redispool"]``."""
 
     extension: RedisPoolExtension
-    pool: RedisPool
+    pool: RedisPool | RedisClusterPool
     metrics: PoolMetrics | None
 
 
@@ -141,7 +143,11 @@ class RedisPoolExtension:
         if cfg.get("READ_REDIS_URL"):
             options.setdefault("read_url", cfg["READ_REDIS_URL"])
         url = cfg.get("REDIS_URL", "redis://localhost:6379/0")
-        pool = RedisPool(url, **options)
+        pool: RedisPool | RedisClusterPool
+        if cfg.get("REDIS_CLUSTER_URL"):
+            pool = RedisClusterPool(cfg["REDIS_CLUSTER_URL"], **options)
+        else:
+            pool = RedisPool(url, **options)
         metrics: PoolMetrics | None = None
         try:
             import prometheus_client  # noqa: F401
@@ -181,7 +187,7 @@ class RedisPoolExtension:
         return state if isinstance(state, AppState) and state.extension is self else None
 
     @property
-    def pool(self) -> RedisPool | None:
+    def pool(self) -> RedisPool | RedisClusterPool | None:
         state = self.state()
         return None if state is None else state.pool
 
@@ -216,7 +222,7 @@ def _metrics() -> Response:
     return Response(text, content_type=CONTENT_TYPE)
 
 
-def _current() -> RedisPool:
+def _current() -> RedisPool | RedisClusterPool:
     return _state(current_app).pool
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import redis
 
+    from ..cluster import RedisClusterPool
     from ..redis_pool import RedisPool, RedisPoolStats
 
 __all__ = ["DETAIL_LEVELS", "SHOW_DETAILS", "pool_health", "server_details"]
@@ -71,7 +72,7 @@ def server_details(r: redis.Redis) -> dict[str, Any]:
 
 
 def _probe(
-    pool: RedisPool, timeout: float, details: bool
+    pool: RedisPool | RedisClusterPool, timeout: float, details: bool
 ) -> tuple[float | None, str | None, dict[str, Any]]:
     """(PING round trip in ms or None, error class name, server details)."""
     t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def _probe(
 
 
 def pool_health(
-    pool: RedisPool,
+    pool: RedisPool | RedisClusterPool,
     *,
     detail: str = "full",
     show_details: bool = False,
@@ -100,11 +101,16 @@ def pool_health(
     ``full`` (+ counters and wait times). ``show_details`` adds the pool's
     name and address and a ``server`` section (version, mode,
     ``connected_clients``, ``maxclients``: one more round trip). Connection
-    URLs in it carry no password."""
+    URLs in it carry no password. For a ``RedisClusterPool``, ``full`` adds
+    ``nodes``: each node's pool, keyed by ``host:port`` with ``show_details``
+    and by ``node1``, ``node2``, ... (in address order) without."""
+    from ..cluster import RedisClusterPool
     from ..redis_pool import RedisPool, _socket_timeout
 
-    if not isinstance(pool, RedisPool):
-        raise TypeError(f"pool must be a redispool.RedisPool, got {type(pool).__name__}")
+    if not isinstance(pool, (RedisPool, RedisClusterPool)):
+        raise TypeError(
+            f"pool must be a redispool.RedisPool or RedisClusterPool, got {type(pool).__name__}"
+        )
     if detail not in DETAIL_LEVELS:
         raise ValueError(f"detail must be one of {DETAIL_LEVELS}, got {detail!r}")
     if not isinstance(show_details, bool):
@@ -130,6 +136,12 @@ def pool_health(
             body["error"] = error
         if detail == "full" and stats.read is not None:
             body["read"] = _numbers(stats.read)
+        nodes: dict[str, RedisPoolStats] | None = getattr(stats, "nodes", None)
+        if detail == "full" and nodes is not None:  # a cluster: each node's pool
+            body["nodes"] = {
+                (node if show_details else f"node{i}"): _numbers(s)
+                for i, (node, s) in enumerate(sorted(nodes.items()), 1)
+            }
         if show_details:
             body["name"] = stats.name
             body["server"] = {"url": pool.url, **server}

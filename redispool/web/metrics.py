@@ -15,6 +15,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..cluster import RedisClusterPool
     from ..redis_pool import RedisPool, RedisPoolStats
 
 __all__ = ["CONTENT_TYPE", "PoolMetrics", "render_metrics"]
@@ -49,13 +52,21 @@ def _samples(s: RedisPoolStats) -> list[tuple[str, str, str, dict[str, str], flo
     ]
 
 
-def _render_plain(pools: list[RedisPool]) -> str:
+def _series(stats: RedisPoolStats) -> list[RedisPoolStats]:
+    """The numbers published for one pool: a cluster pool's node by node
+    (``pool_name`` names the node), else the pool's and its read pool's."""
+    nodes: dict[str, RedisPoolStats] | None = getattr(stats, "nodes", None)
+    if nodes is not None:
+        return list(nodes.values())
+    return [stats] + ([stats.read] if stats.read is not None else [])
+
+
+def _render_plain(pools: Sequence[RedisPool | RedisClusterPool]) -> str:
     lines: list[str] = []
     seen: set[str] = set()
     rows: list[tuple[str, str, str, dict[str, str], float]] = []
     for pool in pools:
-        stats = pool.stats()
-        for each in [stats] + ([stats.read] if stats.read is not None else []):
+        for each in _series(pool.stats()):
             for name, kind, help_, labels, value in _samples(each):
                 rows.append((name, kind, help_, {"pool_name": each.name, **labels}, value))
     for name, kind, help_, labels, value in sorted(rows, key=lambda r: r[0]):
@@ -113,7 +124,9 @@ def _families() -> dict[str, Any]:
 class PoolMetrics:
     """Publishes pool numbers through prometheus_client (multiprocess-safe)."""
 
-    def __init__(self, pools: list[RedisPool], min_interval: float = 1.0) -> None:
+    def __init__(
+        self, pools: Sequence[RedisPool | RedisClusterPool], min_interval: float = 1.0
+    ) -> None:
         fam = _families()
         self.pools = pools
         self.min_interval = min_interval
@@ -136,8 +149,7 @@ class PoolMetrics:
                 self._pid = os.getpid()
                 self._sent.clear()
             for pool in self.pools:
-                stats = pool.stats()
-                for s in [stats] + ([stats.read] if stats.read is not None else []):
+                for s in _series(pool.stats()):
                     self._publish(s)
 
     def _publish(self, s: RedisPoolStats) -> None:
@@ -158,7 +170,9 @@ class PoolMetrics:
                 self._sent[key] = value
 
 
-def render_metrics(pools: list[RedisPool], metrics: PoolMetrics | None = None) -> str:
+def render_metrics(
+    pools: Sequence[RedisPool | RedisClusterPool], metrics: PoolMetrics | None = None
+) -> str:
     """The Prometheus text for ``pools`` (all workers' sum in multiprocess mode)."""
     if metrics is None:
         return _render_plain(pools)

@@ -1,0 +1,466 @@
+"""RedisClusterPool: redis-py's own ``RedisCluster`` on fair per-node ``RedisPool``s.
+
+redis-py keeps routing, MOVED/ASK, pipelines, replica reads and topology
+refresh; each node's connections come from a ``RedisPool`` (``max_size`` per
+node, FIFO waiters, checked connections). What this module adds around it:
+
+* the node pools, with the errors redis-py's recovery needs and ordered
+  waiting across nodes (``cluster_nodes``);
+* the READONLY handshake of replica connections and one-shot ASKING are not
+  session state (the connection stays reusable);
+* a node that leaves the topology has its pool closed (no orphaned sockets);
+* ``client(key)`` / ``client()``: one pinned connection (``cluster_client``);
+* totals and per-node numbers in ``stats()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
+from redis.connection import Connection
+from redis.event import AfterSlotsCacheRefreshEvent, EventDispatcher, EventListenerInterface
+from redis.maint_notifications import MaintNotificationsConfig
+
+from ._closehooks import CloseHooks
+from .cluster_client import SlotLease, slot_of
+from .cluster_nodes import (
+    ClusterPoolTimeout,
+    ClusterTooManyWaiters,
+    NodePool,
+    cluster_connection_class,
+    handshake,
+    skip_when_busy,
+)
+from .config import env_options, parse_redis_url, redact_url
+from .redis_errors import RedisPoolClosed
+from .redis_pool import _POOL_OPTIONS, RedisPool, RedisPoolStats, _check_lease, _ClientLease
+
+__all__ = [
+    "ClusterPoolTimeout",
+    "ClusterTooManyWaiters",
+    "RedisClusterPool",
+    "RedisClusterPoolStats",
+]
+
+# RedisCluster's own options (everything else is a node pool or connection option).
+_CLUSTER_OPTIONS = frozenset(
+    [
+        "require_full_coverage",
+        "reinitialize_steps",
+        "read_from_replicas",
+        "load_balancing_strategy",
+        "dynamic_startup_nodes",
+        "address_remap",
+        "retry",
+        "cluster_error_retry_attempts",
+        "policy_resolver",
+    ]
+)
+# RedisPool options that are not connection options.
+_NODE_POOL_OPTIONS = frozenset(
+    [
+        *_POOL_OPTIONS,
+        "connect_timeout",
+        "socket_connect_timeout",
+        "socket_timeout",
+        "health_check_interval",
+        "dns_ttl",
+    ]
+)
+_REFUSED = {
+    "read_url": "use read_from_replicas=True or load_balancing_strategy",
+    "db": "Redis Cluster has only database 0",
+    "connection_pool": "RedisClusterPool makes the node pools",
+    "connection_pool_class": "RedisClusterPool makes the node pools",
+    "max_connections": "use max_size (per node)",
+    "cache": "client-side caching is not supported",
+    "cache_config": "client-side caching is not supported",
+    "event_dispatcher": "RedisClusterPool needs its own",
+}
+
+
+# -- stats ---------------------------------------------------------------------
+
+_SUMMED = [
+    f.name
+    for f in dataclasses.fields(RedisPoolStats)
+    if f.type in ("int", "float") and f.name not in ("wait_time_max", "consecutive_create_errors")
+]
+_COUNTERS = [
+    "borrows",
+    "timeouts",
+    "created",
+    "create_errors",
+    "destroyed",
+    "wait_time_total",
+    "create_time_total",
+    "use_time_total",
+    "commands",
+    "command_errors",
+]
+
+
+@dataclass(frozen=True)
+class RedisClusterPoolStats(RedisPoolStats):
+    """Totals over the node pools, plus each node's own numbers in ``nodes``
+    (``host:port`` -> ``RedisPoolStats``). Counters include the nodes that left.
+    ``topology_refreshes``: slot-table updates (full refreshes and MOVED patches)."""
+
+    nodes: dict[str, RedisPoolStats] = field(default_factory=dict)
+    topology_refreshes: int = 0
+
+
+# -- the pool ------------------------------------------------------------------
+
+
+class _RefreshListener(EventListenerInterface):
+    def __init__(self, pool: RedisClusterPool) -> None:
+        self._pool = pool
+
+    def listen(self, event: object) -> None:
+        self._pool._after_refresh()
+
+
+StartupNodes = str | Sequence[str | tuple[str, int] | ClusterNode]
+
+
+class RedisClusterPool:
+    """Redis Cluster through redis-py's ``RedisCluster``, with a fair, bounded
+    ``RedisPool`` per node (``max_size`` connections per node, as go-redis).
+
+    ``url_or_startup_nodes``: a ``redis://`` / ``rediss://`` URL of any node, or
+    a list of ``"host:port"``, ``(host, port)`` or ``ClusterNode``. Node pool
+    options are ``RedisPool``'s (``min_size``, ``max_size``, ``timeout``,
+    ``socket_timeout``, ...); ``RedisCluster`` options (``read_from_replicas``,
+    ``load_balancing_strategy``, ``require_full_coverage``, ``retry``, ...) go to
+    it; anything else is a connection option (``password``, ``ssl_*``, ...).
+    Nothing connects until first use (``.redis``, ``client()`` or ``open()``).
+    """
+
+    def __init__(
+        self,
+        url_or_startup_nodes: StartupNodes = "redis://localhost:6379",
+        *,
+        min_size: int = 0,
+        max_size: int = 20,
+        timeout: float | None = 4.0,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        for key, hint in _REFUSED.items():
+            if key in options:
+                raise TypeError(f"RedisClusterPool got an unsupported option {key!r}: {hint}")
+        if timeout is None:
+            # A pipeline holds one node's connection while it waits for the next.
+            raise ValueError("timeout must be a number of seconds for a cluster (None: never)")
+        maint = options.pop("maint_notifications_config", None)
+        if maint is not None and getattr(maint, "enabled", False):
+            raise ValueError("RedisClusterPool does not support maintenance notifications")
+        self._url, self._startup = _startup(url_or_startup_nodes)
+        self.url = redact_url(self._url)
+        self.name = name or self.url
+        self._cluster_opts = {k: options.pop(k) for k in list(options) if k in _CLUSTER_OPTIONS}
+        pool_opts = {k: options.pop(k) for k in list(options) if k in _NODE_POOL_OPTIONS}
+        pool_opts.update(min_size=min_size, max_size=max_size, timeout=timeout)
+        self._pool_opts = pool_opts
+        self._conn_opts = options  # connection options: every node pool gets them
+        self._lock = threading.RLock()
+        self._connect_lock = threading.Lock()
+        self._pools: dict[int, NodePool] = {}  # id -> every node pool not yet closed
+        self._retired: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
+        self._refreshes = 0
+        self._redis: RedisCluster | None = None
+        self._closed = False
+        self._close_hooks = CloseHooks()
+        # Bad options fail here, naming themselves, rather than at first use.
+        host, port = self._startup[0]
+        trial = {**parse_redis_url(self._url), "host": host, "port": port}
+        self._new_node_pool(**trial).redis_pool.close(0)
+        self._pools.clear()
+
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = "REDIS_CLUSTER_",
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> RedisClusterPool:
+        """A pool configured from ``{prefix}URL`` (``REDIS_CLUSTER_URL``) and the
+        same ``{prefix}POOL_MAX_SIZE``, ... variables as ``RedisPool.from_env``."""
+        opts = env_options(prefix, environ)
+        if "read_url" in opts:
+            raise ValueError(
+                f"READ_{prefix}URL is not used with a cluster: set read_from_replicas=True"
+            )
+        url = opts.pop("url", None)
+        if url is None:
+            raise ValueError(f"{prefix}URL is not set")
+        opts.update(overrides)
+        return cls(url, **opts)
+
+    # -- node pools ------------------------------------------------------------
+
+    def _new_node_pool(self, **kwargs: Any) -> NodePool:
+        """What ``NodesManager`` calls for each node (``connection_pool_class``)."""
+        kwargs.pop("db", None)
+        base = kwargs.pop("connection_class", None) or Connection
+        kwargs["connection_class"] = cluster_connection_class(base)
+        if kwargs.get("redis_connect_func") is not None and hasattr(
+            kwargs["connection_class"], "_rp_fresh"
+        ):
+            kwargs["redis_connect_func"] = handshake(kwargs["redis_connect_func"])
+        opts = {**self._conn_opts, **kwargs}
+        for key in _NODE_POOL_OPTIONS:  # a URL's ?socket_timeout= wins, as in redis-py
+            if key in opts:
+                self._pool_opts[key] = opts.pop(key)
+        node = f"{opts['host']}:{opts['port']}"
+        pool = NodePool(name=f"{self.name} {node}", **self._pool_opts, **opts)
+        pool.node = node
+        with self._lock:
+            self._pools[id(pool)] = pool
+        return pool
+
+    def _after_refresh(self) -> None:
+        with self._lock:
+            self._refreshes += 1
+        self._close_departed()
+
+    def _close_departed(self) -> None:
+        """Close the pools of nodes no longer in the topology (nor startup nodes)."""
+        with self._lock:
+            cluster = self._redis
+        if cluster is None:  # the first refresh, inside the RedisCluster constructor
+            return
+        manager = cluster.nodes_manager
+        # Not in the middle of a refresh (from another thread: a MOVED patch
+        # dispatches outside it): its new pools are not in nodes_cache yet.
+        with manager._initialization_lock, manager._lock:
+            nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+            live = {id(n.redis_connection.connection_pool) for n in nodes if n.redis_connection}
+            with self._lock:
+                gone = [p for key, p in self._pools.items() if key not in live]
+                for pool in gone:
+                    del self._pools[id(pool)]
+        for pool in gone:
+            self._retire(pool)
+
+    def _retire(self, pool: NodePool) -> None:
+        pool.redis_pool.close(timeout=0)  # idle connections now, borrowed ones on return
+        stats = pool.redis_pool.stats()
+        with self._lock:
+            for key in _COUNTERS:
+                self._retired[key] += getattr(stats, key)
+
+    # -- the client ------------------------------------------------------------
+
+    @property
+    def redis(self) -> RedisCluster:
+        """A ``redis.cluster.RedisCluster`` on this pool (made on first use)."""
+        cluster = self._redis
+        if cluster is None:
+            cluster = self._connect()
+        return cluster
+
+    def _connect(self) -> RedisCluster:
+        with self._connect_lock:  # one discovery at a time: callers wait for it
+            if self._closed:
+                raise RedisPoolClosed(f"pool {self.name!r} is closed")
+            if self._redis is not None:
+                return self._redis
+            dispatcher = EventDispatcher()
+            dispatcher.register_listeners({AfterSlotsCacheRefreshEvent: [_RefreshListener(self)]})
+            allowed = {k: v for k, v in self._conn_opts.items() if k in REDIS_ALLOWED_KEYS}
+            cluster = RedisCluster(
+                url=self._url,
+                startup_nodes=[ClusterNode(h, p) for h, p in self._startup[1:]],
+                connection_pool_class=self._new_node_pool,
+                event_dispatcher=dispatcher,
+                maint_notifications_config=MaintNotificationsConfig(enabled=False),
+                **self._cluster_opts,
+                **allowed,
+            )
+            manager = cluster.nodes_manager
+            manager.initialize = skip_when_busy(manager.initialize)  # type: ignore[method-assign]
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._redis = cluster
+        if closed:  # closed while discovering
+            self._close_cluster(cluster)
+            raise RedisPoolClosed(f"pool {self.name!r} is closed")
+        self._close_departed()  # the startup node's first pool is no node's now
+        return cluster
+
+    def client(
+        self,
+        key: str | bytes | None = None,
+        timeout: float | None = None,
+        *,
+        wait: float | None = None,
+    ) -> _ClientLease | SlotLease:
+        """``with pool.client(key) as r:`` a ``redis.Redis`` pinned to one checked
+        connection of the primary serving ``key``'s slot (for WATCH/MULTI and
+        multi-command work on one slot: give related keys one ``{hash tag}``).
+        Without ``key``, the client pins itself at its first command, by that
+        command's keys. ``timeout`` bounds each read and write, ``wait`` the
+        borrow, as ``RedisPool.client()``. Keys of other slots get MOVED or
+        CROSSSLOT errors, as on a single node."""
+        _check_lease(timeout, wait)
+        if key is None:
+            return SlotLease(
+                lambda slot: self._node_for(slot).client(timeout, wait=wait),
+                functools.partial(slot_of, self.redis),
+            )
+        return self._node_for(self.redis.keyslot(key)).client(timeout, wait=wait)
+
+    def _node_for(self, slot: int | None) -> RedisPool:
+        """The pool of the primary serving ``slot`` (None: the default node)."""
+        cluster = self.redis
+        if slot is None:
+            node = cluster.get_default_node()
+        else:
+            node = cluster.nodes_manager.get_node_from_slot(slot)
+        pool: NodePool = cluster.get_redis_connection(node).connection_pool  # type: ignore[assignment]
+        return pool.redis_pool
+
+    def node_of(self, key: str | bytes) -> str:
+        """``host:port`` of the primary serving ``key``'s slot now."""
+        node = self.redis.nodes_manager.get_node_from_slot(self.redis.keyslot(key))
+        return f"{node.host}:{node.port}"
+
+    def node_pools(self) -> dict[str, RedisPool]:
+        """``host:port`` -> the ``RedisPool`` of each node in use now."""
+        with self._lock:
+            pools = list(self._pools.values())
+        return {p.node: p.redis_pool for p in pools}
+
+    # -- lifecycle and numbers ------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Discover the cluster and fill each node pool to ``min_size``."""
+        self.redis  # noqa: B018 - connects
+        for pool in self.node_pools().values():
+            pool.open(wait=wait, timeout=timeout)
+
+    @property
+    def connection_kwargs(self) -> dict[str, Any]:
+        """The connection options every node gets (the URL's, then the caller's)."""
+        return {**parse_redis_url(self._url), **self._conn_opts}
+
+    def on_close(self, hook: Callable[[], object]) -> None:
+        """Run ``hook()`` at the start of ``close()``, while the pool still works
+        (see ``RedisPool.on_close``)."""
+        self._close_hooks.add(hook)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Run the ``on_close`` hooks, then close every node pool: idle connections
+        now, borrowed ones when returned."""
+        if not self._closed:
+            self._close_hooks.run(self.name)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            cluster, self._redis = self._redis, None
+        if cluster is not None:
+            self._close_cluster(cluster)
+        with self._lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.redis_pool.close(timeout)
+
+    @staticmethod
+    def _close_cluster(cluster: RedisCluster) -> None:
+        try:
+            cluster.close()  # its node clients; our pools are closed by their owner
+        except Exception:  # pragma: no cover - redis-py's close is best effort
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> RedisClusterPoolStats:
+        """Totals over the nodes (sums; ``wait_time_max`` and
+        ``consecutive_create_errors`` the worst node's), plus ``nodes``."""
+        nodes = {node: pool.stats() for node, pool in sorted(self.node_pools().items())}
+        totals: dict[str, Any] = dict.fromkeys(_SUMMED, 0)
+        for key, value in self._retired.items():
+            totals[key] += value
+        reasons: dict[str, int] = {}
+        worst_wait, streak, last_error = 0.0, 0, None
+        for s in nodes.values():
+            for key in _SUMMED:
+                totals[key] += getattr(s, key)
+            for reason, n in s.destroyed_by_reason.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+            worst_wait = max(worst_wait, s.wait_time_max)
+            if s.consecutive_create_errors > streak:
+                streak, last_error = s.consecutive_create_errors, s.last_create_error
+        return RedisClusterPoolStats(
+            name=self.name,
+            **totals,
+            destroyed_by_reason=reasons,
+            wait_time_max=worst_wait,
+            consecutive_create_errors=streak,
+            last_create_error=last_error,
+            closed=self._closed,
+            nodes=nodes,
+            topology_refreshes=self._refreshes,
+        )
+
+    def __enter__(self) -> RedisClusterPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<RedisClusterPool {self.url!r} nodes={len(self._pools)}{state}>"
+
+
+def _startup(spec: StartupNodes) -> tuple[str, list[tuple[str, int]]]:
+    """(URL of the first startup node, every startup node as (host, port))."""
+    if isinstance(spec, str):
+        kwargs = parse_redis_url(spec)
+        if "path" in kwargs:
+            raise ValueError(f"a cluster has no unix sockets: {redact_url(spec)!r}")
+        return spec, [(kwargs.get("host", "localhost"), int(kwargs.get("port", 6379)))]
+    if not isinstance(spec, Iterable) or isinstance(spec, bytes):
+        raise TypeError(f"url_or_startup_nodes must be a URL or a list of nodes, got {spec!r}")
+    nodes = [_node(item) for item in spec]
+    if not nodes:
+        raise ValueError("url_or_startup_nodes: the list of startup nodes is empty")
+    host, port = nodes[0]
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"redis://{netloc}", nodes
+
+
+def _node(item: object) -> tuple[str, int]:
+    if isinstance(item, ClusterNode):
+        return str(item.host), int(item.port)
+    if isinstance(item, str) and ":" in item:
+        host, _, port = item.rpartition(":")
+        host = host.strip("[]")
+    elif isinstance(item, tuple) and len(item) == 2:
+        host, port = item
+    else:
+        raise TypeError(
+            f"a startup node is 'host:port', (host, port) or a ClusterNode, got {item!r}"
+        )
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"startup node {item!r}: bad host")
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"startup node {item!r}: port must be an int") from None
+    if not 1 <= number <= 65535:
+        raise ValueError(f"startup node {item!r}: port must be between 1 and 65535")
+    return host, number

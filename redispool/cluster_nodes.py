@@ -1,0 +1,197 @@
+"""What ``RedisClusterPool`` puts under each node of redis-py's ``RedisCluster``:
+the node pool (redispool's ``ConnectionPool`` with the errors redis-py's
+recovery needs, and ordered waiting across nodes), the connection class
+(ASKING is one-shot) and the errors.
+
+* All connections of a node busy: ``ClusterPoolTimeout``, a
+  ``MaxConnectionsError``, so redis-py does not refresh the topology; a node
+  that cannot be reached, or whose pool was closed under a caller: the exact
+  ``ConnectionError`` / ``TimeoutError`` redis-py refreshes and retries on.
+* A multi-node pipeline never waits for a node while holding a connection of
+  a node ordered after it, so two pipelines cannot wait for each other; a busy
+  node pool does not make a pipeline refresh the topology.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from redis.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .connection import pooled_class
+from .redis_adapter import ConnectionPool
+from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
+
+__all__ = [
+    "ClusterPoolTimeout",
+    "ClusterTooManyWaiters",
+    "NodePool",
+    "cluster_connection_class",
+    "handshake",
+    "skip_when_busy",
+]
+
+
+class ClusterPoolTimeout(RedisPoolTimeout, MaxConnectionsError):
+    """No connection to a node could be borrowed in time. A
+    ``MaxConnectionsError``, so redis-py does not refresh the topology for it
+    (every connection was busy: nothing is wrong with the node)."""
+
+
+class ClusterTooManyWaiters(RedisTooManyWaiters, ClusterPoolTimeout):
+    """A node pool's wait queue is full (``max_waiting``)."""
+
+
+# -- connections -----------------------------------------------------------
+
+# A ``_rp_state`` bit (high, clear of connection.py's): ASKING sent, the command
+# it allows not yet.
+_ASKING_SENT = 1 << 12
+_ASKING = frozenset(["ASKING", "asking", b"ASKING", b"asking"])
+
+
+class _AskingMixin:
+    """ASKING allows the next command only (then the server forgets it): not
+    session state, unless the connection is returned before that command."""
+
+    _rp_state: int
+
+    def _rp_note(self, args: tuple[Any, ...]) -> None:
+        if args and args[0] in _ASKING:
+            self._rp_state |= _ASKING_SENT
+            return
+        self._rp_state &= ~_ASKING_SENT
+        super()._rp_note(args)  # type: ignore[misc]
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        if self._rp_state & _ASKING_SENT and args and args[0] not in _ASKING:
+            self._rp_state &= ~_ASKING_SENT  # the fast path skips _rp_note for GET, SET, ...
+        super().send_command(*args, **kwargs)  # type: ignore[misc]
+
+
+@functools.cache
+def cluster_connection_class(base: type[Connection]) -> type[Connection]:
+    pooled = pooled_class(base)
+    return type(f"Cluster{pooled.__name__}", (_AskingMixin, pooled), {})
+
+
+def handshake(connect_func: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``RedisCluster.on_connect`` (READONLY for replica reads, the user's own
+    ``redis_connect_func``) is part of connecting: whatever it sends leaves no
+    user state on the new session. Only for a connection.py that counts what
+    ``connect()`` sends as the user's (one with ``_rp_fresh``); the session
+    tracking of issue 11 already forgets the whole handshake."""
+
+    def on_connect(conn: Any) -> None:
+        owed = conn._rp_pending
+        connect_func(conn)
+        conn._rp_fresh(owed)
+
+    return on_connect
+
+
+def skip_when_busy(initialize: Callable[..., Any]) -> Callable[..., Any]:
+    """``NodesManager.initialize`` that does nothing when called while handling
+    a ``MaxConnectionsError``: a cluster pipeline refreshes the whole topology
+    on any ``ConnectionError`` from a node pool, though a busy pool says
+    nothing about the topology (and the refresh would wait for a connection
+    of a busy pool, holding the lock every other refresh waits on)."""
+
+    @functools.wraps(initialize)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if isinstance(sys.exc_info()[1], MaxConnectionsError):
+            return None
+        return initialize(*args, **kwargs)
+
+    return guarded
+
+
+# -- node pools --------------------------------------------------------------
+
+
+# Per thread (greenlet): node -> connections held. A cluster pipeline takes one
+# connection per node, in command order, holding the earlier ones while it
+# waits: two pipelines could each hold what the other waits for. A borrower
+# waits only for a node ordered after every node it holds a connection of;
+# otherwise it does not wait (the pipeline gives its connections back and
+# retries). A subscribed connection (a cluster pubsub) is not part of such a
+# set and does not count. Keyed by ``threading.get_ident()``, looked up at each
+# call: under gevent that is the greenlet's, even when this module was
+# imported before monkey-patching (a ``threading.local`` made then would be
+# shared by every greenlet).
+_HELD: dict[int, dict[str, list[Any]]] = {}
+os.register_at_fork(after_in_child=_HELD.clear)  # the parent's threads are not here
+
+
+def _must_not_wait(held: dict[str, list[Any]], node: str) -> bool:
+    """Does this thread hold a connection of ``node`` or of a node ordered
+    after it (other than a pubsub's: redis-py gives those a connect callback)?"""
+    return any(
+        name >= node and any(not conn._connect_callbacks for conn in conns)
+        for name, conns in held.items()
+    )
+
+
+class NodePool(ConnectionPool):
+    """The ``connection_pool`` of one node's ``redis.Redis``: redispool's
+    ``ConnectionPool`` with the errors redis-py's cluster client needs and
+    ordered waiting across nodes."""
+
+    node: str
+
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Connection:
+        ident = threading.get_ident()
+        held = _HELD.get(ident)
+        wait = 0.0 if held and _must_not_wait(held, self.node) else None
+        try:
+            conn: Any = self.redis_pool._get(wait)
+        except RedisPoolTimeout as exc:
+            raise _wait_error(exc, self.node) from exc
+        except RedisPoolClosed as exc:  # the node left the topology under us
+            raise RedisConnectionError(f"{self.node}: {exc}") from exc
+        if held is None:
+            held = _HELD[ident] = {}
+        held.setdefault(self.node, []).append(conn)
+        conn._rp_held = (ident, held)
+        return conn  # type: ignore[no-any-return]
+
+    def release(self, connection: Connection) -> None:
+        mark = getattr(connection, "_rp_held", None)
+        if mark is not None:
+            connection._rp_held = None  # type: ignore[attr-defined]
+            ident, held = mark
+            conns = held.get(self.node, [])
+            for i, conn in enumerate(conns):
+                if conn is connection:
+                    del conns[i]
+                    break
+            if not conns:
+                held.pop(self.node, None)
+                if not held and _HELD.get(ident) is held:
+                    del _HELD[ident]
+        super().release(connection)
+
+    def owns_connection(self, connection: Connection) -> bool:
+        kwargs = self.connection_kwargs
+        return bool(connection.host == kwargs["host"] and connection.port == kwargs["port"])
+
+
+def _wait_error(exc: RedisPoolTimeout, node: str) -> Exception:
+    """A node pool's wait timeout as redis-py needs it: the node's own connect
+    error (exact type: refresh and retry) if connecting to it keeps failing,
+    else a ``MaxConnectionsError`` (all busy: no refresh)."""
+    cause = exc.__cause__
+    if type(cause) is RedisConnectionError or type(cause) is RedisTimeoutError:
+        return type(cause)(f"{node}: {cause}")
+    kind = ClusterTooManyWaiters if isinstance(exc, RedisTooManyWaiters) else ClusterPoolTimeout
+    err = kind(str(exc))
+    err.__cause__ = cause
+    return err

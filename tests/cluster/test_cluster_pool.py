@@ -1,0 +1,279 @@
+"""RedisClusterPool on the shared real cluster: routing, pinned clients, stats,
+error types, handshake and ASKING, configuration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+from redis.cluster import LoadBalancingStrategy
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    MaxConnectionsError,
+    MovedError,
+    RedisClusterException,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from redispool import (
+    ClusterPoolTimeout,
+    PoolError,
+    RedisClusterPool,
+    RedisClusterPoolStats,
+    RedisPoolTimeout,
+)
+from redispool.cluster_nodes import _wait_error
+from redispool.testing import RedisClusterServer
+
+Make = Callable[..., RedisClusterPool]
+
+
+def _node_of(pool: RedisClusterPool, key: str) -> str:
+    cluster = pool.redis
+    return str(cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key)).name)
+
+
+def test_commands_pipelines_and_stats_per_node(
+    cluster_pool: Make, redis_cluster: RedisClusterServer
+) -> None:
+    pool = cluster_pool(max_size=3)
+    r = pool.redis
+    for i in range(60):
+        assert r.set(f"k{i}", f"v{i}")
+    pipe = r.pipeline()
+    for i in range(60):
+        pipe.get(f"k{i}")
+    assert pipe.execute() == [f"v{i}".encode() for i in range(60)]
+    s = pool.stats()
+    assert isinstance(s, RedisClusterPoolStats)
+    primaries = {f"{n.host}:{n.port}" for n in redis_cluster.primaries()}
+    assert primaries <= set(s.nodes)
+    assert s.in_use == 0 and s.size == sum(n.size for n in s.nodes.values())
+    # counters include departed pools (here the startup node's first one)
+    assert s.commands >= sum(n.commands for n in s.nodes.values()) >= 120
+    assert all(n.max_size == 3 and n.size <= 3 for n in s.nodes.values())
+    assert s.max_size == 3 * len(s.nodes)
+    assert s.topology_refreshes == 1  # the first discovery only
+    assert s.as_dict()["nodes"][sorted(primaries)[0]]["max_size"] == 3
+
+
+def test_client_with_key_pins_the_slot_primary(cluster_pool: Make) -> None:
+    pool = cluster_pool()
+    pool.redis.set("{acct}balance", 10)
+    with pool.client("{acct}balance") as r:
+        conn = r.connection
+        assert conn is not None
+        assert f"{conn.host}:{conn.port}" == _node_of(pool, "{acct}balance")
+        with r.pipeline() as tx:  # optimistic transaction on one slot
+            tx.watch("{acct}balance")
+            balance = int(tx.get("{acct}balance"))
+            tx.multi()
+            tx.set("{acct}balance", balance - 3)
+            tx.rpush("{acct}log", "-3")
+            assert tx.execute() == [True, 1]
+        other = next(
+            k for k in ("a", "b", "c", "d") if _node_of(pool, k) != _node_of(pool, "{acct}balance")
+        )
+        with pytest.raises(MovedError):
+            r.get(other)
+    assert pool.redis.get("{acct}balance") == b"7"
+    assert pool.stats().in_use == 0
+
+
+def test_client_without_key_pins_at_its_first_command(cluster_pool: Make) -> None:
+    pool = cluster_pool()
+    with pool.client() as r:
+        with pytest.raises(RedisClusterException, match="hash slots"):
+            r.mget("{u1}a", "{u2}a")  # keys of two slots, and no connection pinned yet
+    with pool.client(timeout=1.0, wait=1.0) as r:
+        assert r.set("{u1}a", "1") and r.incr("{u1}n") == 1
+        pipe = r.pipeline()
+        pipe.get("{u1}a").get("{u1}n")
+        assert pipe.execute() == [b"1", b"1"]
+        in_use = pool.stats().in_use
+        assert in_use == 1
+        with pytest.raises(ResponseError, match="same slot"):
+            r.mget("{u1}a", "{u2}a")  # CROSSSLOT from the pinned node
+    assert pool.stats().in_use == 0
+    with pytest.raises(PoolError, match="block has ended"):
+        r.get("{u1}a")
+    with pool.client() as r2:
+        assert r2.ping()  # a keyless command pins to some primary
+
+
+def test_replica_reads_keep_their_connections(cluster_pool: Make) -> None:
+    """READONLY (sent by RedisCluster.on_connect to every connection of a
+    replica-reading client) is handshake, not state: connections are reused."""
+    pool = cluster_pool(load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN, max_size=2)
+    pool.redis.mset({"{r}a": "1"})
+    for _ in range(100):
+        assert pool.redis.get("{r}a") in (b"1", None)  # a replica may lag a moment
+    for name, s in pool.stats().nodes.items():
+        assert "dirty" not in s.destroyed_by_reason, (name, s.destroyed_by_reason)
+        assert s.created <= 2, (name, s.created)
+
+
+def test_asking_is_one_shot_not_session_state(cluster_pool: Make) -> None:
+    pool = cluster_pool()
+    name = _node_of(pool, "{ask}k")
+    node = pool.node_pools()[name]
+    with node.connection() as conn:
+        conn.send_command("ASKING")
+        assert conn.read_response() == b"OK"
+        conn.send_command("GET", "{ask}k")  # the command ASKING allows
+        conn.read_response()
+    assert node.stats().destroyed_by_reason.get("dirty", 0) == 0
+    with node.connection() as conn:
+        conn.send_command("ASKING")
+        assert conn.read_response() == b"OK"  # returned with ASKING still armed
+    assert node.stats().destroyed_by_reason.get("dirty", 0) == 1
+
+
+def test_wait_timeout_is_max_connections_error_without_refresh(
+    cluster_pool: Make, redis_cluster: RedisClusterServer
+) -> None:
+    pool = cluster_pool(max_size=1, timeout=0.2)
+    pool.redis.set("{busy}k", "v")
+    node = pool.node_pools()[_node_of(pool, "{busy}k")]
+    before = redis_cluster.refresh_count()
+    with node.connection():  # the node's only connection
+        with pytest.raises(ClusterPoolTimeout) as info:
+            pool.redis.get("{busy}k")
+    err = info.value
+    assert isinstance(err, MaxConnectionsError) and isinstance(err, RedisPoolTimeout)
+    assert isinstance(err, RedisConnectionError)  # what callers already catch
+    assert pool.stats().topology_refreshes == 1
+    assert redis_cluster.refresh_count() == before
+    assert pool.redis.get("{busy}k") == b"v"
+
+
+def test_failing_node_raises_the_exact_error_redis_py_retries() -> None:
+    for cause in (RedisConnectionError("refused"), RedisTimeoutError("connect timed out")):
+        exc = RedisPoolTimeout("no connection")
+        exc.__cause__ = cause
+        err = _wait_error(exc, "127.0.0.1:1")
+        assert type(err) is type(cause)  # exact: RedisCluster retries only these
+    busy = _wait_error(RedisPoolTimeout("all busy"), "127.0.0.1:1")
+    assert type(busy) is ClusterPoolTimeout
+
+
+def test_from_env_and_startup_node_list(redis_cluster: RedisClusterServer) -> None:
+    env = {"REDIS_CLUSTER_URL": redis_cluster.url, "REDIS_CLUSTER_POOL_MAX_SIZE": "3"}
+    with RedisClusterPool.from_env(environ=env) as pool:
+        assert pool.redis.ping()
+        assert {s.max_size for s in pool.stats().nodes.values()} == {3}
+    nodes = redis_cluster.startup_nodes()
+    listed = [nodes[0], f"{nodes[1][0]}:{nodes[1][1]}"]
+    with RedisClusterPool(listed, max_size=2) as pool:
+        assert pool.redis.set("{s}k", 1) and pool.redis.get("{s}k") == b"1"
+    with pytest.raises(ValueError, match="REDIS_CLUSTER_URL is not set"):
+        RedisClusterPool.from_env(environ={})
+    with pytest.raises(ValueError, match="READ_REDIS_CLUSTER_URL"):
+        RedisClusterPool.from_env(environ={**env, "READ_REDIS_CLUSTER_URL": redis_cluster.url})
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        (("redis://127.0.0.1:7000",), {"db": 1}, TypeError, "db"),
+        (("redis://127.0.0.1:7000",), {"timeout": None}, ValueError, "timeout"),
+        (("redis://127.0.0.1:7000",), {"max_connections": 5}, TypeError, "max_size"),
+        (("redis://127.0.0.1:7000",), {"client_name": "a b"}, ValueError, "client_name"),
+        (("unix:///tmp/x.sock",), {}, ValueError, "unix"),
+        (([],), {}, ValueError, "empty"),
+        ((["127.0.0.1"],), {}, TypeError, "startup node"),
+        ((["127.0.0.1:99999"],), {}, ValueError, "port"),
+        ((42,), {}, TypeError, "url_or_startup_nodes"),
+    ],
+)
+def test_bad_input_names_the_field(
+    args: tuple[object, ...], kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        RedisClusterPool(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_close_leaves_no_socket_on_any_node(
+    redis_cluster_url: str, redis_cluster: RedisClusterServer
+) -> None:
+    pool = RedisClusterPool(
+        redis_cluster_url,
+        max_size=2,
+        client_name="rp-close",
+        load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN,
+    )
+    for i in range(50):
+        pool.redis.set(f"c{i}", i)
+        pool.redis.get(f"c{i}")
+    counts = redis_cluster.clients_named("rp-close")
+    assert sum(counts.values()) >= 3 and max(counts.values()) <= 2  # the startup pool is gone
+    pool.close()
+    deadline = time.monotonic() + 5
+    while sum(redis_cluster.clients_named("rp-close").values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert redis_cluster.clients_named("rp-close") == dict.fromkeys(counts, 0)
+    with pytest.raises(redis.ConnectionError):
+        pool.redis  # noqa: B018
+
+
+def test_concurrent_first_use_discovers_once(cluster_pool: Make) -> None:
+    """Callers racing on a fresh pool share one discovery (a second one would
+    close the node pools the first is still using)."""
+    pool = cluster_pool(max_size=2)
+    errors: list[BaseException] = []
+    start = threading.Barrier(12)
+
+    def worker(i: int) -> None:
+        start.wait()
+        try:
+            assert pool.redis.set(f"first{i}", i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors, errors[:3]
+    assert pool.stats().topology_refreshes == 1
+
+
+GEVENT_CHILD = """
+import sys
+import redispool  # before monkey-patching, as with gunicorn's preload_app
+from gevent import monkey
+monkey.patch_all()
+import gevent
+pool = redispool.RedisClusterPool(sys.argv[1], max_size=2, timeout=20)
+errors = []
+def work(i):
+    for j in range(5):
+        try:
+            pool.redis.get(f"g{(i * 5 + j) % 60}")
+        except Exception as exc:
+            errors.append(repr(exc))
+gevent.joinall([gevent.spawn(work, i) for i in range(200)])
+print(len(errors), errors[:3])
+"""
+
+
+def test_greenlets_wait_when_imported_before_monkey_patching(redis_cluster_url: str) -> None:
+    """Each greenlet keeps its own record of the node connections it holds
+    (a thread-local made before patching would be shared: waits became
+    immediate ClusterPoolTimeouts)."""
+    out = subprocess.run(
+        [sys.executable, "-c", GEVENT_CHILD, redis_cluster_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().startswith("0 "), out.stdout
