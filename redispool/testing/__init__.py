@@ -3,26 +3,35 @@
 * ``server``: :class:`RedisServer`, a throw-away ``redis-server`` on loopback;
 * ``tls``: certificates for TLS test servers;
 * ``proxy``: :class:`FaultProxy`, network faults between a client and a server;
+* ``sentinel``: :class:`SentinelSetup`, a primary, a replica and three sentinels;
 * ``plugin``: pytest fixtures (``redis_server``, ``redis_url``,
-  ``redis_server_factory``); load them with
+  ``redis_server_factory``, ``sentinel_setup_factory``); load them with
   ``pytest_plugins = ["redispool.testing"]``.
 """
 
 from __future__ import annotations
 
 from .proxy import FaultProxy
+from .sentinel import SentinelServer, SentinelSetup
 from .server import HOST, RedisServer, find_redis_server, server_version, tls_supported
 
 __all__ = [
     "HOST",
     "FaultProxy",
     "RedisServer",
+    "SentinelServer",
+    "SentinelSetup",
     "find_redis_server",
     "server_version",
     "tls_supported",
 ]
 
 try:  # the fixtures, when pytest is there: ``pytest_plugins = ["redispool.testing"]``
-    from .plugin import redis_server, redis_server_factory, redis_url  # noqa: F401
+    from .plugin import (  # noqa: F401
+        redis_server,
+        redis_server_factory,
+        redis_url,
+        sentinel_setup_factory,
+    )
 except ImportError:  # pragma: no cover - pytest is optional
     pass

@@ -1,14 +1,18 @@
-"""pytest fixtures: ``redis_server`` (session), ``redis_url`` and
-``redis_server_factory``. Load with ``pytest_plugins = ["redispool.testing"]``."""
+"""pytest fixtures: ``redis_server`` (session), ``redis_url``,
+``redis_server_factory`` and ``sentinel_setup_factory``. Load with
+``pytest_plugins = ["redispool.testing"]``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .server import RedisServer
+
+if TYPE_CHECKING:
+    from .sentinel import SentinelSetup
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +48,22 @@ def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
     yield factory
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def sentinel_setup_factory() -> Iterator[Callable[..., SentinelSetup]]:
+    """Start fresh Sentinel setups (a primary, a replica, three sentinels; ``**kwargs``
+    as for :class:`~redispool.testing.sentinel.SentinelSetup`); all stopped after.
+    Cheap (well under a second), so each failover test takes a fresh one."""
+    from .sentinel import SentinelSetup  # only the tests that use it pay the import
+
+    setups: list[SentinelSetup] = []
+
+    def factory(**kwargs: Any) -> SentinelSetup:
+        setup = SentinelSetup(**kwargs)
+        setups.append(setup)
+        return setup
+
+    yield factory
+    for setup in setups:
+        setup.close()
