@@ -15,7 +15,7 @@ class bound to a ``SentinelService``:
   connection closes, the generation moves on and the pool drains.
 
 With every sentinel down, open connections keep working; new ones fail with
-``MasterNotFoundError`` (a ``redis.ConnectionError``) naming each sentinel
+``PrimaryNotFound`` (a ``redis.ConnectionError``) naming each sentinel
 tried. Sentinel and data-node credentials are separate and never shown.
 """
 
@@ -41,7 +41,7 @@ from .config import parse_redis_url, parse_sentinels
 if TYPE_CHECKING:
     from .redis_pool import RedisPool
 
-__all__ = ["MasterNotFoundError", "SentinelService", "SlaveNotFoundError", "sentinel_pool"]
+__all__ = ["PrimaryNotFound", "ReplicaNotFound", "SentinelService", "sentinel_pool"]
 
 Address = tuple[str, int]
 ROLES = ("primary", "replica")
@@ -49,12 +49,28 @@ _ROLE_REPLY = {"primary": "master", "replica": "slave"}
 # Sentinels answer from memory: a second is plenty, and a stalled one must not
 # hold every new connection for long.
 _SENTINEL_DEFAULTS: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+_SETTLE_WAIT = 1.0  # at most this long a new connection waits for a switch to be taken in
 _REFUSED = {
     "read_url": "use read_from_replicas=True",
     "host": "Sentinel gives the address",
     "port": "Sentinel gives the address",
     "unix_socket_path": "Sentinel gives a TCP address",
 }
+
+
+class PrimaryNotFound(MasterNotFoundError):
+    """No usable primary: the message names every sentinel and address tried,
+    and why (a ``redis.ConnectionError``, as redis-py's ``MasterNotFoundError``)."""
+
+    def __repr__(self) -> str:  # shown in the pool's "last create error"
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class ReplicaNotFound(SlaveNotFoundError):
+    """No usable replica (nor primary to fall back on); see ``PrimaryNotFound``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 def _text(value: Any) -> str:
@@ -99,6 +115,8 @@ class SentinelService:
         self._pool_ref: weakref.ref[RedisPool] | None = None
         self._listener: Any = None
         self._pid = os.getpid()
+        self._settled = threading.Event()  # cleared while a switch is being taken in
+        self._settled.set()
 
     # -- the pool ---------------------------------------------------------
 
@@ -236,8 +254,9 @@ class SentinelService:
     def connect(self, conn: Any, connect: Any) -> None:
         """Point ``conn`` at an address Sentinel gives and connect it (with the
         ``connect`` callable), checking ROLE; try the next candidate on failure.
-        Raises ``MasterNotFoundError``/``SlaveNotFoundError`` naming what was tried."""
+        Raises ``PrimaryNotFound``/``ReplicaNotFound`` naming what was tried."""
         self.ensure_listener()
+        self._settled.wait(_SETTLE_WAIT)
         errors: list[str] = []
         for _ in range(3):  # a switch while connecting: start over
             generation = self.generation
@@ -261,7 +280,7 @@ class SentinelService:
             else:
                 break
         what = "primary" if self.role == "primary" else "replica or primary"
-        error = MasterNotFoundError if self.role == "primary" else SlaveNotFoundError
+        error = PrimaryNotFound if self.role == "primary" else ReplicaNotFound
         raise error(
             f"no {what} for Sentinel service {self.service_name!r} "
             f"(sentinels {', '.join(map(self.sentinel_name, range(len(self.sentinels))))}): "
@@ -309,16 +328,22 @@ class SentinelService:
             pool.drain()
 
     def announced(self, address: Address) -> None:
-        """``+switch-master`` named ``address``: learn the new epoch, then switch."""
-        if address != self.address:
+        """``+switch-master`` named ``address``: switch, then learn the new epoch
+        (new connections wait for that, so a stale sentinel cannot send them back)."""
+        if address == self.address:
+            return
+        self._settled.clear()
+        try:
             with self._lock:
                 self.address, old = address, self.address
                 self.generation += 1
                 self.switches += 1
-            self.newest_primary()  # the new epoch: stale sentinels are skipped from now
             pool = self.pool
             if pool is not None and not pool.closed and old is not None:
                 pool.drain()
+            self.newest_primary()
+        finally:
+            self._settled.set()
 
     def resync(self) -> None:
         """After (re)subscribing: catch a switch missed while not listening."""
