@@ -167,9 +167,7 @@ def _handle(service: SentinelService, link: _Link, message: Any) -> None:
         parts = _text(message[2]).split()
         # "<service> <old ip> <old port> <new ip> <new port>"
         if len(parts) == 5 and parts[0] == service.service_name and parts[4].isdigit():
-            log.warning(
-                "sentinel: %r switched from %s:%s to %s:%s", parts[0], *parts[1:5]
-            )
+            log.warning("sentinel: %r switched from %s:%s to %s:%s", parts[0], *parts[1:5])
             service.announced((parts[3], int(parts[4])))
 
 

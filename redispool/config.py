@@ -157,7 +157,9 @@ def parse_sentinels(value: Any, name: str = "sentinels") -> list[tuple[str, int]
     try:
         items = list(items)
     except TypeError:
-        raise TypeError(f"{name} must be a list of (host, port) or 'host:port', got {value!r}") from None
+        raise TypeError(
+            f"{name} must be a list of (host, port) or 'host:port', got {value!r}"
+        ) from None
     out: list[tuple[str, int]] = []
     for item in items:
         if isinstance(item, str):

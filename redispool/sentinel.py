@@ -80,7 +80,7 @@ def _text(value: Any) -> str:
 def _pairs(reply: Any) -> dict[str, str]:
     """A flat ``[key, value, ...]`` (RESP2) reply as a dict of str."""
     items = [_text(x) for x in reply]
-    return dict(zip(items[::2], items[1::2]))
+    return dict(zip(items[::2], items[1::2], strict=False))
 
 
 def _why(exc: BaseException) -> str:
@@ -156,8 +156,8 @@ class SentinelService:
 
     def listener_connection(self, index: int) -> Connection:
         """A new connection to sentinel ``index`` (the caller connects it)."""
-        conn: Connection = self._clients[index].connection_pool.make_connection()
-        return conn
+        conn: Any = self._clients[index].connection_pool.make_connection()
+        return conn  # type: ignore[no-any-return]
 
     # -- discovery --------------------------------------------------------
 
@@ -393,7 +393,7 @@ class _SentinelManaged:
         parent = super()
 
         def connect() -> None:
-            parent.connect_check_health(*args, **kwargs)  # type: ignore[misc]
+            parent.connect_check_health(*args, **kwargs)  # type: ignore[attr-defined]
 
         self._rp_service.connect(self, connect)
 
@@ -452,7 +452,9 @@ def sentinel_pool(
     if sentinel_kwargs is None:
         sentinel_kwargs = {}
     if not isinstance(sentinel_kwargs, dict):
-        raise TypeError(f"sentinel_kwargs must be a dict or None, got {type(sentinel_kwargs).__name__}")
+        raise TypeError(
+            f"sentinel_kwargs must be a dict or None, got {type(sentinel_kwargs).__name__}"
+        )
     for key in ("host", "port"):
         if key in sentinel_kwargs:
             raise TypeError(f"sentinel_kwargs got {key!r}: give the sentinels' addresses instead")

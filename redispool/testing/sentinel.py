@@ -108,7 +108,9 @@ class SentinelSetup:
             ports = [_free_port() for _ in range(3)]
             ids = [secrets.token_hex(20) for _ in ports]
             for i, port in enumerate(ports):
-                directives = self._directives(ids[i], [(p, d) for p, d in zip(ports, ids) if p != port])
+                directives = self._directives(
+                    ids[i], [(p, d) for p, d in zip(ports, ids, strict=True) if p != port]
+                )
                 self.sentinels.append(
                     SentinelServer(directives, port=port, password=sentinel_password, binary=binary)
                 )
@@ -250,4 +252,4 @@ class SentinelSetup:
 def _pairs(reply: Any) -> dict[str, str]:
     """A flat RESP2 ``[key, value, ...]`` reply as a dict of str."""
     items = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
-    return dict(zip(items[::2], items[1::2]))
+    return dict(zip(items[::2], items[1::2], strict=False))

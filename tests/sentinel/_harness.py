@@ -125,7 +125,7 @@ class Writes:
         for i in range(0, len(acked), 500):
             chunk = acked[i : i + 500]
             found = client.execute_command("MGET", *[k for _, k in chunk])
-            missing += [item for item, value in zip(chunk, found) if value is None]
+            missing += [item for item, value in zip(chunk, found, strict=True) if value is None]
         return missing
 
     def first_ack_after(self, at: float) -> float | None:

@@ -84,7 +84,10 @@ def test_sentinel_password_and_acl_user_separate_and_never_shown(sentinel_setup_
         with pytest.raises(redis.ConnectionError) as info:
             bad.redis.set("k", 2)
         text = f"{info.value} {info.value.__cause__} {info.value.__cause__!r}"
-        assert "AuthenticationError" in text and f"sentinel 127.0.0.1:{setup.sentinels[0].port}" in text
+        assert (
+            "AuthenticationError" in text
+            and f"sentinel 127.0.0.1:{setup.sentinels[0].port}" in text
+        )
         for secret in (DATA_PW, SENTINEL_PW, USER_PW):
             assert secret not in text
     finally:
