@@ -137,18 +137,31 @@ class SentinelService:
 
     def ensure_listener(self) -> None:
         """Start (or, after a fork or a crash, restart) the listener thread."""
+        if self._pid != os.getpid():
+            self._after_fork()
         if not getattr(self, "_listen", False) or self.closed:
             return
         listener = self._listener
-        if listener is not None and listener.alive() and self._pid == os.getpid():
+        if listener is not None and listener.alive():
             return
         from ._sentinel_watch import SwitchListener
 
         with self._lock:
-            if self._listener is listener:
-                self._pid = os.getpid()
-                self._listener = SwitchListener(self)
-                self._listener.start()
+            if self._listener is not listener:
+                return
+            listener = self._listener = SwitchListener(self)
+        # Started outside the lock: under gevent, start() yields to other greenlets.
+        listener.start()
+
+    def _after_fork(self) -> None:
+        """In a child process: the parent's thread is gone, and its locks are
+        remade so that gevent's monkey-patching (often applied after the fork,
+        as in gunicorn's gevent worker) makes them cooperative."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._settled = threading.Event()
+        self._settled.set()
+        self._listener = None
 
     def sentinel_name(self, index: int) -> str:
         host, port = self.sentinels[index]

@@ -1,6 +1,7 @@
 """The demo public API, to try redispool and to measure it.
 
-``create_app()`` reads ``REDIS_URL`` (and ``DEMO_PER_REQUEST=1`` to open a new
+``create_app()`` reads ``REDIS_URL`` or, when set, ``REDIS_SENTINELS`` and
+``REDIS_SENTINEL_SERVICE`` (and ``DEMO_PER_REQUEST=1`` to open a new
 Redis connection for every request instead of using the pool, so the two can be
 compared on the same app). Endpoints:
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
+from ..config import sentinel_env
 from ..helpers.analytics import Analytics
 from ..helpers.cache import Cache
 from ..helpers.lockout import Lockout
@@ -84,6 +86,13 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
     if per_request is None:
         per_request = os.environ.get("DEMO_PER_REQUEST", "").lower() in ("1", "true", "yes")
     app.config.update(REDIS_URL=url, REDIS_POOL_MIN_SIZE=2, REDIS_POOL_MAX_SIZE=20)
+    sentinel = sentinel_env()
+    if sentinel is not None:
+        app.config.update(
+            REDIS_SENTINELS=sentinel["sentinels"],
+            REDIS_SENTINEL_SERVICE=sentinel["service_name"],
+            REDIS_SENTINEL_OPTIONS=sentinel["sentinel_kwargs"],
+        )
     ext = RedisPoolExtension(app)
     assert ext.pool is not None
     shared = _Services(ext.pool)
@@ -95,7 +104,11 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
     @app.before_request
     def services() -> None:
         if per_request:  # the anti-pattern, for comparison: a new connection per request
-            pool = RedisPool(url, min_size=0, max_size=1, background=False)
+            opts: dict[str, Any] = {"min_size": 0, "max_size": 1, "background": False}
+            if sentinel is not None:
+                pool = RedisPool.sentinel(**sentinel, url=url, **opts)
+            else:
+                pool = RedisPool(url, **opts)
             g.services = _Services(pool, background=False)
         else:
             g.services = shared

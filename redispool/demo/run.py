@@ -1,4 +1,5 @@
-"""Run the demo API: on ``REDIS_URL``, or on a redis-server it starts itself.
+"""Run the demo API: on ``REDIS_URL``, on the Sentinel service named by
+``REDIS_SENTINELS`` and ``REDIS_SENTINEL_SERVICE``, or on a redis-server it starts itself.
 
 Under gunicorn when it is installed (``--no-gunicorn``: Flask's threaded
 server). Ctrl-C or SIGTERM stops the workers and the embedded server.
@@ -25,8 +26,17 @@ __all__ = ["main"]
 
 @contextlib.contextmanager
 def redis_url() -> Iterator[str]:
-    """``REDIS_URL``, or an embedded redis-server for the duration."""
+    """``REDIS_URL``, or an embedded redis-server for the duration (none with
+    ``REDIS_SENTINELS``: Sentinel gives the address, ``REDIS_URL`` the credentials)."""
     url = os.environ.get("REDIS_URL")
+    if os.environ.get("REDIS_SENTINELS"):
+        print(
+            f"on Sentinel service {os.environ.get('REDIS_SENTINEL_SERVICE')!r} "
+            f"via {os.environ['REDIS_SENTINELS']}",
+            flush=True,
+        )
+        yield url or ""
+        return
     if url:
         yield url
         return

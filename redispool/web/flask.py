@@ -4,7 +4,10 @@
 ``app.config``: ``REDIS_URL``, ``READ_REDIS_URL``, ``REDIS_POOL_MIN_SIZE``,
 ``REDIS_POOL_MAX_SIZE``, ``REDIS_POOL_TIMEOUT``, ``REDIS_SOCKET_TIMEOUT``,
 ``REDIS_CONNECT_TIMEOUT``, ``REDIS_HEALTH_CHECK_INTERVAL``, ``REDIS_POOL_OPTIONS``
-(a dict of any other ``RedisPool`` option); ``REDISPOOL_HEALTH_URL`` (default
+(a dict of any other ``RedisPool`` option); ``REDIS_SENTINELS`` (``host:port,...``),
+``REDIS_SENTINEL_SERVICE`` and ``REDIS_SENTINEL_OPTIONS`` (the sentinels' own
+``password``, ...) for ``RedisPool.sentinel`` (``REDIS_URL`` then only gives the
+data nodes' credentials and db); ``REDISPOOL_HEALTH_URL`` (default
 ``/api/health/redis``, None to disable), ``REDISPOOL_HEALTH_DETAIL`` (``full``,
 ``basic`` or ``status``; or a callable ``(request) -> level`` to decide per
 caller), ``REDISPOOL_METRICS_URL`` (default ``/metrics``, None to disable).
@@ -112,7 +115,16 @@ class RedisPoolExtension:
         if cfg.get("READ_REDIS_URL"):
             options.setdefault("read_url", cfg["READ_REDIS_URL"])
         url = cfg.get("REDIS_URL", "redis://localhost:6379/0")
-        pool = RedisPool(url, **options)
+        if cfg.get("REDIS_SENTINELS"):
+            pool = RedisPool.sentinel(
+                cfg["REDIS_SENTINELS"],
+                cfg.get("REDIS_SENTINEL_SERVICE", ""),
+                sentinel_kwargs=cfg.get("REDIS_SENTINEL_OPTIONS"),
+                url=url or None,
+                **options,
+            )
+        else:
+            pool = RedisPool(url, **options)
         self.pool = pool
         app.extensions["redispool"] = self
         atexit.register(_close_at_exit, weakref.ref(pool))
