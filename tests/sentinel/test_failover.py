@@ -142,3 +142,27 @@ def test_a_sentinel_naming_a_replica_is_rejected_by_the_role_check(sentinel_setu
             alone.close()
     finally:
         pool.close()
+
+
+def test_a_client_block_held_across_the_switch_writes_nothing_more(sentinel_setup_factory):
+    setup = sentinel_setup_factory()
+    clock = SwitchClock(setup)
+    pool = _pool(setup, min_size=0)
+    old = setup.primary_address()
+    try:
+        with pool.client() as r:
+            r.set("before", 1)
+            setup.failover()
+            clock.wait()
+            wait_until(lambda: pool._sentinel.address != old, 5, "the pool to follow")
+            with pytest.raises(redis.ConnectionError, match="moved away"):
+                r.set("after", 1)
+        with setup.data_client(setup.server_at(old)) as c:
+            assert c.get("after") is None  # the old primary, still writable, got nothing
+        assert pool.stats().destroyed_by_reason.get("dirty", 0) == 1
+        pool.redis.set("after", 2)
+        with setup.data_client(setup.server_at(setup.primary_address())) as c:
+            assert c.get("after") == b"2"
+    finally:
+        clock.close()
+        pool.close()
