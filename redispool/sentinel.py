@@ -190,6 +190,8 @@ class SentinelService:
     def primaries(self, errors: list[str]) -> Iterator[tuple[Address, str]]:
         """Primary addresses the sentinels name, best first, with the sentinel
         that named each; what went wrong goes to ``errors``."""
+        if self._epoch < 0:  # the first time, learn the newest epoch from every sentinel
+            self.newest_primary()
         for index in self._order():
             name = self.sentinel_name(index)
             try:
