@@ -103,21 +103,23 @@ class SwitchListener:
                 _keep_alive(service, index, link, now)
         if subscribed:
             service.resync()
-        socks = {link.conn._sock: link for link in links if link.conn is not None}
+        socks = {link.conn._sock: i for i, link in enumerate(links) if link.conn is not None}
         socks.pop(None, None)
         if not socks:
             self._stop.wait(_TICK)
             return
         readable, _, _ = select.select(list(socks), [], [], _TICK)
         for sock in readable:
-            link = socks[sock]
+            index = socks[sock]
+            link = links[index]
             try:
                 while True:
-                    _handle(service, link, link.conn.read_response())
+                    _handle(service, index, link, link.conn.read_response())
                     if not link.conn.can_read(timeout=0):
                         break
             except (RedisError, OSError) as exc:
-                log.info("sentinel listener: lost a sentinel (%r); reconnecting", exc)
+                name = service.sentinel_name(index)
+                log.info("sentinel listener: lost %s (%s); reconnecting", name, exc)
                 _drop(link)
                 link.next_try = time.monotonic()
 
@@ -157,7 +159,7 @@ def _keep_alive(service: SentinelService, index: int, link: _Link, now: float) -
         link.pinged_at = link.ping_sent = now
 
 
-def _handle(service: SentinelService, link: _Link, message: Any) -> None:
+def _handle(service: SentinelService, index: int, link: _Link, message: Any) -> None:
     if not isinstance(message, list) or not message:
         return
     kind = _text(message[0]).lower()
@@ -167,8 +169,7 @@ def _handle(service: SentinelService, link: _Link, message: Any) -> None:
         parts = _text(message[2]).split()
         # "<service> <old ip> <old port> <new ip> <new port>"
         if len(parts) == 5 and parts[0] == service.service_name and parts[4].isdigit():
-            log.warning("sentinel: %r switched from %s:%s to %s:%s", parts[0], *parts[1:5])
-            service.announced((parts[3], int(parts[4])))
+            service.announced((parts[3], int(parts[4])), service.sentinel_name(index))
 
 
 def _drop(link: _Link) -> None:

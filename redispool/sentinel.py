@@ -21,6 +21,7 @@ tried. Sentinel and data-node credentials are separate and never shown.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from .redis_pool import RedisPool
 
 __all__ = ["PrimaryNotFound", "ReplicaNotFound", "SentinelService", "sentinel_pool"]
+
+log = logging.getLogger("redispool.sentinel")
 
 Address = tuple[str, int]
 ROLES = ("primary", "replica")
@@ -81,6 +84,10 @@ def _pairs(reply: Any) -> dict[str, str]:
     """A flat ``[key, value, ...]`` (RESP2) reply as a dict of str."""
     items = [_text(x) for x in reply]
     return dict(zip(items[::2], items[1::2], strict=False))
+
+
+def _show(address: Address | None) -> str:
+    return "?" if address is None else f"{address[0]}:{address[1]}"
 
 
 def _why(exc: BaseException) -> str:
@@ -284,13 +291,13 @@ class SentinelService:
                 if problem is not None:
                     errors.append(f"{address[0]}:{address[1]} (from sentinel {source}): {problem}")
                     continue
-                if expected == "master":
-                    generation = self.found_primary(address, generation)
-                if generation != self.generation:
+                if generation != self.generation:  # a switch while connecting: ask again
                     conn.disconnect()
                     errors.append(f"{address[0]}:{address[1]}: the primary changed meanwhile")
                     break
-                conn._rp_sgen = generation
+                if expected == "master":
+                    self.found_primary(address)
+                conn._rp_sgen = self.generation
                 return
             else:
                 break
@@ -318,33 +325,41 @@ class SentinelService:
 
     # -- changes ----------------------------------------------------------
 
-    def found_primary(self, address: Address, generation: int) -> int:
-        """A connection reached the primary at ``address``: if it moved since
-        ``generation``, switch. Returns the generation the connection belongs to."""
+    def found_primary(self, address: Address) -> None:
+        """A new connection reached the primary at ``address``: the first one
+        sets the address; another address means a switch the listener missed."""
         with self._lock:
             if self.address is None:
                 self.address = address
-                return self.generation
+                return
             if self.address == address:
-                return self.generation
-        self.switch(address, why="discovered")
-        return self.generation
+                return
+        self.switch(address, why="a new connection found it there")
 
     def switch(self, address: Address | None, *, why: str) -> None:
         """The primary is (or may be) elsewhere now: new generation, drain."""
         with self._lock:
             if address is not None and address == self.address:
                 return
-            self.address = address
+            old, self.address = self.address, address
             self.generation += 1
             self.switches += 1
+        log.warning(
+            "sentinel service %r: primary %s -> %s (%s); draining %s pool",
+            self.service_name,
+            _show(old),
+            _show(address),
+            why,
+            self.role,
+        )
         pool = self.pool
         if pool is not None and not pool.closed:
             pool.drain()
 
-    def announced(self, address: Address) -> None:
-        """``+switch-master`` named ``address``: switch, then learn the new epoch
-        (new connections wait for that, so a stale sentinel cannot send them back)."""
+    def announced(self, address: Address, source: str) -> None:
+        """``+switch-master`` from sentinel ``source`` named ``address``: switch,
+        then learn the new epoch (new connections wait for that, so that a
+        sentinel that has not heard of the switch yet cannot send them back)."""
         if address == self.address:
             return
         self._settled.clear()
@@ -353,6 +368,14 @@ class SentinelService:
                 self.address, old = address, self.address
                 self.generation += 1
                 self.switches += 1
+            log.warning(
+                "sentinel service %r: +switch-master from %s: primary %s -> %s; draining %s pool",
+                self.service_name,
+                source,
+                _show(old),
+                _show(address),
+                self.role,
+            )
             pool = self.pool
             if pool is not None and not pool.closed and old is not None:
                 pool.drain()
@@ -364,14 +387,14 @@ class SentinelService:
         """After (re)subscribing: catch a switch missed while not listening."""
         address = self.newest_primary()
         if address is not None and self.address is not None and address != self.address:
-            self.switch(address, why="resync")
+            self.switch(address, why="found after reconnecting to Sentinel")
 
     def demoted(self, address: Address) -> None:
         """A primary connection to ``address`` answered READONLY."""
         with self._lock:
             if self.address not in (None, address):
                 return  # already moved on
-        self.switch(None, why="readonly")
+        self.switch(None, why=f"{_show(address)} answered READONLY")
 
     def close(self) -> None:
         listener = self._listener

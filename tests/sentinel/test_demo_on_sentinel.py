@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
@@ -62,23 +61,39 @@ def test_demo_app_runs_on_sentinel_and_follows_a_failover(sentinel_setup_factory
         per_request.extensions["redispool"].pool.close()
 
 
+def _pids_serving(port: int) -> list[int]:
+    """Processes whose command line names our port (the demo's gunicorn)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"127.0.0.1:{port}".encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
 @pytest.mark.skipif(find_spec("gunicorn") is None, reason="gunicorn is not installed")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="looks for processes in /proc")
 @pytest.mark.timeout(120)
-def test_demo_command_on_sentinel(sentinel_setup_factory):
+def test_demo_command_on_sentinel(sentinel_setup_factory, tmp_path):
     setup = sentinel_setup_factory()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(_env(setup), PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "redispool", "demo", "--port", str(port), "--workers", "1"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "redispool", "demo", "--port", str(port), "--workers", "1"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
 
         def health() -> dict[str, object] | None:
@@ -96,10 +111,15 @@ def test_demo_command_on_sentinel(sentinel_setup_factory):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            out = proc.communicate(timeout=20)[0].decode(errors="replace")
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            out = proc.communicate()[0].decode(errors="replace")
-    assert "on Sentinel service 'mymaster'" in out
-    assert "embedded redis-server" not in out
-    time.sleep(0)
+            proc.wait()
+        for pid in _pids_serving(port):  # what the demo started, if it did not stop it
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    text = log.read_text(errors="replace")
+    assert "on Sentinel service 'mymaster'" in text
+    assert "embedded redis-server" not in text
