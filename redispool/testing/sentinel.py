@@ -182,7 +182,8 @@ class SentinelSetup:
     # -- readiness and failover ----------------------------------------------
 
     def wait_ready(self, timeout: float = _READY_TIMEOUT) -> None:
-        """Until the replica is in sync and every sentinel sees it and the others."""
+        """Until the replica (whichever node is not the primary now) is in sync and
+        every sentinel sees it and the others."""
         deadline = time.monotonic() + timeout
         while True:
             problem = self._not_ready()
@@ -194,7 +195,9 @@ class SentinelSetup:
 
     def _not_ready(self) -> str | None:
         try:
-            with self.data_client(self.replica) as c:
+            primary = self.primary_address()
+            replica = next(s for s in self.servers if (s.host, s.port) != primary)
+            with self.data_client(replica) as c:
                 if c.info("replication").get("master_link_status") != "up":
                     return "replica not in sync"
             for i in range(len(self.sentinels)):
