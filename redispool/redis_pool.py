@@ -297,8 +297,10 @@ class RedisPool:
         ``username``, ``ssl``, timeouts: 1 s by default); ``read_from_replicas``:
         ``reader()`` uses a pool of replicas. Other options are as for
         ``RedisPool`` and apply to the data nodes (``url`` may give their
-        credentials, db and scheme; its host is ignored). It follows failovers:
-        see ``redispool.sentinel``.
+        credentials, db and scheme; its host is ignored). It follows failovers
+        (see ``redispool.sentinel``); with ``background=False`` there is no
+        ``+switch-master`` listener thread, and a switch is noticed only through
+        READONLY, the ROLE check and discovery.
         """
         from .sentinel import sentinel_pool
 

@@ -5,7 +5,7 @@
 * ``proxy``: :class:`FaultProxy`, network faults between a client and a server;
 * ``sentinel``: :class:`SentinelSetup`, a primary, a replica and three sentinels;
 * ``plugin``: pytest fixtures (``redis_server``, ``redis_url``,
-  ``redis_server_factory``, ``sentinel_setup_factory``); load them with
+  ``redis_server_factory``, ``sentinel_setup``, ``sentinel_setup_factory``); load them with
   ``pytest_plugins = ["redispool.testing"]``.
 """
 
@@ -31,6 +31,7 @@ try:  # the fixtures, when pytest is there: ``pytest_plugins = ["redispool.testi
         redis_server,
         redis_server_factory,
         redis_url,
+        sentinel_setup,
         sentinel_setup_factory,
     )
 except ImportError:  # pragma: no cover - pytest is optional

@@ -51,6 +51,12 @@ def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
 
 
 @pytest.fixture
+def sentinel_setup(sentinel_setup_factory: Callable[..., SentinelSetup]) -> SentinelSetup:
+    """A fresh Sentinel setup (no passwords) for one test, stopped after it."""
+    return sentinel_setup_factory()
+
+
+@pytest.fixture
 def sentinel_setup_factory() -> Iterator[Callable[..., SentinelSetup]]:
     """Start fresh Sentinel setups (a primary, a replica, three sentinels; ``**kwargs``
     as for :class:`~redispool.testing.sentinel.SentinelSetup`); all stopped after.

@@ -9,7 +9,7 @@ from redispool import RedisPool
 from redispool.config import parse_sentinels, sentinel_env
 from redispool.web.health import pool_health
 
-from ._harness import ports_in_pool
+from ._harness import ports_in_pool, wait_until
 
 SENTINEL_PW = "s3ntinel-secret"
 USER_PW = "acl-user-secret"
@@ -171,3 +171,22 @@ def test_from_env_builds_a_sentinel_pool(sentinel_setup_factory):
         assert DATA_PW not in repr(pool) + pool.url
     finally:
         pool.close()
+
+
+def test_close_stops_the_listener_and_its_sentinel_connections(sentinel_setup):
+    setup = sentinel_setup
+    pool = RedisPool.sentinel(setup.addresses, setup.service, min_size=0)
+    pool.redis.set("k", 1)
+    listener = pool._sentinel._listener
+    assert listener is not None and listener.alive()
+
+    def ours() -> int:  # the listener's subscriptions and discovery connections
+        with setup.sentinel_client(0) as c:
+            return sum(
+                1 for x in c.client_list() if x.get("cmd") in ("subscribe", "sentinel|master")
+            )
+
+    assert ours() >= 1
+    pool.close()
+    wait_until(lambda: not listener._thread.is_alive(), 5, "the listener to stop")
+    wait_until(lambda: ours() == 0, 5, "the sentinel connections to close")
