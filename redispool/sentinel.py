@@ -48,7 +48,6 @@ log = logging.getLogger("redispool.sentinel")
 
 Address = tuple[str, int]
 ROLES = ("primary", "replica")
-_ROLE_REPLY = {"primary": "master", "replica": "slave"}
 # Sentinels answer from memory: a second is plenty, and a stalled one must not
 # hold every new connection for long.
 _SENTINEL_DEFAULTS: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
