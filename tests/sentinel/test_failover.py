@@ -169,3 +169,30 @@ def test_a_client_block_held_across_the_switch_writes_nothing_more(sentinel_setu
     finally:
         clock.close()
         pool.close()
+
+
+def test_the_switch_is_heard_from_the_one_sentinel_still_answering(sentinel_setup_factory):
+    """Two sentinels frozen (SIGSTOP: connections open, nothing answered); the third
+    fails over on its own. The pool hears it from that one and moves."""
+    setup = sentinel_setup_factory()
+    pool = _pool(setup, min_size=1)
+    frozen = setup.sentinels[:2]
+    old = setup.primary_address(2)
+    try:
+        pool.redis.set("warm", 1)
+        for s in frozen:
+            s.pause()
+        setup.failover(2)
+        wait_until(lambda: setup.primary_address(2) != old, 20, "sentinel 2 to switch")
+        new = setup.primary_address(2)
+        wait_until(lambda: pool._sentinel.address == new, 10, "the pool to follow")
+        pool.redis.set("after", 1)
+        with setup.data_client(setup.server_at(new)) as c:
+            assert c.get("after") == b"1"
+        with setup.data_client(setup.server_at(old)) as c:
+            assert c.get("after") is None
+        assert ports_in_pool(pool) <= {new[1]}
+    finally:
+        for s in frozen:
+            s.resume()
+        pool.close()
