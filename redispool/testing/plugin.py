@@ -1,5 +1,5 @@
 """pytest fixtures: ``redis_server`` (session), ``redis_url``,
-``redis_server_factory`` and ``sentinel_setup_factory``. Load with
+``redis_server_factory``, ``sentinel_setup`` and ``sentinel_setup_factory``. Load with
 ``pytest_plugins = ["redispool.testing"]``."""
 
 from __future__ import annotations
