@@ -148,3 +148,63 @@ def env_options(prefix: str = "REDIS_", environ: Mapping[str, str] | None = None
             raise ValueError(f"{var} must be {what} >= {minimum:g}, got {raw!r}")
         opts[option] = value
     return opts
+
+
+def parse_sentinels(value: Any, name: str = "sentinels") -> list[tuple[str, int]]:
+    """Sentinel addresses from ``"host:port,host:port"`` or a sequence of
+    ``"host:port"`` / ``(host, port)``; ``[::1]:26379`` for IPv6. Errors name ``name``."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        items = list(items)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a list of (host, port) or 'host:port', got {value!r}"
+        ) from None
+    out: list[tuple[str, int]] = []
+    for item in items:
+        if isinstance(item, str):
+            m = re.fullmatch(r"\s*(\[[^\]]+\]|[^:\s]+):(\d{1,5})\s*", item)
+            if m is None:
+                raise ValueError(f"{name}: {item!r} is not host:port")
+            host, port = m.group(1).strip("[]"), int(m.group(2))
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str):
+            host, port = item[0], item[1]
+            if isinstance(port, str) and port.isdigit():
+                port = int(port)
+        else:
+            raise TypeError(f"{name}: {item!r} is not (host, port) or 'host:port'")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValueError(f"{name}: port of {item!r} must be between 1 and 65535")
+        if not host:
+            raise ValueError(f"{name}: {item!r} has no host")
+        out.append((host, port))
+    if not out:
+        raise ValueError(f"{name} must name at least one sentinel, got {value!r}")
+    return out
+
+
+def sentinel_env(
+    prefix: str = "REDIS_", environ: Mapping[str, str] | None = None
+) -> dict[str, Any] | None:
+    """``RedisPool.sentinel`` arguments from ``{prefix}SENTINELS`` (``host:port,...``),
+    ``{prefix}SENTINEL_SERVICE`` and, for the sentinels' own credentials,
+    ``{prefix}SENTINEL_USERNAME`` / ``{prefix}SENTINEL_PASSWORD``; None without
+    ``{prefix}SENTINELS``. The data nodes' credentials, db and TLS come from
+    ``{prefix}URL`` as usual (its host and port are ignored)."""
+    env = os.environ if environ is None else environ
+    raw = (env.get(f"{prefix}SENTINELS") or "").strip()
+    if not raw:
+        return None
+    sentinels = parse_sentinels(raw, f"{prefix}SENTINELS")
+    service = (env.get(f"{prefix}SENTINEL_SERVICE") or "").strip()
+    if not service:
+        raise ValueError(f"{prefix}SENTINELS is set but {prefix}SENTINEL_SERVICE is empty")
+    kwargs = {
+        key: env[var]
+        for key, var in (
+            ("username", f"{prefix}SENTINEL_USERNAME"),
+            ("password", f"{prefix}SENTINEL_PASSWORD"),
+        )
+        if env.get(var)
+    }
+    return {"sentinels": sentinels, "service_name": service, "sentinel_kwargs": kwargs or None}

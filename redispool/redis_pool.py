@@ -31,7 +31,7 @@ from redis.retry import Retry
 
 from ._closehooks import CloseHooks
 from ._poolparts import _number
-from .config import env_options, parse_redis_url, redact_url
+from .config import env_options, parse_redis_url, redact_url, sentinel_env
 from .connection import TIMEOUT_SET, is_alive, pooled_class, set_io_timeout
 from .dns import DNSCache
 from .pool import ObjectPool
@@ -330,7 +330,45 @@ class RedisPool:
         """A pool configured from ``{prefix}URL`` and friends (see ``env_options``)."""
         opts = env_options(prefix, environ)
         opts.update(overrides)
+        sentinel = sentinel_env(prefix, environ)
+        if sentinel is not None:
+            return cls.sentinel(**sentinel, **opts)
         return cls(**opts)
+
+    @classmethod
+    def sentinel(
+        cls,
+        sentinels: Any,
+        service_name: str,
+        *,
+        role: str = "primary",
+        sentinel_kwargs: dict[str, Any] | None = None,
+        read_from_replicas: bool = False,
+        **options: Any,
+    ) -> RedisPool:
+        """A pool on the primary (``role="replica"``: a replica) of a Sentinel service.
+
+        ``sentinels``: ``[(host, port), ...]`` or ``"host:port,host:port"``;
+        ``sentinel_kwargs``: the sentinels' own connection options (``password``,
+        ``username``, ``ssl``, timeouts: 1 s by default); ``read_from_replicas``:
+        ``reader()`` uses a pool of replicas. Other options are as for
+        ``RedisPool`` and apply to the data nodes (``url`` may give their
+        credentials, db and scheme; its host is ignored). It follows failovers
+        (see ``redispool.sentinel``); with ``background=False`` there is no
+        ``+switch-master`` listener thread, and a switch is noticed only through
+        READONLY, the ROLE check and discovery.
+        """
+        from .sentinel import sentinel_pool
+
+        return sentinel_pool(
+            cls,
+            sentinels,
+            service_name,
+            role=role,
+            sentinel_kwargs=sentinel_kwargs,
+            read_from_replicas=read_from_replicas,
+            **options,
+        )
 
     # -- connections -------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The demo public API, to try redispool and to measure it.
 
-``create_app()`` reads ``REDIS_URL`` and ``DEMO_POOL`` (``pooled``, the default;
+``create_app()`` reads ``REDIS_URL`` or, when set, ``REDIS_SENTINELS`` and
+``REDIS_SENTINEL_SERVICE``, and ``DEMO_POOL`` (``pooled``, the default;
 ``redis-py`` for redis-py's ``BlockingConnectionPool``; ``per-request`` for a new
 Redis connection every request; ``DEMO_PER_REQUEST=1`` is the same as
 ``per-request``), so the three can be compared on the same app. Endpoints:
@@ -27,7 +28,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..config import parse_redis_url
+from ..config import parse_redis_url, sentinel_env
 from ..helpers.analytics import Analytics
 from ..helpers.cache import Cache
 from ..helpers.lockout import Lockout
@@ -133,8 +134,9 @@ def _mode(per_request: bool | None) -> str:
 def create_app(redis_url: str | None = None, *, per_request: bool | None = None) -> Flask:
     """The demo app (a WSGI app: ``gunicorn 'redispool.demo.app:create_app()'``)."""
     app = Flask("redispool.demo")
-    url = redis_url or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    if not redis_url and "REDIS_URL" in os.environ:  # name what the user set, not app.config
+    # (the demo command sets REDIS_URL="" on Sentinel: the sentinels give the address)
+    url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    if not redis_url and os.environ.get("REDIS_URL"):  # name what the user set, not app.config
         try:
             parse_redis_url(url)
         except (TypeError, ValueError) as exc:  # its messages are redacted
@@ -144,6 +146,13 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
     app.config.update(
         REDIS_URL=url, REDIS_POOL_MIN_SIZE=2, REDIS_POOL_MAX_SIZE=20, MAX_CONTENT_LENGTH=MAX_BODY
     )
+    sentinel = sentinel_env()
+    if sentinel is not None:
+        app.config.update(
+            REDIS_SENTINELS=sentinel["sentinels"],
+            REDIS_SENTINEL_SERVICE=sentinel["service_name"],
+            REDIS_SENTINEL_OPTIONS=sentinel["sentinel_kwargs"],
+        )
     ext = RedisPoolExtension(app)
     assert isinstance(ext.pool, RedisPool)  # REDIS_URL: a single server
     shared = _Services(RedisPyBlockingPool(url) if mode == "redis-py" else ext.pool)
@@ -155,7 +164,11 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
     @app.before_request
     def services() -> None:
         if per_request:  # the anti-pattern, for comparison: a new connection per request
-            pool = RedisPool(url, min_size=0, max_size=1, background=False)
+            opts: dict[str, Any] = {"min_size": 0, "max_size": 1, "background": False}
+            if sentinel is not None:
+                pool = RedisPool.sentinel(**sentinel, url=url, **opts)
+            else:
+                pool = RedisPool(url, **opts)
             g.services = _Services(pool, background=False)
         else:
             g.services = shared

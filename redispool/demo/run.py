@@ -1,4 +1,5 @@
-"""Run the demo API: on ``REDIS_URL``, or on a redis-server it starts itself.
+"""Run the demo API: on ``REDIS_URL``, on the Sentinel service named by
+``REDIS_SENTINELS`` and ``REDIS_SENTINEL_SERVICE``, or on a redis-server it starts itself.
 
 Under gunicorn when it is installed (``--no-gunicorn``: Flask's threaded
 server). Ctrl-C or SIGTERM stops the workers and the embedded server, at
@@ -102,8 +103,17 @@ def check_port_free(host: str, port: int) -> None:
 @contextlib.contextmanager
 def redis_url(stopping: Stopping) -> Iterator[str | None]:
     """``REDIS_URL``, or an embedded redis-server for the duration (None:
-    stopped before it was up)."""
+    stopped before it was up; none with ``REDIS_SENTINELS``: Sentinel gives the
+    address, ``REDIS_URL`` the credentials)."""
     url = os.environ.get("REDIS_URL")
+    if os.environ.get("REDIS_SENTINELS"):
+        print(
+            f"on Sentinel service {os.environ.get('REDIS_SENTINEL_SERVICE')!r} "
+            f"via {os.environ['REDIS_SENTINELS']}",
+            flush=True,
+        )
+        yield url or ""
+        return
     if url:
         yield url
         return

@@ -1,6 +1,7 @@
 """pytest fixtures: ``redis_server`` (session), ``redis_url`` and
 ``redis_server_factory``; ``redis_cluster`` (session), ``redis_cluster_url`` and
-``redis_cluster_factory`` (started only by the tests that ask for them).
+``redis_cluster_factory``; ``sentinel_setup`` and ``sentinel_setup_factory``
+(each started only by the tests that ask for it).
 Load with ``pytest_plugins = ["redispool.testing"]``."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .server import RedisServer
 
 if TYPE_CHECKING:
     from .cluster import RedisClusterServer
+    from .sentinel import SentinelSetup
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +93,28 @@ def redis_cluster_factory() -> Iterator[Callable[..., RedisClusterServer]]:
     yield factory
     for cluster in clusters:
         cluster.close()
+
+
+@pytest.fixture
+def sentinel_setup(sentinel_setup_factory: Callable[..., SentinelSetup]) -> SentinelSetup:
+    """A fresh Sentinel setup (no passwords) for one test, stopped after it."""
+    return sentinel_setup_factory()
+
+
+@pytest.fixture
+def sentinel_setup_factory() -> Iterator[Callable[..., SentinelSetup]]:
+    """Start fresh Sentinel setups (a primary, a replica, three sentinels; ``**kwargs``
+    as for :class:`~redispool.testing.sentinel.SentinelSetup`); all stopped after.
+    Cheap (well under a second), so each failover test takes a fresh one."""
+    from .sentinel import SentinelSetup  # only the tests that use it pay the import
+
+    setups: list[SentinelSetup] = []
+
+    def factory(**kwargs: Any) -> SentinelSetup:
+        setup = SentinelSetup(**kwargs)
+        setups.append(setup)
+        return setup
+
+    yield factory
+    for setup in setups:
+        setup.close()

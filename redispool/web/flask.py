@@ -5,7 +5,10 @@
 ``RedisClusterPool`` instead, the pool options per node), ``REDIS_POOL_MIN_SIZE``,
 ``REDIS_POOL_MAX_SIZE``, ``REDIS_POOL_TIMEOUT``, ``REDIS_SOCKET_TIMEOUT``,
 ``REDIS_CONNECT_TIMEOUT``, ``REDIS_HEALTH_CHECK_INTERVAL``, ``REDIS_POOL_OPTIONS``
-(a dict of any other ``RedisPool`` option); ``REDISPOOL_HEALTH_URL`` (default
+(a dict of any other ``RedisPool`` option); ``REDIS_SENTINELS`` (``host:port,...``),
+``REDIS_SENTINEL_SERVICE`` and ``REDIS_SENTINEL_OPTIONS`` (the sentinels' own
+``password``, ...) for ``RedisPool.sentinel`` (``REDIS_URL`` then only gives the
+data nodes' credentials and db); ``REDISPOOL_HEALTH_URL`` (default
 ``/api/health/redis``, None to disable), ``REDISPOOL_HEALTH_DETAIL`` (``full``,
 ``basic`` or ``status``; or a callable ``(request) -> level`` to decide per
 caller), ``REDISPOOL_HEALTH_SHOW_DETAILS`` (``never``, the default: no address
@@ -146,6 +149,14 @@ class RedisPoolExtension:
         pool: RedisPool | RedisClusterPool
         if cfg.get("REDIS_CLUSTER_URL"):
             pool = RedisClusterPool(cfg["REDIS_CLUSTER_URL"], **options)
+        elif cfg.get("REDIS_SENTINELS"):
+            pool = RedisPool.sentinel(
+                cfg["REDIS_SENTINELS"],
+                cfg.get("REDIS_SENTINEL_SERVICE", ""),
+                sentinel_kwargs=cfg.get("REDIS_SENTINEL_OPTIONS"),
+                url=url or None,
+                **options,
+            )
         else:
             pool = RedisPool(url, **options)
         metrics: PoolMetrics | None = None
