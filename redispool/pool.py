@@ -262,13 +262,16 @@ class ObjectPool(Generic[T]):
         """
         if ticket.result is None:
             self._check_fork()
-        make_by = None  # only a caller's own timeout bounds the factory (see _make)
+        # Only a caller's own timeout bounds the factory (see _make); 0 means "do
+        # not queue", not "connect in no time": the factory's own timeouts apply.
+        make_by = None
         if timeout is None:
             timeout = self._timeout
             start = time.monotonic()
         else:
             start = time.monotonic()
-            make_by = start + timeout
+            if timeout > 0:
+                make_by = start + timeout
         deadline = _INF if timeout is None else start + timeout
         if not self._upkeep_claimed and self._background:
             self._ensure_upkeep()

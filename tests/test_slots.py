@@ -21,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from redispool import ObjectPool, PoolTimeout, RedisPool
 from redispool.connection import is_alive
+from redispool.testing import FaultProxy, RedisServer
 
 from ._slots_gevent import LAUNCH
 from .helpers import Factory, FakeClock, Resource
@@ -407,3 +408,18 @@ TestInterruptedPoolMachine = InterruptedPoolMachine.TestCase
 TestInterruptedPoolMachine.settings = settings(
     max_examples=150, stateful_step_count=30, deadline=None
 )
+
+
+def test_wait_zero_means_do_not_queue_not_connect_in_no_time(redis_server: RedisServer) -> None:
+    """``wait=0`` (the cluster's "do not queue") still connects within the
+    configured connect timeout: over a slow link the new connection is made."""
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        proxy.latency(0.005)  # 5 ms each way
+        with RedisPool(proxy.url, min_size=0, max_size=2) as pool:
+            for wait in (0.0, 0.0, None):
+                with pool.connection(wait=wait) as conn:
+                    conn.send_command("PING")
+                    assert conn.read_response() in (b"PONG", "PONG")
+                pool.drain()
+            stats = pool.stats()
+            assert stats.create_errors == 0 and stats.timeouts == 0, stats

@@ -248,8 +248,9 @@ class Tally:
 class Load:
     """``threads`` workers doing tagged SET/GET/ECHO through ``pool.client()``,
     ``pool.redis`` and pipelines; every reply is checked against its own request.
-    ``command_failures`` holds (kind, seconds) of failed commands on an already
-    borrowed connection (the borrow itself excluded)."""
+    ``command_failures`` holds (kind, seconds) of failed commands (for
+    ``pool.redis``, the borrow included; a borrow that fails is a
+    ``RedisPoolTimeout``, another kind)."""
 
     def __init__(self, pool: RedisPool, threads: int = 4, pause: float = 0.002) -> None:
         self.pool = pool
@@ -293,7 +294,9 @@ class Load:
             try:
                 if seq % 3 == 0:
                     r = self.pool.redis
+                    t_cmd = time.monotonic()  # the borrow is inside: an idle one, at once
                     local.check(r.echo(val), val, "pool.redis ECHO")
+                    t_cmd = None
                 elif seq % 3 == 1:
                     with self.pool.client() as c:
                         t_cmd = time.monotonic()
