@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
+import redis
 from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
 from redis.connection import Connection
 from redis.event import AfterSlotsCacheRefreshEvent, EventDispatcher, EventListenerInterface
+from redis.exceptions import ClusterDownError, MovedError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from ._closehooks import CloseHooks
@@ -34,12 +40,13 @@ from .cluster_nodes import (
     ClusterTooManyWaiters,
     NodePool,
     cluster_connection_class,
-    handshake,
     skip_when_busy,
 )
 from .config import env_options, parse_redis_url, redact_url
 from .redis_errors import RedisPoolClosed
 from .redis_pool import _POOL_OPTIONS, RedisPool, RedisPoolStats, _check_lease, _ClientLease
+
+log = logging.getLogger("redispool.cluster")
 
 __all__ = [
     "ClusterPoolTimeout",
@@ -118,6 +125,16 @@ class RedisClusterPoolStats(RedisPoolStats):
 
 # -- the pool ------------------------------------------------------------------
 
+_fork_gen = 0  # bumped in every forked child; a pool starts over on its next use
+
+
+def _after_fork_in_child() -> None:
+    global _fork_gen
+    _fork_gen += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class _RefreshListener(EventListenerInterface):
     def __init__(self, pool: RedisClusterPool) -> None:
@@ -128,6 +145,31 @@ class _RefreshListener(EventListenerInterface):
 
 
 StartupNodes = str | Sequence[str | tuple[str, int] | ClusterNode]
+_RELOAD_INTERVAL = 1.0  # seconds between full slot-table refreshes after MOVED
+
+
+class _FollowsMoves:
+    """``RedisClusterPool.client()``'s lease: a node pool's lease (or a lease
+    pinning at its first command) that updates the slot table when its block
+    ends with MOVED or CLUSTERDOWN."""
+
+    __slots__ = ("_lease", "_pool")
+
+    def __init__(self, pool: RedisClusterPool, lease: _ClientLease | SlotLease) -> None:
+        self._pool = pool
+        self._lease = lease
+
+    def __enter__(self) -> redis.Redis:
+        return self._lease.__enter__()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self._lease.__exit__(et, ev, tb)
+        finally:
+            if isinstance(ev, (MovedError, ClusterDownError)):
+                self._pool._slot_moved(ev)
 
 
 class RedisClusterPool:
@@ -176,8 +218,10 @@ class RedisClusterPool:
         self._retired: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
         self._refreshes = 0
         self._redis: RedisCluster | None = None
-        self._closed = False
+        self._closed = self._closing = False
         self._close_hooks = CloseHooks()
+        self._last_reload = 0.0
+        self._gen = _fork_gen
         # Bad options fail here, naming themselves, rather than at first use.
         host, port = self._startup[0]
         trial = {**parse_redis_url(self._url), "host": host, "port": port}
@@ -210,11 +254,9 @@ class RedisClusterPool:
         """What ``NodesManager`` calls for each node (``connection_pool_class``)."""
         kwargs.pop("db", None)
         base = kwargs.pop("connection_class", None) or Connection
+        # (RedisCluster.on_connect's READONLY runs inside connect(): the session
+        # tracking of connection.py does not count it as the user's state)
         kwargs["connection_class"] = cluster_connection_class(base)
-        if kwargs.get("redis_connect_func") is not None and hasattr(
-            kwargs["connection_class"], "_rp_fresh"
-        ):
-            kwargs["redis_connect_func"] = handshake(kwargs["redis_connect_func"])
         opts = {**self._conn_opts, **kwargs}
         for key in _NODE_POOL_OPTIONS:  # a URL's ?socket_timeout= wins, as in redis-py
             if key in opts:
@@ -262,10 +304,22 @@ class RedisClusterPool:
     @property
     def redis(self) -> RedisCluster:
         """A ``redis.cluster.RedisCluster`` on this pool (made on first use)."""
+        if self._gen != _fork_gen:
+            self._after_fork()
         cluster = self._redis
         if cluster is None:
             cluster = self._connect()
         return cluster
+
+    def _after_fork(self) -> None:
+        """In a forked child (gunicorn --preload), at first use, so after gevent
+        patched: new locks (the parent's are OS locks, maybe held) and a new
+        ``RedisCluster`` (redis-py's own locks and node pools are the parent's)."""
+        self._gen = _fork_gen
+        self._lock = threading.RLock()
+        self._connect_lock = threading.Lock()
+        self._redis = None
+        self._pools = {}
 
     def _connect(self) -> RedisCluster:
         with self._connect_lock:  # one discovery at a time: callers wait for it
@@ -303,21 +357,44 @@ class RedisClusterPool:
         timeout: float | None = None,
         *,
         wait: float | None = None,
-    ) -> _ClientLease | SlotLease:
+    ) -> _FollowsMoves:
         """``with pool.client(key) as r:`` a ``redis.Redis`` pinned to one checked
         connection of the primary serving ``key``'s slot (for WATCH/MULTI and
         multi-command work on one slot: give related keys one ``{hash tag}``).
         Without ``key``, the client pins itself at its first command, by that
         command's keys. ``timeout`` bounds each read and write, ``wait`` the
         borrow, as ``RedisPool.client()``. Keys of other slots get MOVED or
-        CROSSSLOT errors, as on a single node."""
+        CROSSSLOT errors, as on a single node. A block that ends with MOVED (the
+        slot's primary changed: a failover, a reshard) updates the slot table, so
+        the next block goes to the new primary."""
         _check_lease(timeout, wait)
+        lease: _ClientLease | SlotLease
         if key is None:
-            return SlotLease(
+            lease = SlotLease(
                 lambda slot: self._node_for(slot).client(timeout, wait=wait),
                 functools.partial(slot_of, self.redis),
             )
-        return self._node_for(self.redis.keyslot(key)).client(timeout, wait=wait)
+        else:
+            lease = self._node_for(self.redis.keyslot(key)).client(timeout, wait=wait)
+        return _FollowsMoves(self, lease)
+
+    def _slot_moved(self, exc: BaseException) -> None:
+        """A pinned block got MOVED (or CLUSTERDOWN): patch that slot at once, and
+        refresh the whole table at most once a second (a failed-over primary
+        moved thousands of slots; redis-py's own commands do the same)."""
+        cluster = self._redis
+        if cluster is None:
+            return
+        manager = cluster.nodes_manager
+        try:
+            if isinstance(exc, MovedError):
+                manager.move_slot(exc)
+            now = time.monotonic()
+            if now - self._last_reload >= _RELOAD_INTERVAL:
+                self._last_reload = now
+                manager.initialize()  # skipped if another thread is refreshing
+        except Exception as err:  # the next command's own error will say more
+            log.debug("%s: slot table update after %r failed: %r", self.name, exc, err)
 
     def _node_for(self, slot: int | None) -> RedisPool:
         """The pool of the primary serving ``slot`` (None: the default node)."""
@@ -361,11 +438,12 @@ class RedisClusterPool:
     def close(self, timeout: float = 5.0) -> None:
         """Run the ``on_close`` hooks, then close every node pool: idle connections
         now, borrowed ones when returned."""
-        if not self._closed:
-            self._close_hooks.run(self.name)
         with self._lock:
-            if self._closed:
+            if self._closing:
                 return
+            self._closing = True  # this thread closes; hooks first, while it works
+        self._close_hooks.run(self.name)
+        with self._lock:
             self._closed = True
             cluster, self._redis = self._redis, None
         if cluster is not None:

@@ -35,7 +35,6 @@ __all__ = [
     "ClusterTooManyWaiters",
     "NodePool",
     "cluster_connection_class",
-    "handshake",
     "skip_when_busy",
 ]
 
@@ -81,21 +80,6 @@ class _AskingMixin:
 def cluster_connection_class(base: type[Connection]) -> type[Connection]:
     pooled = pooled_class(base)
     return type(f"Cluster{pooled.__name__}", (_AskingMixin, pooled), {})
-
-
-def handshake(connect_func: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``RedisCluster.on_connect`` (READONLY for replica reads, the user's own
-    ``redis_connect_func``) is part of connecting: whatever it sends leaves no
-    user state on the new session. Only for a connection.py that counts what
-    ``connect()`` sends as the user's (one with ``_rp_fresh``); the session
-    tracking of issue 11 already forgets the whole handshake."""
-
-    def on_connect(conn: Any) -> None:
-        owed = conn._rp_pending
-        connect_func(conn)
-        conn._rp_fresh(owed)
-
-    return on_connect
 
 
 def skip_when_busy(initialize: Callable[..., Any]) -> Callable[..., Any]:

@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .._poolparts import _number
 from .base import (
@@ -357,12 +357,16 @@ class Analytics(HelperBase):
         with self._lock:
             items = list(self._buf.items())
             self._buf, self._entries, self._pending = {}, 0, 0
-        # On a cluster, one pipeline per node: group the keys by the node serving them.
-        node_of = getattr(self.pool, "node_of", None)
-        nodes = [node_of(key) for key, _ in items] if node_of is not None else [""] * len(items)
-        if node_of is not None:
-            order = sorted(range(len(items)), key=nodes.__getitem__)
-            items, nodes = [items[i] for i in order], [nodes[i] for i in order]
+        try:
+            items, nodes = self._by_node(items)
+        except (RedisError, RedisClusterException) as exc:  # the cluster is unreachable
+            with self._lock:
+                self.errors += 1
+                for k, v in items:
+                    self._merge(k, v)
+            if self.on_error == "raise":
+                raise HelperUnavailable(f"Analytics: redis unavailable: {exc}") from exc
+            return 0
         written = 0
         chunk: list[tuple[str, int | set[bytes]]] = []
         weight = 0
@@ -387,6 +391,18 @@ class Analytics(HelperBase):
             written += len(chunk)
             chunk, weight = [], 0
         return written
+
+    def _by_node(
+        self, items: list[tuple[str, int | set[bytes]]]
+    ) -> tuple[list[tuple[str, int | set[bytes]]], list[str]]:
+        """The items, and the node serving each: on a Redis Cluster, sorted by node
+        (one pipeline per node); on one server, as they are."""
+        node_of = getattr(self.pool, "node_of", None)
+        if node_of is None:
+            return items, [""] * len(items)
+        nodes = [node_of(key) for key, _ in items]
+        order = sorted(range(len(items)), key=nodes.__getitem__)
+        return [items[i] for i in order], [nodes[i] for i in order]
 
     def _write(self, r: redis.Redis, chunk: list[tuple[str, int | set[bytes]]]) -> int:
         """One pipeline; returns how many commands Redis refused (e.g. WRONGTYPE):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from .._poolparts import _number
 from ..errors import PoolError, PoolTimeout
@@ -243,16 +243,21 @@ _UNAVAILABLE_CLASSES: tuple[type[Exception], ...] = (
     redis.exceptions.MasterDownError,  # MASTERDOWN: replica lost its primary
     redis.exceptions.TryAgainError,  # TRYAGAIN
     redis.exceptions.ClusterDownError,  # CLUSTERDOWN
+    redis.exceptions.AskError,  # MOVED and ASK: the slot is served elsewhere now
 )
 _UNAVAILABLE_CODES = frozenset(
-    ("OOM", "READONLY", "MISCONF", "BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN")
-)
+    (
+        "OOM", "READONLY", "MISCONF", "BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS",
+        "TRYAGAIN", "MOVED", "ASK", "CLUSTERDOWN",
+    )
+)  # fmt: skip
 
 
 def server_cannot_serve(exc: BaseException) -> bool:
     """Is ``exc`` an error reply saying Redis is unable to serve (out of memory,
-    read-only, cannot persist, busy, loading), rather than a wrong call
-    (WRONGTYPE, a script error)? Such replies get the helper's failure policy."""
+    read-only, cannot persist, busy, loading; on a cluster, a slot that moved
+    or is migrating), rather than a wrong call (WRONGTYPE, a script error)?
+    Such replies get the helper's failure policy."""
     if isinstance(exc, _UNAVAILABLE_CLASSES):
         return True
     if not isinstance(exc, redis.ResponseError) or not exc.args:
@@ -304,9 +309,17 @@ class HelperBase:
             self.rejected += 1
             raise HelperUnavailable(f"{type(self).__name__}: circuit breaker open")
         try:
-            with self.pool.client(timeout=self.timeout, wait=self.timeout) as r:
-                result = fn(r)
-        except (RedisError, PoolError, OSError) as exc:
+            try:
+                with self.pool.client(timeout=self.timeout, wait=self.timeout) as r:
+                    result = fn(r)
+            except redis.exceptions.MovedError:
+                # A cluster slot moved (a failover, a reshard): nothing ran, and the
+                # pool has updated its slot table as the block ended. Once more.
+                with self.pool.client(timeout=self.timeout, wait=self.timeout) as r:
+                    result = fn(r)
+        except (RedisError, PoolError, OSError, RedisClusterException) as exc:
+            # (RedisClusterException: a cluster that cannot be reached or has
+            # no node for a slot; not a RedisError)
             if (
                 isinstance(exc, redis.ResponseError)
                 and not isinstance(exc, NoScriptError)

@@ -25,6 +25,7 @@ from typing import Any
 from django.core.cache import caches
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 
+from ..cluster import RedisClusterPool
 from ..redis_adapter import ConnectionPool
 from ..redis_pool import RedisPool
 from .health import DETAIL_LEVELS, SHOW_DETAILS, pool_health
@@ -53,7 +54,7 @@ def cache_pool(alias: str = "default") -> RedisPool:
 
 
 def health_view(
-    pool: RedisPool | ConnectionPool | None = None,
+    pool: RedisPool | RedisClusterPool | ConnectionPool | None = None,
     *,
     cache: str = "default",
     detail: Detail = None,
@@ -67,9 +68,10 @@ def health_view(
     ``"always"``, or a callable ``(request) -> bool`` (say, staff only)."""
     if isinstance(pool, ConnectionPool):
         pool = pool.redis_pool
-    if pool is not None and not isinstance(pool, RedisPool):
+    if pool is not None and not isinstance(pool, (RedisPool, RedisClusterPool)):
         raise TypeError(
-            f"pool must be a RedisPool, a ConnectionPool or None, got {type(pool).__name__}"
+            "pool must be a RedisPool, a RedisClusterPool, a ConnectionPool or None, "
+            f"got {type(pool).__name__}"
         )
     if not isinstance(cache, str):
         raise TypeError(f"cache must be a cache alias (str), got {cache!r}")

@@ -120,7 +120,10 @@ def pool_health(
     stats = pool.stats()
     if rtt is None:
         status = "down"
-    elif stats.waiting or stats.consecutive_create_errors or stats.in_use >= stats.max_size:
+    elif any(
+        s.waiting or s.consecutive_create_errors or s.in_use >= s.max_size
+        for s in [stats, *getattr(stats, "nodes", {}).values()]  # a cluster: any node
+    ):
         status = "degraded"
     else:
         status = "up"

@@ -15,8 +15,10 @@ import pytest
 import redis
 from redis.cluster import LoadBalancingStrategy
 from redis.crc import key_slot
+from redis.exceptions import MovedError
 
 from redispool import ClusterPoolTimeout, PoolError, RedisClusterPool
+from redispool.helpers.ratelimit import RateLimiter
 from redispool.testing import RedisClusterServer
 
 Make = Callable[..., RedisClusterPool]
@@ -358,3 +360,36 @@ def test_a_thread_with_a_pubsub_still_waits_for_a_busy_node(cluster_pool: Make) 
         holder.join(5)
     finally:
         pubsub.close()
+
+
+def test_helpers_and_pinned_clients_follow_a_failover(
+    cluster_pool: Make, redis_cluster: RedisClusterServer
+) -> None:
+    """Only helpers and pinned clients, no ``pool.redis`` traffic to refresh the
+    slot table as a side effect: after CLUSTER FAILOVER every helper call still
+    succeeds (one MOVED, the slot table updated, the call run once more), and a
+    pinned block that got MOVED leaves the next block on the new primary."""
+    pool = cluster_pool(max_size=4)
+    limiter = RateLimiter(pool, "1000/hour", algorithm="gcra", timeout=2.0)
+    for _ in range(5):
+        assert not limiter.hit("client-a").degraded
+    victim = redis_cluster.node_for_key(limiter.key_for("client-a"))
+    with pool.client("{anchor}k") as c:
+        c.set("{anchor}k", 1)
+    anchor_victim = redis_cluster.node_for_key("{anchor}k")
+    redis_cluster.failover(redis_cluster.replica_of(victim))
+    if anchor_victim.port != victim.port:
+        redis_cluster.failover(redis_cluster.replica_of(anchor_victim))
+    results = [limiter.hit("client-a") for _ in range(20)]
+    assert not any(r.degraded for r in results), results
+    assert results[-1].remaining == 1000 - 25  # exact across the failover
+    assert limiter.breaker.state == "closed" and limiter.errors == 0
+    moved = 0
+    for _ in range(3):
+        try:
+            with pool.client("{anchor}k") as c:
+                assert c.get("{anchor}k") == b"1"
+        except MovedError:
+            moved += 1
+    assert moved <= 1  # at most the first block; the slot table followed
+    assert pool.stats().in_use == 0

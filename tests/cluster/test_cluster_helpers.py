@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from redispool import RedisClusterPool
+from redispool.helpers import HelperUnavailable
 from redispool.helpers.analytics import Analytics
 from redispool.helpers.cache import Cache
 from redispool.helpers.lockout import Lockout
@@ -133,3 +134,30 @@ def test_analytics_on_the_cluster(cluster_pool: Make) -> None:
 
 def plain_get(pool: RedisClusterPool, name: str) -> int:
     return Analytics(pool, namespace="cl-buf", timeout=2, on_error="raise").get(name)
+
+
+def test_helpers_apply_their_policy_when_the_cluster_is_unreachable() -> None:
+    """Nothing listens: redis-py's discovery raises RedisClusterException (not a
+    RedisError). Helpers apply their policy and count it; a buffered Analytics
+    keeps its buffer for a later flush."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pool = RedisClusterPool(f"redis://127.0.0.1:{port}", max_size=2, timeout=0.5)
+    try:
+        limiter = RateLimiter(pool, "5/minute", timeout=0.5)
+        result = limiter.hit("k")
+        assert result.allowed and result.degraded
+        assert limiter.errors == 1 and limiter.breaker.failures == 1
+        lockout = Lockout(pool, timeout=0.5)
+        assert lockout.check_lockout("alice").degraded
+        buffered = Analytics(pool, namespace="down", buffered=True, flush_interval=60)
+        buffered.incr("hits", 3)
+        assert buffered.flush() == 0
+        assert buffered.stats()["buffered"] == 1  # kept, not dropped
+        with pytest.raises(HelperUnavailable):
+            Analytics(pool, on_error="raise", timeout=0.5).incr("hits")
+    finally:
+        pool.close(timeout=1)

@@ -277,3 +277,39 @@ def test_greenlets_wait_when_imported_before_monkey_patching(redis_cluster_url: 
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().startswith("0 "), out.stdout
+
+
+FORK_CHILD = """
+import os, signal, sys
+import redispool
+pool = redispool.RedisClusterPool(sys.argv[1], max_size=4, timeout=5)
+pool.redis.ping()  # used in the parent (gunicorn's master with --preload)
+pid = os.fork()
+if pid == 0:
+    from gevent import monkey
+    monkey.patch_all()  # gevent patches in the worker, after the fork
+    import gevent
+    signal.alarm(30)
+    gs = [gevent.spawn(lambda i=i: pool.redis.set(f"fork{i}", i)) for i in range(20)]
+    gevent.joinall(gs, timeout=20)
+    print("child", sum(1 for g in gs if g.successful()), flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("status", status, pool.redis.get("fork19"), flush=True)
+pool.close()
+"""
+
+
+def test_pool_made_before_a_fork_works_under_gevent_in_the_child(redis_cluster_url: str) -> None:
+    """gunicorn --preload + gevent workers: the child gets new locks and a new
+    RedisCluster (the parent's would block the hub on an OS lock held across
+    discovery I/O)."""
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_CHILD, redis_cluster_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "child 20" in out.stdout and "status 0 b'19'" in out.stdout, (out.stdout, out.stderr)

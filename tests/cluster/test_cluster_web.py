@@ -54,3 +54,25 @@ def test_flask_extension_takes_redis_cluster_url(
     finally:
         assert ext.pool is not None
         ext.pool.close()
+
+
+def test_health_is_degraded_when_any_node_is_saturated(
+    redis_cluster_url: str, redis_cluster: RedisClusterServer
+) -> None:
+    pool = RedisClusterPool(redis_cluster_url, max_size=1)
+    try:
+        default = pool.redis.get_default_node()  # where the health PING goes
+        key = next(
+            k
+            for k in (f"{{busy{i}}}k" for i in range(100))
+            if pool.node_of(k) != f"{default.host}:{default.port}"
+        )
+        assert pool_health(pool)[1]["status"] == "up"
+        with pool.client(key) as c:  # the one connection of that node, held
+            c.set(key, 1)
+            stats = pool.stats()
+            assert stats.in_use == 1 < stats.max_size  # the totals alone look fine
+            assert pool_health(pool)[1]["status"] == "degraded"
+        assert pool_health(pool)[1]["status"] == "up"
+    finally:
+        pool.close()
