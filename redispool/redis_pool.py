@@ -386,6 +386,7 @@ class RedisPool:
                     kwargs[key] = left
         conn: Any = self._conn_class(**kwargs)
         conn._rp_dns = self._dns
+        conn._rp_deadline = deadline  # for a connection class that asks others first (Sentinel)
         conn.connect()
         if kwargs is not self.connection_kwargs:  # back to the normal timeouts
             conn.socket_timeout = self.connection_kwargs.get("socket_timeout")

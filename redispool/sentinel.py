@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -193,12 +194,17 @@ class SentinelService:
         usable = "master" in flags and not flags & {"s_down", "o_down"}
         return (state["ip"], int(state["port"])), int(state.get("config-epoch", 0)), usable
 
-    def primaries(self, errors: list[str]) -> Iterator[tuple[Address, str]]:
+    def primaries(
+        self, errors: list[str], deadline: float | None = None
+    ) -> Iterator[tuple[Address, str]]:
         """Primary addresses the sentinels name, best first, with the sentinel
-        that named each; what went wrong goes to ``errors``."""
+        that named each; what went wrong goes to ``errors``. No sentinel is asked
+        after ``deadline``."""
         if self._epoch < 0:  # the first time, learn the newest epoch from every sentinel
-            self.newest_primary()
+            self.newest_primary(deadline)
         for index in self._order():
+            if _past(deadline, errors):
+                return
             name = self.sentinel_name(index)
             try:
                 address, epoch, usable = self._ask_primary(index)
@@ -215,10 +221,14 @@ class SentinelService:
             self._first = index
             yield address, name
 
-    def replicas(self, errors: list[str]) -> Iterator[tuple[Address, str]]:
+    def replicas(
+        self, errors: list[str], deadline: float | None = None
+    ) -> Iterator[tuple[Address, str]]:
         """Healthy replicas from the first sentinel that lists any, rotated so
         that new connections spread over them."""
         for index in self._order():
+            if _past(deadline, errors):
+                return
             name = self.sentinel_name(index)
             try:
                 reply = self._clients[index].execute_command(
@@ -243,20 +253,24 @@ class SentinelService:
                 yield address, name
             return
 
-    def candidates(self, errors: list[str]) -> Iterator[tuple[Address, str, str]]:
+    def candidates(
+        self, errors: list[str], deadline: float | None = None
+    ) -> Iterator[tuple[Address, str, str]]:
         """(address, expected ROLE reply, the sentinel that named it)."""
         if self.role == "replica":
-            for address, name in self.replicas(errors):
+            for address, name in self.replicas(errors, deadline):
                 yield address, "slave", name
         # A replica pool falls back to the primary when no replica is usable.
-        for address, name in self.primaries(errors):
+        for address, name in self.primaries(errors, deadline):
             yield address, "master", name
 
-    def newest_primary(self) -> Address | None:
-        """Ask every sentinel: the address most of them name under the newest
-        config epoch (on a tie, the one in use)."""
+    def newest_primary(self, deadline: float | None = None) -> Address | None:
+        """Ask every sentinel (until ``deadline``): the address most of them name
+        under the newest config epoch (on a tie, the one in use)."""
         answers: list[tuple[int, Address]] = []
         for index in range(len(self._clients)):
+            if _past(deadline, []):
+                break
             try:
                 address, epoch, usable = self._ask_primary(index)
             except (RedisError, OSError, KeyError, ValueError):
@@ -277,12 +291,17 @@ class SentinelService:
         ``connect`` callable), checking ROLE; try the next candidate on failure.
         Raises ``PrimaryNotFound``/``ReplicaNotFound`` naming what was tried."""
         self.ensure_listener()
-        self._settled.wait(_SETTLE_WAIT)
+        # A borrower's own deadline (a helper's short wait) bounds all of it.
+        deadline: float | None = getattr(conn, "_rp_deadline", None)
+        settle = _SETTLE_WAIT
+        if deadline is not None:
+            settle = max(0.0, min(settle, deadline - time.monotonic()))
+        self._settled.wait(settle)
         errors: list[str] = []
         for _ in range(3):  # a switch while connecting: start over
             generation = self.generation
             tried: set[Address] = set()
-            for address, expected, source in self.candidates(errors):
+            for address, expected, source in self.candidates(errors, deadline):
                 if address in tried:
                     continue
                 tried.add(address)
@@ -462,6 +481,15 @@ class _SentinelManaged:
             ) from None
 
 
+def _past(deadline: float | None, errors: list[str]) -> bool:
+    """Has the borrower's deadline passed? (Then say so, once, in ``errors``.)"""
+    if deadline is None or time.monotonic() < deadline:
+        return False
+    if "the borrower's deadline passed" not in errors:
+        errors.append("the borrower's deadline passed")
+    return True
+
+
 def _connection_class(base: type[Connection], service: SentinelService) -> type[Connection]:
     return type(
         f"Sentinel{base.__name__}",
@@ -515,6 +543,7 @@ def sentinel_pool(
     pool.url = f"redis+sentinel://{shown}/{service_name}"
     service.attach(pool, listen=pool._pool._background)
     pool._sentinel = service  # type: ignore[attr-defined]
+    pool.on_close(service.close)  # the listener and the sentinel clients' sockets
     if read_from_replicas and role == "primary":
         read = sentinel_pool(
             cls,

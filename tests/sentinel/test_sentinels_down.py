@@ -99,3 +99,44 @@ def test_sentinels_killed_and_restarted_five_times_no_slot_leak(sentinel_setup_f
     finally:
         stop.set()
         pool.close()
+
+
+def test_a_short_deadline_bounds_asking_frozen_sentinels(sentinel_setup_factory):
+    """A helper's 0.25 s deadline travels into Sentinel discovery: with every
+    sentinel frozen (SIGSTOP: no answer, sockets open) a new connection gives up
+    after about one sentinel query, not after asking all three (1 s each) and
+    waiting for a switch to settle."""
+    from redispool.helpers import RateLimiter
+
+    setup = sentinel_setup_factory()
+    pool = RedisPool.sentinel(setup.addresses, setup.service, min_size=0, max_size=2)
+    try:
+        pool.redis.set("warm", 1)  # the service knows the epoch and the primary
+        pool.drain()  # the next borrow must connect, so ask Sentinel
+        for s in setup.sentinels:
+            s.pause()
+        try:
+            limiter = RateLimiter(pool, "5/minute", timeout=0.25)
+            t0 = time.monotonic()
+            result = limiter.hit("k")
+            took = time.monotonic() - t0
+        finally:
+            for s in setup.sentinels:
+                s.resume()
+        assert result.degraded and result.allowed
+        assert took < 2.0, took  # 3 sentinels x 1 s + the settle wait without it
+        assert pool.stats().in_use == 0
+    finally:
+        pool.close()
+
+
+def test_close_releases_the_sentinel_connections_without_a_listener(sentinel_setup_factory):
+    setup = sentinel_setup_factory()
+    pool = RedisPool.sentinel(setup.addresses, setup.service, background=False, max_size=2)
+    pool.redis.set("k", 1)
+    with redis.Redis(host=setup.addresses[0][0], port=setup.addresses[0][1]) as s:
+        before = s.client_list()
+        pool.close()
+        wait_until(
+            lambda: len(s.client_list()) < len(before), 5, "the pool's sentinel client to go"
+        )
