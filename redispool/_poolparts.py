@@ -116,9 +116,34 @@ def _acquire_anyway(lock: Any) -> BaseException | None:
 
 
 class _Lease(Generic[T]):
-    """The context manager ``ObjectPool.acquire()`` returns."""
+    """The context manager ``ObjectPool.acquire()`` returns (pool defaults)."""
 
-    __slots__ = ("_keep_on", "_pool", "_timeout", "obj")
+    __slots__ = ("_pool", "obj")
+
+    def __init__(self, pool: ObjectPool[T]) -> None:
+        self._pool = pool
+
+    def __enter__(self) -> T:
+        self.obj = obj = self._pool.borrow()
+        return obj
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool = self._pool
+        if ev is None:
+            pool.release(self.obj)
+        else:
+            pool.release(self.obj, discard=not pool._is_harmless(ev, None))
+
+
+class _TunedLease(_Lease[T]):
+    """``acquire(timeout, keep_on=...)``: its own wait and rule of what to keep."""
+
+    __slots__ = ("_keep_on", "_timeout")
 
     def __init__(self, pool: ObjectPool[T], timeout: float | None, keep_on: KeepOn) -> None:
         self._pool = pool
@@ -126,8 +151,8 @@ class _Lease(Generic[T]):
         self._keep_on = keep_on
 
     def __enter__(self) -> T:
-        self.obj = self._pool.borrow(self._timeout)
-        return self.obj
+        self.obj = obj = self._pool.borrow(self._timeout)
+        return obj
 
     def __exit__(
         self,

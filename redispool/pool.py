@@ -43,6 +43,7 @@ from ._poolparts import (
     _Lease,
     _number,
     _Ticket,
+    _TunedLease,
 )
 from ._quietlog import OutageLog
 from .backoff import full_jitter
@@ -208,11 +209,13 @@ class ObjectPool(Generic[T]):
         ``keep_on`` (exception types or a predicate) overrides the pool's rule
         of which exceptions leave the object fit for reuse.
         """
+        if timeout is None and keep_on is None:
+            return _Lease(self)  # the common case: two attributes fewer to set
         if timeout is not None:
             _number("timeout", timeout, minimum=0)
         if keep_on is not None:
             _check_keep_on(keep_on)
-        return _Lease(self, timeout, keep_on)
+        return _TunedLease(self, timeout, keep_on)
 
     def borrow(self, timeout: float | None = None) -> T:
         """Borrow an object; wait at most ``timeout`` seconds (pool default if None)."""
