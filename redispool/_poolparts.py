@@ -52,9 +52,10 @@ class _Ticket:
     borrow gives back what its ticket says. ``checking``: its object is being
     vetted (interrupted then, it is discarded). ``doomed``: an object counted
     in ``closing`` (for ``reason``) that is yet to be destroyed. ``lock``:
-    released on hand-off to a queued ticket."""
+    released on hand-off to a queued ticket; ``start``: when its borrow began
+    (the hand-off counts the wait)."""
 
-    __slots__ = ("checking", "doomed", "lock", "reason", "result")
+    __slots__ = ("checking", "doomed", "lock", "reason", "result", "start")
 
     def __init__(self, result: object = None) -> None:
         self.result = result
@@ -62,9 +63,11 @@ class _Ticket:
         self.doomed: _Entry | None = None
         self.reason = ""
         self.lock: Any = None
+        self.start = 0.0
 
-    def queue(self) -> None:
+    def queue(self, start: float) -> None:
         """Arm for a wait in the queue: a fresh lock, held until the hand-off."""
+        self.start = start
         lock = self.lock = threading.Lock()
         lock.acquire()
 

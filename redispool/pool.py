@@ -324,7 +324,7 @@ class ObjectPool(Generic[T]):
             if time.monotonic() >= deadline:
                 self._timeouts += 1
                 raise self._timeout_exc(start)
-            ticket.queue()
+            ticket.queue(start)
             self._waiters.append(ticket)
         self._wait(ticket, start, deadline)
         return True
@@ -350,22 +350,25 @@ class ObjectPool(Generic[T]):
         """
         lock = ticket.lock
         if deadline == _INF:
-            lock.acquire()
+            handed = lock.acquire()
         else:
             # A huge finite timeout is "forever" (acquire() overflows past TIMEOUT_MAX).
             left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
-            lock.acquire(True, left)
-        with self._lock:
-            ticket.lock = None  # out of the queue from here on
-            result = ticket.result
-            if result is None:  # timed out and nothing was handed over
-                self._waiters.remove(ticket)
-                self._timeouts += 1
-                raise self._timeout_exc(start)
-            if isinstance(result, BaseException):  # closed, or failing fast
-                ticket.result = None
-                raise result
-            self._note_wait(start)
+            handed = lock.acquire(True, left)
+        if handed:  # out of the queue: whoever released the lock wrote the result
+            ticket.lock = None  # (under the pool's lock, before the release) and
+            result = ticket.result  # counted the wait; no need to take that lock again
+        else:
+            with self._lock:
+                ticket.lock = None  # out of the queue from here on
+                result = ticket.result
+                if result is None:  # timed out and nothing was handed over
+                    self._waiters.remove(ticket)
+                    self._timeouts += 1
+                    raise self._timeout_exc(start)
+        if isinstance(result, BaseException):  # closed, or failing fast
+            ticket.result = None
+            raise result
 
     def _abandon(self, ticket: _Ticket) -> None:
         """An interrupted borrow: give back what its ticket holds (a slot; an
@@ -490,6 +493,7 @@ class ObjectPool(Generic[T]):
             self._in_use[id(entry.obj)] = entry
             self._borrows += 1
             waiter.result = entry
+            self._note_wait(waiter.start)
             waiter.lock.release()
         else:
             entry.uses = 0
@@ -650,6 +654,7 @@ class ObjectPool(Generic[T]):
                         self._in_use[id(obj)] = entry
                         self._borrows += 1
                         waiter.result = entry
+                        self._note_wait(waiter.start)
                         waiter.lock.release()
                     else:
                         self._idle.append(entry)
@@ -758,6 +763,7 @@ class ObjectPool(Generic[T]):
             self._size += 1
             self._creating += 1
             waiter.result = _SLOT
+            self._note_wait(waiter.start)
             waiter.lock.release()
         if self._size < self._min_size or (waiters and self._fail_streak):
             self._wake_upkeep()
