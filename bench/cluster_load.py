@@ -19,8 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,10 +52,6 @@ def _balanced_keys(per_node: int = 100, primaries: int = 3) -> list[str]:
 
 # Nothing from redis or redispool is imported at module level: the child
 # process monkey-patches for gevent first.
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def _make_op(case: str, url: str, size: int) -> tuple[Callable[[str], Any], Callable[[], None]]:
@@ -102,55 +96,18 @@ def _server_counts(nodes: list[tuple[str, int]]) -> tuple[int, int]:
 def run_case(
     case: str, url: str, nodes: list[tuple[str, int]], workers: int, ops: int, size: int
 ) -> dict[str, Any]:
+    from redispool.loadtest import drive, summarize
+
     keys = _balanced_keys()
     refreshes0, accepted0 = _server_counts(nodes)
     get, cleanup = _make_op(case, url, size)
-    latencies: list[list[float]] = [[] for _ in range(workers)]
-    errors: dict[str, int] = {}
-    lock = threading.Lock()
-    start = threading.Event()
-
-    def worker(i: int) -> None:
-        mine = latencies[i]
-        start.wait()
-        for j in range(ops):
-            key = keys[(i * ops + j) % len(keys)]
-            t0 = time.perf_counter()
-            try:
-                get(key)
-            except Exception as exc:  # counted, not fatal
-                with lock:
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                continue
-            mine.append(time.perf_counter() - t0)
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
-    for t in threads:
-        t.start()
-    t0 = time.perf_counter()
-    start.set()
-    for t in threads:
-        t.join(timeout=300)
-    elapsed = time.perf_counter() - t0
+    flat, errors, elapsed = drive(lambda i, j: get(keys[(i * ops + j) % len(keys)]), workers, ops)
     cleanup()
     refreshes1, accepted1 = _server_counts(nodes)
-    flat = sorted(x for per in latencies for x in per)
-    throughput = len(flat) / elapsed if elapsed else 0.0
-    little_mean = workers / throughput if throughput else float("nan")
-    p99 = _percentile(flat, 0.99)
     return {
-        "case": case,
-        "ops": len(flat),
-        "throughput": throughput,
-        "p50_ms": _percentile(flat, 0.5) * 1000,
-        "p99_ms": p99 * 1000,
-        "p999_ms": _percentile(flat, 0.999) * 1000,
-        "max_ms": (flat[-1] if flat else float("nan")) * 1000,
-        "errors": sum(errors.values()),
-        "error_kinds": errors,
+        **summarize(case, flat, errors, elapsed, workers),
         "accepted": accepted1 - accepted0 - 2 * len(nodes),  # minus our own two counts
         "refreshes": refreshes1 - refreshes0,
-        "fairness": p99 / little_mean if throughput else None,
     }
 
 

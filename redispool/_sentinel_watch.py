@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from .backoff import full_jitter
+from .sentinel import _text
 
 if TYPE_CHECKING:
     from .sentinel import SentinelService
@@ -29,10 +30,6 @@ CHANNEL = "+switch-master"
 _TICK = 0.2  # how often the thread looks at the pool (closed?) when nothing happens
 _PING_EVERY = 2.0  # a subscribed sentinel is PINGed this often...
 _PONG_WITHIN = 3.0  # ...and dropped when it does not answer within this
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class _Link:

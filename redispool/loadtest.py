@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["main", "run_case"]
+__all__ = ["drive", "main", "run_case", "summarize"]
 
 CASES = ("per-request", "redis-py BlockingConnectionPool", "redis-py ConnectionPool", "RedisPool")
 
@@ -66,14 +66,12 @@ def _make_op(case: str, url: str, size: int) -> tuple[Callable[[], Any], Callabl
     raise ValueError(f"unknown case {case!r}; choose from {CASES}")
 
 
-def run_case(case: str, url: str, workers: int, ops: int, size: int = 20) -> dict[str, Any]:
-    """Run one case; latencies are per GET, waiting for a connection included."""
-    import redis
-
-    admin = redis.Redis.from_url(url)
-    admin.set("k", "v" * 64)
-    accepted0 = int(admin.info("stats")["total_connections_received"])
-    op, cleanup = _make_op(case, url, size)
+def drive(
+    op: Callable[[int, int], Any], workers: int, ops: int
+) -> tuple[list[float], dict[str, int], float]:
+    """``workers`` threads (greenlets when patched) each calling ``op(worker, n)``
+    ``ops`` times, all released at once: (sorted latencies of the calls that
+    succeeded, error counts by exception name, elapsed seconds)."""
     latencies: list[list[float]] = [[] for _ in range(workers)]
     errors: dict[str, int] = {}
     lock = threading.Lock()
@@ -82,10 +80,10 @@ def run_case(case: str, url: str, workers: int, ops: int, size: int = 20) -> dic
     def worker(i: int) -> None:
         mine = latencies[i]
         start.wait()
-        for _ in range(ops):
+        for j in range(ops):
             t0 = time.perf_counter()
             try:
-                op()
+                op(i, j)
             except Exception as exc:  # counted, not fatal
                 with lock:
                     name = type(exc).__name__
@@ -101,17 +99,19 @@ def run_case(case: str, url: str, workers: int, ops: int, size: int = 20) -> dic
     for t in threads:
         t.join(timeout=300)
     elapsed = time.perf_counter() - t0
-    cleanup()
-    accepted = int(admin.info("stats")["total_connections_received"]) - accepted0
-    admin.close()
-    flat = sorted(x for per in latencies for x in per)
-    done = len(flat)
-    throughput = done / elapsed if elapsed else 0.0
+    return sorted(x for per in latencies for x in per), errors, elapsed
+
+
+def summarize(
+    case: str, flat: list[float], errors: dict[str, int], elapsed: float, workers: int
+) -> dict[str, Any]:
+    """Throughput, percentiles and fairness (p99 over the Little's-law mean)."""
+    throughput = len(flat) / elapsed if elapsed else 0.0
     little_mean = workers / throughput if throughput else float("nan")
     p99 = _percentile(flat, 0.99)
     return {
         "case": case,
-        "ops": done,
+        "ops": len(flat),
         "throughput": throughput,
         "p50_ms": _percentile(flat, 0.5) * 1000,
         "p99_ms": p99 * 1000,
@@ -119,10 +119,24 @@ def run_case(case: str, url: str, workers: int, ops: int, size: int = 20) -> dic
         "max_ms": (flat[-1] if flat else float("nan")) * 1000,
         "errors": sum(errors.values()),
         "error_kinds": errors,
-        "accepted": accepted,
         "little_mean_ms": little_mean * 1000,
         "fairness": p99 / little_mean if little_mean == little_mean and little_mean else None,
     }
+
+
+def run_case(case: str, url: str, workers: int, ops: int, size: int = 20) -> dict[str, Any]:
+    """Run one case; latencies are per GET, waiting for a connection included."""
+    import redis
+
+    admin = redis.Redis.from_url(url)
+    admin.set("k", "v" * 64)
+    accepted0 = int(admin.info("stats")["total_connections_received"])
+    op, cleanup = _make_op(case, url, size)
+    flat, errors, elapsed = drive(lambda i, j: op(), workers, ops)
+    cleanup()
+    accepted = int(admin.info("stats")["total_connections_received"]) - accepted0
+    admin.close()
+    return {**summarize(case, flat, errors, elapsed, workers), "accepted": accepted}
 
 
 def table(results: list[dict[str, Any]], title: str) -> str:

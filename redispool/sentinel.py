@@ -356,9 +356,27 @@ class SentinelService:
 
     def switch(self, address: Address | None, *, why: str) -> None:
         """The primary is (or may be) elsewhere now: new generation, drain."""
+        self._move(address, why)
+
+    def announced(self, address: Address, source: str) -> None:
+        """``+switch-master`` from sentinel ``source`` named ``address``: switch,
+        then learn the new epoch (new connections wait for that, so that a
+        sentinel that has not heard of the switch yet cannot send them back)."""
+        if address == self.address:
+            return
+        self._settled.clear()
+        try:
+            if self._move(address, f"+switch-master from {source}"):
+                self.newest_primary()
+        finally:
+            self._settled.set()
+
+    def _move(self, address: Address | None, why: str) -> bool:
+        """A new generation for ``address`` (None: unknown), and drain the pool of
+        connections to the old one; False if ``address`` is the current one."""
         with self._lock:
             if address is not None and address == self.address:
-                return
+                return False
             old, self.address = self.address, address
             self.generation += 1
             self.switches += 1
@@ -371,35 +389,9 @@ class SentinelService:
             self.role,
         )
         pool = self.pool
-        if pool is not None and not pool.closed:
+        if pool is not None and not pool.closed and old is not None:
             pool.drain()
-
-    def announced(self, address: Address, source: str) -> None:
-        """``+switch-master`` from sentinel ``source`` named ``address``: switch,
-        then learn the new epoch (new connections wait for that, so that a
-        sentinel that has not heard of the switch yet cannot send them back)."""
-        if address == self.address:
-            return
-        self._settled.clear()
-        try:
-            with self._lock:
-                self.address, old = address, self.address
-                self.generation += 1
-                self.switches += 1
-            log.warning(
-                "sentinel service %r: +switch-master from %s: primary %s -> %s; draining %s pool",
-                self.service_name,
-                source,
-                _show(old),
-                _show(address),
-                self.role,
-            )
-            pool = self.pool
-            if pool is not None and not pool.closed and old is not None:
-                pool.drain()
-            self.newest_primary()
-        finally:
-            self._settled.set()
+        return True
 
     def resync(self) -> None:
         """After (re)subscribing: catch a switch missed while not listening."""
