@@ -115,9 +115,9 @@ def test_random_outcomes_never_leave_the_breaker_stuck(threshold: int, steps: li
         elif running:
             ticket = running.pop(n % len(running))
             if outcome == "success":
-                breaker.success()
+                breaker.success(ticket)
             elif outcome == "failure":
-                breaker.failure()
+                breaker.failure(ticket)
             breaker.leave(ticket)  # what HelperBase._call always does last
             if outcome == "leave-twice":
                 breaker.leave(ticket)
@@ -125,3 +125,25 @@ def test_random_outcomes_never_leave_the_breaker_stuck(threshold: int, steps: li
         breaker.leave(ticket)
     clock.now += 1.6  # past the longest jittered cooldown (1.5x)
     assert breaker.enter() is not None
+
+
+def test_a_late_verdict_of_an_earlier_call_does_not_end_the_trial() -> None:
+    """Found by the random test: a call let through while closed (ticket 0) fails
+    after the breaker went half-open and its trial began; that failure counts,
+    but the trial is still running, so no second trial may start."""
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown=1.0, clock=clock)
+    early, late = breaker.enter(), breaker.enter()  # both while closed
+    assert early == 0 and late == 0
+    breaker.failure(early)  # opens
+    breaker.leave(early)
+    clock.now += 1.6
+    trial = breaker.enter()
+    assert trial  # the half-open trial
+    breaker.failure(late)  # the other early call fails late
+    breaker.leave(late)
+    clock.now += 1.6
+    assert breaker.enter() is None  # the trial is still running: not a second one
+    breaker.success(trial)
+    breaker.leave(trial)
+    assert breaker.state == "closed" and breaker.enter() == 0

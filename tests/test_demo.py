@@ -100,6 +100,16 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
             {"data": "[" * 8000 + "]" * 8000, "content_type": "application/json"},
             id="nested-8000",
         ),
+        pytest.param(  # under every Python's parser limit: refused by the demo's own
+            {
+                "data": '{"username": "alice", "password": "wonderland", "x": '
+                + "[" * 40
+                + "]" * 40
+                + "}",
+                "content_type": "application/json",
+            },
+            id="nested-40",
+        ),
         pytest.param({"json": {"username": "alice", "password": "x" * 1025}}, id="long-password"),
     ],
 )
@@ -369,3 +379,12 @@ def test_pool_metrics_move_as_requests_arrive(make_app: MakeApp, redis_url: str)
     assert 1 <= after["size"] <= after["max_size"] == 20
     text = client.get("/metrics").get_data(as_text=True)
     assert "redispool" in text or "db_client_connection" in text
+
+
+def test_depth_check_ignores_brackets_inside_strings() -> None:
+    from redispool.demo.app import _too_deep
+
+    shallow = b'{"username": "alice", "password": "' + b"[" * 100 + b'\\"[[[" }'
+    assert not _too_deep(shallow, 32)
+    assert _too_deep(b'{"x": ' + b"[" * 33 + b"]" * 33 + b"}", 32)
+    assert not _too_deep(b'{"x": ' + b"[" * 31 + b"]" * 31 + b"}", 32)

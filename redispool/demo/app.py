@@ -92,6 +92,35 @@ def _text(value: object, max_len: int) -> str | None:
     return value
 
 
+MAX_DEPTH = 32  # nesting a login body may have (it needs 1)
+
+
+def _too_deep(data: bytes, limit: int) -> bool:
+    """Is any array or object in JSON ``data`` nested deeper than ``limit``?
+    (Brackets inside strings do not count.) Linear; skipped when there are not
+    even ``limit`` brackets at all."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
 def login_body() -> dict[str, str] | None:
     """The login request's ``{"username", "password"}``, or None if malformed
     (not JSON, nested too deep, wrong types, too long, not encodable). A body
@@ -101,9 +130,11 @@ def login_body() -> dict[str, str] | None:
     data = request.get_data(cache=False)
     if request.content_length is None and len(data) >= MAX_BODY:
         raise RequestEntityTooLarge  # chunked: Werkzeug stops reading at the limit
+    if _too_deep(data, MAX_DEPTH):  # "[[[[...": the parser's own limit differs by version
+        return None
     try:
         body = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: "[[[[...": nested too deep
+    except (ValueError, RecursionError):
         return None
     if not isinstance(body, dict):
         return None

@@ -161,10 +161,12 @@ class CircuitBreaker:
     """Stops calling Redis after ``threshold`` failures in a row, for a jittered
     ``cooldown``; then lets one trial call through (half-open).
 
-    The trial ends with ``success()``, ``failure()`` or, when the call ended
-    without a verdict (no connection free in time, an interruption such as
-    ``gevent.Timeout`` or ``KeyboardInterrupt``), ``leave(ticket)``: whatever
-    ends the trial call ends the trial.
+    The trial ends with ``success(ticket)``, ``failure(ticket)`` or, when the
+    call ended without a verdict (no connection free in time, an interruption
+    such as ``gevent.Timeout`` or ``KeyboardInterrupt``), ``leave(ticket)``:
+    whatever ends the trial call ends the trial, and only that call's verdict
+    does (a late verdict of a call let through before, ticket 0, still counts,
+    but does not end a trial it is not).
     """
 
     def __init__(
@@ -216,16 +218,21 @@ class CircuitBreaker:
                 if self._trial == ticket:
                     self._trial = 0
 
-    def success(self) -> None:
+    def success(self, ticket: int | None = None) -> None:
+        """A call went well (``ticket``: its ``enter()``; None: unknown, as with
+        ``allow()``, taken to be the trial's)."""
         if self.failures or self._trial:
             with self._lock:
                 self.failures = 0
-                self._trial = 0
+                if ticket is None or ticket == self._trial:
+                    self._trial = 0
 
-    def failure(self) -> None:
+    def failure(self, ticket: int | None = None) -> None:
+        """A call found Redis unable to serve (``ticket`` as for ``success``)."""
         with self._lock:
             self.failures += 1
-            self._trial = 0
+            if ticket is None or ticket == self._trial:
+                self._trial = 0
             if self.failures >= self.threshold:
                 if self.failures == self.threshold:
                     self.opened += 1
@@ -325,7 +332,7 @@ class HelperBase:
                 and not isinstance(exc, NoScriptError)
                 and not server_cannot_serve(exc)
             ):
-                self.breaker.success()  # the server answered: it is up
+                self.breaker.success(ticket)  # the server answered: it is up
                 raise
             self.errors += 1
             if isinstance(exc, PoolTimeout) and exc.__cause__ is None:
@@ -334,11 +341,11 @@ class HelperBase:
                 self.busy += 1
                 log.debug("%s: no connection in time: %s", type(self).__name__, exc)
             else:
-                self.breaker.failure()
+                self.breaker.failure(ticket)
                 log.warning("%s: redis call failed: %r", type(self).__name__, exc)
             raise HelperUnavailable(f"{type(self).__name__}: redis unavailable: {exc}") from exc
         else:
-            self.breaker.success()
+            self.breaker.success(ticket)
             return result
         finally:
             self.breaker.leave(ticket)  # no-op unless the trial ended without a verdict
