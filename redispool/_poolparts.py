@@ -122,6 +122,7 @@ class _Lease(Generic[T]):
     """The context manager ``ObjectPool.acquire()`` returns (pool defaults)."""
 
     __slots__ = ("_pool", "obj")
+    _keep_on: KeepOn = None  # (a slot of _TunedLease)
 
     def __init__(self, pool: ObjectPool[T]) -> None:
         self._pool = pool
@@ -140,7 +141,7 @@ class _Lease(Generic[T]):
         if ev is None:
             pool.release(self.obj)
         else:
-            pool.release(self.obj, discard=not pool._is_harmless(ev, None))
+            pool.release(self.obj, discard=not pool._is_harmless(ev, self._keep_on))
 
 
 class _TunedLease(_Lease[T]):
@@ -156,15 +157,3 @@ class _TunedLease(_Lease[T]):
     def __enter__(self) -> T:
         self.obj = obj = self._pool.borrow(self._timeout)
         return obj
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pool = self._pool
-        if ev is None:
-            pool.release(self.obj)
-        else:
-            pool.release(self.obj, discard=not pool._is_harmless(ev, self._keep_on))
