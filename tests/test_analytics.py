@@ -495,3 +495,28 @@ def test_close_hooks_run_once_weakly_and_a_failing_one_is_logged(
     p.close()  # hooks run once
     assert ran == ["broken", "after"]
     assert any("close hook failed" in r.getMessage() for r in caplog.records)
+
+
+def test_flush_waits_for_a_flush_in_progress(redis_url: str) -> None:
+    """``flush()`` while the background thread's flush is writing: it returns
+    only once that write is done, so what was buffered before is in Redis
+    (found racing under load: a flush found the buffer empty and returned)."""
+    with RedisPool(redis_url, min_size=0, max_size=2) as pool:
+        a = Analytics(pool, namespace="race", clock=FakeClock(0), buffered=True, flush_interval=60)
+        real_write = a._write
+        started = threading.Event()
+
+        def slow_write(r: Any, chunk: Any) -> int:
+            started.set()
+            time.sleep(0.3)
+            return real_write(r, chunk=chunk)
+
+        a._write = slow_write  # type: ignore[method-assign]
+        a.incr("n", 5)
+        first = threading.Thread(target=a.flush)
+        first.start()
+        assert started.wait(5)
+        a.flush()  # the buffer is empty now: the first flush holds its items
+        assert a.get("n") == 5
+        first.join(5)
+        a.close()

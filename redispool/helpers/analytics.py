@@ -161,6 +161,7 @@ class Analytics(HelperBase):
         """Fresh buffer state (at start, and in a forked child)."""
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time (see flush)
         self._buf: dict[str, int | set[bytes]] = {}  # counter key -> n, HLL key -> members
         self._entries = 0  # counter keys + unique members in _buf
         self._pending = 0  # writes since the last flush started
@@ -351,9 +352,16 @@ class Analytics(HelperBase):
     def flush(self) -> int:
         """Write the buffer now, one pipeline (one round trip) per ``FLUSH_CHUNK``
         entries (and, on a Redis Cluster, per node); returns how many keys were
-        written. What could not be written goes back into the buffer."""
+        written. What could not be written goes back into the buffer. A flush
+        in progress (the background thread's) is waited for first, so what was
+        buffered before the call is in Redis (or back in the buffer) when it
+        returns."""
         if self._pid != os.getpid():
             self._reset_buffer()
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> int:
         with self._lock:
             items = list(self._buf.items())
             self._buf, self._entries, self._pending = {}, 0, 0
