@@ -31,14 +31,18 @@ from redis.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._sockio import kernel_timeouts, set_kernel_timeout
 from .dns import DNSCache
 
 __all__ = [
     "PooledConnection",
     "PooledSSLConnection",
     "PooledUnixConnection",
+    "io_timeout",
     "is_alive",
     "pooled_class",
     "set_io_timeout",
@@ -94,6 +98,7 @@ class _PooledMixin:
 
     _sock: Any
     _connect_callbacks: list[Any]
+    socket_timeout: float | None
     host: Any
     port: Any
     _rp_sent = 0  # commands packed, ever: the sequence number of the last one
@@ -105,6 +110,7 @@ class _PooledMixin:
     _rp_errors = 0  # error replies and failed reads
     _rp_poll: Any = None
     _rp_timeout: float | None = None  # the per-operation timeout while TIMEOUT_SET
+    _rp_kernel = 0.0  # the socket's timeout when the kernel keeps it (see _sockio), or 0
     _rp_dns: DNSCache | None = None
 
     @property
@@ -161,6 +167,11 @@ class _PooledMixin:
         try:
             # May reconnect first (see _rp_connect): these commands go to the new session.
             super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except RedisConnectionError as exc:
+            self._rp_give_up()
+            if isinstance(exc.__context__, BlockingIOError):  # the kernel's write timeout
+                raise RedisTimeoutError("Timeout writing to socket") from exc
+            raise
         except BaseException:
             self._rp_give_up()
             raise
@@ -179,6 +190,8 @@ class _PooledMixin:
     # -- reading: a reply settles the oldest owed command
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if self._rp_kernel and "timeout" in kwargs and kwargs["timeout"] is None:
+            return self._rp_read_unbounded(*args, **kwargs)
         try:
             response = super().read_response(*args, **kwargs)  # type: ignore[misc]
         except ResponseError as exc:
@@ -188,6 +201,12 @@ class _PooledMixin:
             if not isinstance(exc, NoScriptError):  # EVALSHA's normal first miss
                 self._rp_errors += 1
             raise
+        except RedisConnectionError as exc:
+            self._rp_errors += 1
+            if isinstance(exc.__context__, BlockingIOError):  # the kernel's read timeout
+                where = self._host_error() if hasattr(self, "_host_error") else "socket"
+                raise RedisTimeoutError(f"Timeout reading from {where}") from exc
+            raise
         except BaseException:
             self._rp_errors += 1  # no reply read (redis-py disconnects, by default)
             raise
@@ -196,6 +215,19 @@ class _PooledMixin:
             if self._rp_marks:
                 self._rp_settle(None)
         return response
+
+    def _rp_read_unbounded(self, *args: Any, **kwargs: Any) -> Any:
+        """A read asked to wait for ever (redis-py's blocking pub/sub read): lift
+        the kernel's read timeout for it."""
+        sock, kept = self._sock, self._rp_kernel
+        set_kernel_timeout(sock, None)
+        self._rp_kernel = 0.0
+        try:
+            return self.read_response(*args, **kwargs)
+        finally:
+            if self._sock is sock and not self._rp_kernel:  # not closed nor reconnected
+                set_kernel_timeout(sock, kept)
+                self._rp_kernel = kept
 
     def _rp_settle(self, error: ResponseError | None) -> None:
         """The reply just read may be a stateful command's: apply its effect."""
@@ -272,8 +304,11 @@ class _PooledMixin:
             # A handshake cut short (a BaseException: redis-py only closes on
             # RedisError), or callbacks that subscribe again (PubSub): never clean.
             self._rp_state |= DIRTY
-        if self._rp_state & TIMEOUT_SET:
-            set_io_timeout(self, self._rp_timeout)  # a lease's per-operation timeout
+        self._rp_kernel = 0.0  # a new socket
+        # the configured timeout, or a lease's per-operation one
+        set_io_timeout(
+            self, self._rp_timeout if self._rp_state & TIMEOUT_SET else self.socket_timeout
+        )
         poll_class = _raw_poll_class()
         if poll_class is not None:
             poller = poll_class()
@@ -376,11 +411,21 @@ def _raw_poll_class() -> Any:
 
 
 def set_io_timeout(conn: Any, timeout: float | None) -> None:
-    """The timeout of every read and write on ``conn``: on the socket, and where
-    redis-py's parser keeps the value it restores after its own short reads
-    (``can_read``, PING checks, pub/sub ``get_message``)."""
+    """The timeout of every read and write on ``conn``: on the socket (kept by
+    the kernel where it can, see ``_sockio``), and where redis-py's parser keeps
+    the value it restores after its own short reads (``can_read``, PING checks,
+    pub/sub ``get_message``)."""
     sock = conn._sock
     if sock is not None:
+        kept = getattr(conn, "_rp_kernel", 0.0)
+        if timeout and kernel_timeouts(sock):
+            if kept != timeout:
+                set_kernel_timeout(sock, timeout)
+                conn._rp_kernel = timeout
+            timeout = None  # a blocking socket: one system call per read or write
+        elif kept:
+            set_kernel_timeout(sock, None)
+            conn._rp_kernel = 0.0
         sock.settimeout(timeout)
     parser = getattr(conn, "_parser", None)
     buffer = getattr(parser, "_buffer", None)
@@ -388,6 +433,15 @@ def set_io_timeout(conn: Any, timeout: float | None) -> None:
         buffer.socket_timeout = timeout
     if parser is not None and hasattr(parser, "_socket_timeout"):
         parser._socket_timeout = timeout
+
+
+def io_timeout(conn: Any) -> float | None:
+    """The timeout each read and write on ``conn`` has now (None: none)."""
+    kept: float = getattr(conn, "_rp_kernel", 0.0)
+    if kept:
+        return kept
+    timeout: float | None = conn._sock.gettimeout()
+    return timeout
 
 
 def is_alive(conn: Any) -> bool:

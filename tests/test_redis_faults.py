@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redispool import PoolTimeout, RedisPool, RedisPoolTimeout
-from redispool.connection import PooledUnixConnection
+from redispool.connection import PooledUnixConnection, io_timeout
 from redispool.testing import RedisServer, find_redis_server, tls_supported
 
 Factory = Callable[..., RedisServer]
@@ -71,8 +71,7 @@ def _pool_clients(side: redis.Redis, name: str) -> list[dict[str, Any]]:
 
 def _sock_timeout(conn: Any) -> float | None:
     """The socket timeout a connection's reads and writes use right now."""
-    timeout: float | None = conn._sock.gettimeout()
-    return timeout
+    return io_timeout(conn)
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

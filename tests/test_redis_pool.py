@@ -10,7 +10,7 @@ import redis
 
 from redispool import PoolError, RedisPool
 from redispool.config import env_options, parse_redis_url, redact_url
-from redispool.connection import is_alive
+from redispool.connection import io_timeout, is_alive
 from redispool.dns import DNSCache
 
 
@@ -302,7 +302,6 @@ def test_short_wait_does_not_shorten_the_connection_timeouts(pool: RedisPool) ->
         conn = r.connection
     with pool.connection() as c:
         assert c is conn
-        assert c._sock.gettimeout() == 2.0
-        assert c._parser._buffer.socket_timeout == 2.0  # what redis-py restores to
+        assert io_timeout(c) == 2.0
         c.can_read(timeout=0)  # a parser short read: restores the parser's value
-        assert c._sock.gettimeout() == 2.0
+        assert io_timeout(c) == 2.0

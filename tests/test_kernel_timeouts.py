@@ -1,0 +1,178 @@
+"""Read and write timeouts kept by the kernel (``redispool._sockio``): one system
+call per read or write instead of poll + call, the same bounds, the same errors.
+Against a real redis-server (and the fault proxy for a peer that stops reading)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from redispool import RedisPool
+from redispool._sockio import _TIMEVAL, kernel_timeouts, set_kernel_timeout
+from redispool.connection import io_timeout
+from redispool.testing import FaultProxy, RedisServer
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="kernel timeouts: Linux only")
+
+
+def _kernel(sock: socket.socket) -> tuple[float, float]:
+    """(SO_RCVTIMEO, SO_SNDTIMEO) in seconds."""
+    out = []
+    for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        sec, usec = _TIMEVAL.unpack(sock.getsockopt(socket.SOL_SOCKET, opt, _TIMEVAL.size))
+        out.append(sec + usec / 1e6)
+    return out[0], out[1]
+
+
+@pytest.fixture
+def pool(redis_url: str) -> Iterator[RedisPool]:
+    p = RedisPool(redis_url, min_size=0, max_size=2, socket_timeout=0.5, background=False)
+    yield p
+    p.close()
+
+
+def test_set_kernel_timeout_values() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        for timeout, want in ((2.5, 2.5), (0.25, 0.25), (1e-9, 1e-6), (0.9999999, 1.0)):
+            set_kernel_timeout(a, timeout)
+            rcv, snd = _kernel(a)
+            assert want <= rcv < want + 0.02 and want <= snd < want + 0.02, (timeout, rcv, snd)
+        for off in (None, 0):
+            set_kernel_timeout(a, off)
+            assert _kernel(a) == (0.0, 0.0)
+
+
+@linux_only
+def test_connections_block_in_the_kernel_with_the_configured_timeout(pool: RedisPool) -> None:
+    with pool.connection() as conn:
+        sock = conn._sock
+        assert sock.gettimeout() is None  # no poll before each send and recv
+        assert _kernel(sock)[0] == pytest.approx(0.5, abs=0.02)
+        assert _kernel(sock)[1] == pytest.approx(0.5, abs=0.02)
+        assert io_timeout(conn) == 0.5
+        conn.can_read(timeout=0)  # redis-py's short read restores blocking, not 0.5
+        assert sock.gettimeout() is None
+    with pool.connection(timeout=0.2) as conn:  # a per-operation timeout
+        assert sock is conn._sock and io_timeout(conn) == 0.2
+        assert _kernel(sock)[0] == pytest.approx(0.2, abs=0.02)
+    with pool.connection() as conn:  # and back
+        assert io_timeout(conn) == 0.5 and _kernel(sock)[0] == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_slow_reply_raises_timeout_error_within_the_bound(pool: RedisPool) -> None:
+    """redis-py's ``TimeoutError``, not a ``ConnectionError``; the connection goes."""
+    with pool.client() as r:
+        r.set("k", "v")
+    with pytest.raises(redis.TimeoutError):
+        with pool.client(timeout=0.15) as r:
+            slow = r.connection
+            t0 = time.monotonic()
+            try:
+                r.execute_command("DEBUG", "SLEEP", "0.6")
+            finally:
+                took = time.monotonic() - t0
+    assert 0.14 <= took < 0.45, took
+    assert slow._sock is None  # redis-py closed it: the late reply can reach nobody
+    time.sleep(0.6)
+    with pool.client() as r:  # the next borrower is served, with its own reply
+        assert r.connection is not slow
+        assert r.get("k") == b"v"
+    assert pool.stats().in_use == 0
+
+
+def test_a_peer_that_stops_reading_raises_timeout_error_on_write(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        pool = RedisPool(proxy.url, min_size=0, max_size=1, socket_timeout=0.3, background=False)
+        with pool:
+            with pool.client() as r:
+                assert r.ping()
+            proxy.stall()  # holds up to 1 MiB, then stops reading
+            t0 = time.monotonic()
+            with pytest.raises(redis.TimeoutError, match="writing"):
+                with pool.client() as r:
+                    r.set("big", b"x" * (16 * 1024 * 1024))
+            assert time.monotonic() - t0 < 3.0
+            proxy.unstall()
+            with pool.client() as r:
+                assert r.ping()
+            s = pool.stats()
+            assert s.in_use == 0 and sum(s.destroyed_by_reason.values()) == 1
+
+
+def test_a_read_that_waits_for_ever_is_not_cut_by_the_kernel_timeout(
+    pool: RedisPool, redis_url: str
+) -> None:
+    """redis-py's blocking pub/sub read asks for no timeout: it must get none."""
+    publisher = redis.Redis.from_url(redis_url)
+    with pool.connection() as conn:
+        conn.send_command("SUBSCRIBE", "news")  # (replies are pushed messages on RESP3)
+        assert conn.read_response(push_request=True)[0] in (b"subscribe", "subscribe")
+        timer = threading.Timer(0.9, publisher.publish, args=("news", "hello"))
+        timer.start()
+        t0 = time.monotonic()
+        message = conn.read_response(timeout=None, push_request=True)  # past the 0.5 s bound
+        waited = time.monotonic() - t0
+        timer.join()
+        assert message[-1] in (b"hello", "hello") and waited >= 0.8
+        assert io_timeout(conn) == 0.5  # the bound is back for what follows
+        with pytest.raises(redis.TimeoutError):
+            t0 = time.monotonic()
+            conn.read_response(push_request=True)
+        assert time.monotonic() - t0 < 0.9
+    publisher.close()
+    assert pool.stats().in_use == 0
+
+
+def test_gevent_sockets_keep_python_timeouts(redis_url: str) -> None:
+    """gevent's cooperative sockets never block the thread: the kernel's bound
+    would not apply to them, so they keep their own timeouts, still enforced."""
+    pytest.importorskip("gevent")
+    code = textwrap.dedent(
+        f"""
+        from gevent import monkey; monkey.patch_all()
+        import time, redis
+        from redispool import RedisPool
+        from redispool.connection import io_timeout
+        with RedisPool({redis_url!r}, min_size=0, max_size=1, socket_timeout=0.2) as pool:
+            with pool.connection() as conn:
+                assert conn._rp_kernel == 0.0 and conn._sock.gettimeout() == 0.2
+                assert io_timeout(conn) == 0.2
+            t0 = time.monotonic()
+            try:
+                with pool.client() as r:
+                    r.execute_command("DEBUG", "SLEEP", "0.5")
+            except redis.TimeoutError:
+                print("timed out after", round(time.monotonic() - t0, 3))
+        time.sleep(0.5)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    took = float(out.stdout.split()[-1])
+    assert 0.19 <= took < 0.45, out.stdout
+
+
+def test_tls_and_patched_sockets_are_left_alone() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        assert kernel_timeouts(a) == (sys.platform == "linux")
+
+        class Wrapped(socket.socket):  # anything but the standard library's own class
+            pass
+
+        w = Wrapped(socket.AF_INET, socket.SOCK_STREAM)
+        with w:
+            assert not kernel_timeouts(w)
