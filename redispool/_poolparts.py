@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _INF = float("inf")
+# The fork generation, as ``pool._fork_gen`` (which sets it in a child): the
+# leases' fast paths compare it, a global load.
+_fork_gen = 0
 _SLOT = object()  # handed to a waiter instead of an object: "a slot is yours, create"
 
 KeepOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool] | None
@@ -119,7 +122,12 @@ def _acquire_anyway(lock: Any) -> BaseException | None:
 
 
 class _Lease(Generic[T]):
-    """The context manager ``ObjectPool.acquire()`` returns (pool defaults)."""
+    """The context manager ``ObjectPool.acquire()`` returns (pool defaults).
+
+    ``__enter__`` and ``__exit__`` are ``ObjectPool.borrow`` and ``release`` with
+    their fast paths inlined (a call fewer each way on the hot path: 1.14 us was
+    the ``with`` against 0.77 us for the two calls); keep them in step.
+    """
 
     __slots__ = ("_pool", "obj")
     _keep_on: KeepOn = None  # (a slot of _TunedLease)
@@ -128,8 +136,35 @@ class _Lease(Generic[T]):
         self._pool = pool
 
     def __enter__(self) -> T:
-        self.obj = obj = self._pool.borrow()
-        return obj
+        pool = self._pool
+        if pool._gen != _fork_gen:
+            pool._after_fork()
+        entry = ticket = None
+        lock = pool._lock
+        lock.acquire()
+        try:
+            try:
+                idle = pool._idle
+                if idle:  # idle objects exist only while nobody waits: no barging
+                    entry = idle.pop()
+                    now = pool._clock()
+                    entry.borrowed_at = now
+                    entry.uses += 1
+                    pool._in_use[id(entry.obj)] = entry
+                    pool._borrows += 1
+            finally:
+                lock.release()
+            if entry is not None and now < entry.recheck_at:
+                validate = pool._validate
+                if validate is None or validate(entry.obj):
+                    self.obj = obj = entry.obj
+                    return obj  # type: ignore[no-any-return]
+            ticket = _Ticket(entry)
+            self.obj = obj = pool._borrow_slow(ticket, None).obj
+            return obj  # type: ignore[no-any-return]
+        except BaseException:
+            pool._give_back(ticket, entry)
+            raise
 
     def __exit__(
         self,
@@ -138,10 +173,47 @@ class _Lease(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         pool = self._pool
-        if ev is None:
-            pool.release(self.obj)
-        else:
-            pool.release(self.obj, discard=not pool._is_harmless(ev, self._keep_on))
+        obj = self.obj
+        if ev is not None:
+            pool.release(obj, discard=not pool._is_harmless(ev, self._keep_on))
+            return
+        if pool._reset is not None or pool._gen != _fork_gen:
+            pool.release(obj)
+            return
+        # ``ObjectPool.release``'s fast path, inlined: back to the idle stack
+        # when nobody waits and nothing retires it; anything else goes the long way.
+        lock = pool._lock
+        try:
+            lock.acquire()
+        except BaseException:  # interrupted while waiting: return it all the same
+            pool.release(obj)
+            raise
+        try:
+            in_use = pool._in_use
+            key = id(obj)
+            entry = in_use.pop(key, None)
+            if entry is not None:
+                now = pool._clock()
+                if (
+                    pool._waiters
+                    or now >= entry.expires_at
+                    or entry.epoch != pool._epoch
+                    or pool._max_uses
+                    or pool._leak_timeout
+                ):
+                    in_use[key] = entry  # as it was: release() decides
+                else:
+                    pool._use_total += now - entry.borrowed_at
+                    entry.last_used = now
+                    if pool._check is not None:
+                        recheck = now + pool._check_interval
+                        expires = entry.expires_at
+                        entry.recheck_at = recheck if recheck < expires else expires
+                    pool._idle.append(entry)
+                    return
+        finally:
+            lock.release()
+        pool.release(obj)
 
 
 class _TunedLease(_Lease[T]):

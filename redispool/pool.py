@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
-from . import _upkeep
+from . import _poolparts, _upkeep
 from ._poolparts import (
     _INF,
     _SLOT,
@@ -55,6 +55,7 @@ __all__ = ["ObjectPool"]
 T = TypeVar("T")
 log = logging.getLogger("redispool.pool")
 
+_new = object.__new__  # (a lease without a call to __init__)
 # Bumped in every child process: pools compare it on each call (a global load,
 # much cheaper than os.getpid()) and start afresh when it changed.
 _fork_gen = 0
@@ -64,6 +65,7 @@ _fork_lock = threading.Lock()
 def _after_fork_in_child() -> None:
     global _fork_gen, _fork_lock
     _fork_gen += 1
+    _poolparts._fork_gen = _fork_gen
     _fork_lock = threading.Lock()
 
 
@@ -209,8 +211,10 @@ class ObjectPool(Generic[T]):
         ``keep_on`` (exception types or a predicate) overrides the pool's rule
         of which exceptions leave the object fit for reuse.
         """
-        if timeout is None and keep_on is None:
-            return _Lease(self)  # the common case: two attributes fewer to set
+        if timeout is None and keep_on is None:  # the common case: a lighter lease
+            lease: _Lease[T] = _new(_Lease)
+            lease._pool = self
+            return lease
         if timeout is not None:
             _number("timeout", timeout, minimum=0)
         if keep_on is not None:
@@ -248,14 +252,18 @@ class ObjectPool(Generic[T]):
             ticket = _Ticket(entry)
             return self._borrow_slow(ticket, timeout).obj  # type: ignore[no-any-return]
         except BaseException:
-            if ticket is None:  # interrupted on the fast path (mid-check, maybe)
-                ticket = _Ticket(entry)
-                ticket.checking = True
-            # Nobody else writes on a ticket out of the queue: if it holds
-            # nothing (a PoolTimeout, say), there is nothing to give back.
-            if ticket.result is not None or ticket.lock is not None or ticket.doomed:
-                self._abandon(ticket)
+            self._give_back(ticket, entry)
             raise
+
+    def _give_back(self, ticket: _Ticket | None, entry: _Entry | None) -> None:
+        """A borrow was interrupted: give back what it holds."""
+        if ticket is None:  # interrupted on the fast path (mid-check, maybe)
+            ticket = _Ticket(entry)
+            ticket.checking = True
+        # Nobody else writes on a ticket out of the queue: if it holds
+        # nothing (a PoolTimeout, say), there is nothing to give back.
+        if ticket.result is not None or ticket.lock is not None or ticket.doomed:
+            self._abandon(ticket)
 
     def _borrow_slow(self, ticket: _Ticket, timeout: float | None) -> _Entry:
         """Vet the idle object on the ticket, or obtain one: idle, new, or by queueing.
@@ -439,9 +447,19 @@ class ObjectPool(Generic[T]):
         """
         t0 = time.monotonic()
         epoch = self._epoch  # before connecting: a drain() meanwhile retires it
-        try:
-            obj = self._make(deadline)
-        except Exception as exc:
+        made: Any = _SLOT  # nothing made yet
+        try:  # (one ``try``: no line between the make and its protection)
+            made = self._make(deadline)
+            now = self._clock()
+            entry = _Entry(made, now, self._expiry(now), epoch)
+            took = time.monotonic() - t0
+            pending = _acquire_anyway(self._lock)  # from here the object is on the books
+        except BaseException as exc:
+            if made is not _SLOT:
+                self._destroy_quietly(made)  # interrupted before it was on the books
+                raise
+            if not isinstance(exc, Exception):
+                raise
             with self._lock:
                 ticket.result = None
                 self._size -= 1
@@ -450,14 +468,7 @@ class ObjectPool(Generic[T]):
                 streak = self._fail_streak
             self._log_create_failure(exc, streak)
             return exc
-        try:
-            now = self._clock()
-            entry = _Entry(obj, now, self._expiry(now), epoch)
-            took = time.monotonic() - t0
-            pending = _acquire_anyway(self._lock)  # from here the object is on the books
-        except BaseException:
-            self._destroy_quietly(obj)  # interrupted before it was on the books
-            raise
+        obj = made
         try:
             self._creating -= 1
             self._created += 1

@@ -1,0 +1,300 @@
+"""``with ObjectPool.acquire()``: its ``__enter__``/``__exit__`` inline the fast paths
+of ``borrow``/``release``, so they get the same oracles: random operations under
+hypothesis (never lent twice, counts balanced) and an exception injected at every
+step of a lease (nothing lost)."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from redispool import ObjectPool, PoolTimeout
+
+from .helpers import Factory, FakeClock, Resource
+
+ROOT = Path(__file__).resolve().parents[1]
+_TRACED = {str(ROOT / "redispool" / f) for f in ("pool.py", "_poolparts.py", "_upkeep.py")}
+
+
+class Boom(Exception):
+    """Raised inside a ``with`` block."""
+
+
+class LeaseMachine(RuleBasedStateMachine):
+    """Leases and plain borrows mixed, with every rule that sends a lease off its
+    fast path: a check due, expiry, max_uses, a resize, a reset, a fork generation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.factory = Factory()
+        self.resets = 0
+        self.pool: ObjectPool[Resource] = ObjectPool(
+            self.factory,
+            destroy=Factory.destroy,
+            check=Factory.check,
+            reset=None,
+            max_size=3,
+            min_size=0,
+            timeout=0,
+            max_idle_time=30,
+            max_lifetime=100,
+            check_interval=5,
+            max_uses=0,
+            clock=self.clock,
+            background=False,
+        )
+        self.leases: list[tuple[Any, Resource]] = []
+        self.held: list[Resource] = []
+
+    def _lent(self, r: Resource) -> None:
+        assert r.holder is None, f"{r} lent twice"
+        assert not r.destroyed
+        r.holder = self
+
+    @rule()
+    def enter(self) -> None:
+        lease = self.pool.acquire()
+        try:
+            r = lease.__enter__()
+        except PoolTimeout:
+            assert self.pool.stats().in_use >= self.pool.stats().max_size
+            return
+        self._lent(r)
+        self.leases.append((lease, r))
+
+    @rule()
+    def borrow(self) -> None:
+        try:
+            r = self.pool.borrow()
+        except PoolTimeout:
+            return
+        self._lent(r)
+        self.held.append(r)
+
+    @precondition(lambda self: self.leases)
+    @rule(i=st.integers(0, 10), how=st.sampled_from(["ok", "error", "keep"]))
+    def exit(self, i: int, how: str) -> None:
+        lease, r = self.leases.pop(i % len(self.leases))
+        r.holder = None
+        entry = self.pool._in_use[id(r)]
+        spent = bool(self.pool._max_uses) and entry.uses >= self.pool._max_uses
+        expired = self.clock.now >= entry.expires_at
+        if how == "ok":
+            lease.__exit__(None, None, None)
+        else:
+            exc = Boom() if how == "error" else PoolTimeout("harmless")
+            lease.__exit__(type(exc), exc, None)
+        if spent or expired or how == "error":  # retired, never lent again
+            assert r.destroyed and all(e.obj is not r for e in self.pool._idle)
+
+    @precondition(lambda self: self.held)
+    @rule(i=st.integers(0, 10))
+    def release(self, i: int) -> None:
+        r = self.held.pop(i % len(self.held))
+        r.holder = None
+        self.pool.release(r)
+
+    @precondition(lambda self: self.leases or self.held)
+    @rule(i=st.integers(0, 10))
+    def break_one(self, i: int) -> None:
+        out = [r for _, r in self.leases] + self.held
+        out[i % len(out)].healthy = False
+
+    @rule(seconds=st.sampled_from([0.5, 4, 6, 31, 120]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule(n=st.integers(0, 3))
+    def max_uses(self, n: int) -> None:
+        self.pool._max_uses = n
+
+    @rule(on=st.booleans())
+    def reset(self, on: bool) -> None:
+        def reset(r: Resource) -> None:
+            self.resets += 1
+            if not r.healthy:
+                raise ValueError("cannot reset")
+
+        self.pool._reset = reset if on else None
+
+    @rule(lo=st.integers(0, 2), hi=st.integers(1, 4))
+    def resize(self, lo: int, hi: int) -> None:
+        if lo <= hi:
+            self.pool.resize(lo, hi)
+
+    @rule()
+    def upkeep(self) -> None:
+        self.pool.run_upkeep()
+
+    @invariant()
+    def consistent(self) -> None:
+        s = self.pool.stats()
+        assert s.size == s.idle + s.in_use + s.creating + s.closing
+        assert s.in_use == len(self.leases) + len(self.held)
+        idle = list(self.pool._idle)
+        assert not any(e.obj.destroyed or e.obj.holder is not None for e in idle)
+        assert len([r for r in self.factory.made if not r.destroyed]) == s.size
+
+    def teardown(self) -> None:
+        for lease, _ in self.leases:
+            lease.__exit__(None, None, None)
+        for r in self.held:
+            self.pool.release(r)
+        s = self.pool.stats()
+        assert s.in_use == 0 and s.size == s.idle
+        self.pool.close(timeout=0)
+        assert all(r.destroyed for r in self.factory.made)
+
+
+TestLeaseMachine = LeaseMachine.TestCase
+TestLeaseMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+class Injected(BaseException):
+    """Stands for Ctrl-C or any async exception."""
+
+
+class _Injector:
+    """Raise ``Injected`` at the ``n``-th call or line of the pool's code run by
+    this thread outside the pool's lock (0: count only)."""
+
+    def __init__(self, lock: Any, n: int) -> None:
+        self.lock, self.n, self.count, self.fired = lock, n, 0, False
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename not in _TRACED:
+            return None
+        if event in ("call", "line") and not self.lock.locked():
+            self.count += 1
+            if self.count == self.n:
+                self.fired = True
+                raise Injected(f"at {frame.f_code.co_name}:{frame.f_lineno}")
+        return self
+
+
+SITUATIONS = ("fresh", "idle", "idle_check_due", "handed", "handed_broken", "waiters_at_exit")
+
+
+def _trial(situation: str, n: int) -> tuple[int, bool, dict[str, int]]:
+    """One lease in ``situation``, interrupted at its ``n``-th step (enter, block or
+    exit); returns its step count, whether it fired, and the settled stats."""
+    factory = Factory()
+    pool: ObjectPool[Resource] = ObjectPool(
+        factory,
+        destroy=Factory.destroy,
+        check=Factory.check,
+        check_interval=0 if situation == "idle_check_due" else 60,
+        max_size=1,
+        timeout=5,
+        background=False,
+    )
+    try:
+        held = []
+        if situation != "fresh":
+            held.append(pool.borrow())
+        if situation in ("idle", "idle_check_due"):
+            pool.release(held.pop())
+        if situation == "handed_broken":
+            held[0].healthy = False
+
+        def give_back() -> None:
+            time.sleep(0.005)
+            for r in held:
+                pool.release(r)
+
+        if situation == "waiters_at_exit":  # a waiter queues while the lease is held
+            pool.release(held.pop())
+        helper = threading.Thread(target=give_back)
+        helper.start()
+        waiter_got: list[Resource] = []
+        waiter = None
+        injector = _Injector(pool._lock, n)
+        # Traced: the enter and the block. (The first lines of __exit__, before it
+        # takes the pool's lock, are a window no Python code can close.)
+        sys.settrace(injector)
+        try:
+            with pool.acquire() as r:
+                assert r.holder is None
+                r.holder = "lease"
+                r.holder = None
+                sys.settrace(None)
+                if situation == "waiters_at_exit":  # the exit hands it to a waiter
+                    waiter = threading.Thread(target=lambda: waiter_got.append(pool.borrow(5)))
+                    waiter.start()
+                    while not pool.stats().waiting:
+                        time.sleep(0.001)
+        except Injected:
+            pass
+        finally:
+            sys.settrace(None)
+        helper.join()
+        if waiter is not None:
+            waiter.join(5)
+            assert not waiter.is_alive()
+            for w in waiter_got:
+                pool.release(w)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            s = pool.stats()
+            if not (s.in_use or s.creating or s.closing or s.waiting):
+                break
+            time.sleep(0.002)
+        with pool.acquire(timeout=1) as r:  # and the pool still lends
+            assert not r.destroyed
+        s = pool.stats()
+        stats = {k: getattr(s, k) for k in ("size", "idle", "in_use", "creating", "closing")}
+        stats["alive"] = len([r for r in factory.made if not r.destroyed])
+        return injector.count, injector.fired, stats
+    finally:
+        pool.close(timeout=0)
+
+
+def test_an_exception_at_any_step_of_a_lease_loses_nothing() -> None:
+    rnd = random.Random(3)
+    steps = {}
+    for situation in SITUATIONS:
+        steps[situation], _, stats = _trial(situation, 0)
+        assert stats["in_use"] == 0 and stats["size"] == stats["idle"] == stats["alive"], stats
+    failures, fired = [], 0
+    for situation in SITUATIONS:
+        for n in range(1, steps[situation] + 3):
+            if n > 40 and rnd.random() < 0.5:  # long slow paths: a sample
+                continue
+            _, hit, stats = _trial(situation, n)
+            fired += hit
+            settled = stats["in_use"] == stats["creating"] == stats["closing"] == 0
+            if not settled or not stats["size"] == stats["idle"] == stats["alive"]:
+                failures.append((situation, n, stats))
+    assert fired >= 60
+    assert failures == [], f"{len(failures)} trials lost something: {failures[:5]}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_lease_in_a_forked_child_never_gets_the_parents_object() -> None:
+    pool: ObjectPool[Resource] = ObjectPool(Resource, max_size=2, background=False)
+    with pool.acquire() as parents:
+        pass
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh object, the parent's never touched
+        try:
+            with pool.acquire() as r:
+                ok = r is not parents and pool.stats().size == 1
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with pool.acquire() as r:
+        assert r is parents
+    pool.close()
