@@ -1,9 +1,12 @@
 """Load benchmark: N concurrent workers x M GETs against one redis-server, for a
 new connection per request, redis-py's pools and RedisPool, side by side.
 
-``python -m redispool bench [--workers 1000] [--ops 20] [--gevent] [--maxclients 100]``
-(also ``bench/load.py``). Loopback only; bounded in count and time; starts and
-stops its own redis-server unless ``--url`` is given.
+``python -m redispool bench [--workers 1000] [--ops 20] [--gevent] [--maxclients 100]
+[--rounds 3]`` (also ``bench/load.py``). Each case runs ``--rounds`` times, the
+cases interleaved (one process per case and round), and the round with the median
+throughput is reported: one 2-second sample on a shared machine varies by 20% or
+more. Loopback only; bounded in count and time; starts and stops its own
+redis-server unless ``--url`` is given.
 """
 
 from __future__ import annotations
@@ -181,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--maxclients", type=int, default=10000, help="the server's maxclients")
     p.add_argument("--url", default=None, help="an existing server (loopback only)")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    p.add_argument(
+        "--rounds", type=int, default=3, help="runs of each case, interleaved; the median is shown"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -192,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = _parser().parse_args(argv)
     if opts.workers < 1 or opts.ops < 1 or opts.workers * opts.ops > 1_000_000:
         raise SystemExit("--workers and --ops must be >= 1 and workers x ops <= 1,000,000")
+    if not 1 <= opts.rounds <= 20:
+        raise SystemExit(f"--rounds must be between 1 and 20, got {opts.rounds}")
     from .testing import RedisServer
 
     server = None
@@ -201,24 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url
     elif not any(h in url for h in ("127.0.0.1", "localhost", "[::1]", "unix://")):
         raise SystemExit("--url must point at a loopback server")
-    results = []
+    rounds: dict[str, list[dict[str, Any]]] = {case: [] for case in opts.cases}
     try:
-        for case in opts.cases:  # one process per case: no state shared between them
-            cmd = [sys.executable, "-m", "redispool", "bench", "--child", "--url", url]
-            cmd += ["--workers", str(opts.workers), "--ops", str(opts.ops)]
-            cmd += ["--size", str(opts.size), "--cases", case]
-            if opts.gevent:
-                cmd.append("--gevent")
-            out = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=600, check=False, env=dict(os.environ)
-            )
-            line = [x for x in out.stdout.splitlines() if x.startswith("RESULTS ")]
-            if out.returncode != 0 or not line:
-                raise SystemExit(f"case {case!r} failed:\n{out.stderr[-3000:]}")
-            results += json.loads(line[0][len("RESULTS ") :])
+        for _ in range(opts.rounds):
+            for case in opts.cases:  # one process per case: no state shared between them
+                rounds[case] += _run_child(opts, url, case)
     finally:
         if server is not None:
             server.close()
+    results = [median_round(rounds[case]) for case in opts.cases]
     if opts.json:
         print(json.dumps(results, indent=2))
     else:
@@ -227,7 +226,48 @@ def main(argv: list[str] | None = None) -> int:
             table(
                 results,
                 f"{opts.workers} {kind} x {opts.ops} GETs, pools of {opts.size}, "
-                f"server maxclients {opts.maxclients}",
+                f"server maxclients {opts.maxclients}; the median of {opts.rounds} rounds",
             )
         )
+        if opts.rounds > 1:
+            print(round_lines(results))
     return 0
+
+
+def _run_child(opts: argparse.Namespace, url: str, case: str) -> list[dict[str, Any]]:
+    cmd = [sys.executable, "-m", "redispool", "bench", "--child", "--url", url]
+    cmd += ["--workers", str(opts.workers), "--ops", str(opts.ops)]
+    cmd += ["--size", str(opts.size), "--cases", case]
+    if opts.gevent:
+        cmd.append("--gevent")
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, check=False, env=dict(os.environ)
+    )
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULTS ")]
+    if out.returncode != 0 or not line:
+        raise SystemExit(f"case {case!r} failed:\n{out.stderr[-3000:]}")
+    results: list[dict[str, Any]] = json.loads(line[0][len("RESULTS ") :])
+    return results
+
+
+def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput (the lower middle one of an even
+    count), with every run's throughput under ``round_throughputs``."""
+    ordered = sorted(runs, key=lambda r: r["throughput"])
+    return {
+        **ordered[(len(ordered) - 1) // 2],
+        "round_throughputs": [r["throughput"] for r in runs],
+    }
+
+
+def round_lines(results: list[dict[str, Any]]) -> str:
+    """Every round's ops/s per case, and each round's ratio to the first case."""
+    base = results[0]["round_throughputs"]
+    lines = ["ops/s in each round (ratio to the first case's same round):"]
+    for r in results:
+        cells = [
+            f"{t:,.0f}" + (f" ({t / b:.2f}x)" if r is not results[0] and b else "")
+            for t, b in zip(r["round_throughputs"], base, strict=False)
+        ]
+        lines.append(f"  {r['case']:<32} " + ", ".join(cells))
+    return "\n".join(lines)
