@@ -306,9 +306,11 @@ class _PooledMixin:
             self._rp_state |= DIRTY
         self._rp_kernel = 0.0  # a new socket
         # the configured timeout, or a lease's per-operation one
-        set_io_timeout(
-            self, self._rp_timeout if self._rp_state & TIMEOUT_SET else self.socket_timeout
-        )
+        if self._rp_state & TIMEOUT_SET:
+            set_io_timeout(self, self.socket_timeout)  # the kernel's, then the block's
+            set_io_timeout(self, self._rp_timeout, temporary=True)
+        else:
+            set_io_timeout(self, self.socket_timeout)
         poll_class = _raw_poll_class()
         if poll_class is not None:
             poller = poll_class()
@@ -410,23 +412,29 @@ def _raw_poll_class() -> Any:
     return getattr(select, "poll", None)
 
 
-def set_io_timeout(conn: Any, timeout: float | None) -> None:
+def set_io_timeout(conn: Any, timeout: float | None, *, temporary: bool = False) -> None:
     """The timeout of every read and write on ``conn``: on the socket (kept by
     the kernel where it can, see ``_sockio``), and where redis-py's parser keeps
     the value it restores after its own short reads (``can_read``, PING checks,
-    pub/sub ``get_message``)."""
+    pub/sub ``get_message``). ``temporary`` (a block's own timeout) no longer
+    than the kernel's is set on the Python socket alone: one cheap call each
+    way, where changing the kernel's two costs four."""
     sock = conn._sock
     if sock is not None:
         kept = getattr(conn, "_rp_kernel", 0.0)
         if timeout and kernel_timeouts(sock):
-            if kept != timeout:
-                set_kernel_timeout(sock, timeout)
-                conn._rp_kernel = timeout
-            timeout = None  # a blocking socket: one system call per read or write
+            if temporary and kept and timeout <= kept:
+                pass  # the Python timeout fires first; the kernel's stays for after
+            else:
+                if kept != timeout:
+                    set_kernel_timeout(sock, timeout)
+                    conn._rp_kernel = timeout
+                timeout = None  # a blocking socket: one system call per read or write
         elif kept:
             set_kernel_timeout(sock, None)
             conn._rp_kernel = 0.0
-        sock.settimeout(timeout)
+        if sock.gettimeout() != timeout:  # (settimeout is a system call, even unchanged)
+            sock.settimeout(timeout)
     parser = getattr(conn, "_parser", None)
     buffer = getattr(parser, "_buffer", None)
     if buffer is not None and hasattr(buffer, "socket_timeout"):
@@ -437,10 +445,9 @@ def set_io_timeout(conn: Any, timeout: float | None) -> None:
 
 def io_timeout(conn: Any) -> float | None:
     """The timeout each read and write on ``conn`` has now (None: none)."""
-    kept: float = getattr(conn, "_rp_kernel", 0.0)
-    if kept:
-        return kept
     timeout: float | None = conn._sock.gettimeout()
+    if timeout is None:  # blocking: the kernel's bound, if any
+        return getattr(conn, "_rp_kernel", 0.0) or None
     return timeout
 
 

@@ -428,7 +428,7 @@ class RedisPool:
     def _set_op_timeout(self, conn: Any, timeout: float) -> None:
         conn._rp_timeout = timeout  # re-applied if redis-py reconnects in the block
         conn._rp_state |= TIMEOUT_SET
-        set_io_timeout(conn, timeout)
+        set_io_timeout(conn, timeout, temporary=True)
 
     # -- borrowing ---------------------------------------------------------
 

@@ -61,11 +61,40 @@ def test_connections_block_in_the_kernel_with_the_configured_timeout(pool: Redis
         assert io_timeout(conn) == 0.5
         conn.can_read(timeout=0)  # redis-py's short read restores blocking, not 0.5
         assert sock.gettimeout() is None
-    with pool.connection(timeout=0.2) as conn:  # a per-operation timeout
-        assert sock is conn._sock and io_timeout(conn) == 0.2
-        assert _kernel(sock)[0] == pytest.approx(0.2, abs=0.02)
+    with pool.connection(timeout=0.2) as conn:  # a shorter per-operation timeout:
+        assert sock is conn._sock and io_timeout(conn) == 0.2  # on the Python socket
+        assert sock.gettimeout() == 0.2 and _kernel(sock)[0] == pytest.approx(0.5, abs=0.02)
+        conn.can_read(timeout=0)
+        assert io_timeout(conn) == 0.2
     with pool.connection() as conn:  # and back
+        assert io_timeout(conn) == 0.5 and sock.gettimeout() is None
+    with pool.connection(timeout=1.5) as conn:  # a longer one: the kernel's changes
+        assert sock is conn._sock and io_timeout(conn) == 1.5 and sock.gettimeout() is None
+        assert _kernel(sock)[0] == pytest.approx(1.5, abs=0.02)
+    with pool.connection() as conn:
         assert io_timeout(conn) == 0.5 and _kernel(sock)[0] == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("block_timeout", [0.3, 1.5])
+def test_a_blocks_own_timeout_bounds_its_reads_either_way(
+    pool: RedisPool, block_timeout: float
+) -> None:
+    """Shorter than the pool's 0.5 s (Python's timeout fires first) or longer (the
+    kernel's is raised for the block): a 0.8 s BLPOP times out, or returns."""
+    t0 = time.monotonic()
+    if block_timeout < 0.8:
+        with pytest.raises(redis.TimeoutError):
+            with pool.client(timeout=block_timeout) as r:
+                r.blpop(["nothing"], timeout=0.8)
+        assert block_timeout - 0.01 <= time.monotonic() - t0 < block_timeout + 0.25
+    else:
+        with pool.client(timeout=block_timeout) as r:
+            assert r.blpop(["nothing"], timeout=0.8) is None
+        assert 0.79 <= time.monotonic() - t0 < 1.3
+    with pool.client() as r:  # the pool's own bound is back: 0.8 s is too long
+        with pytest.raises(redis.TimeoutError):
+            r.blpop(["nothing"], timeout=0.8)
+    assert pool.stats().in_use == 0
 
 
 def test_a_slow_reply_raises_timeout_error_within_the_bound(pool: RedisPool) -> None:
