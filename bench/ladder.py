@@ -25,7 +25,7 @@ import socket
 import sys
 from typing import Any
 
-from redispool.demo.load import ROUTES, warm_cache
+from redispool.demo.load import LOAD_USERS, ROUTES, warm_cache
 from redispool.demo.modes import MODES
 from redispool.demo.openloop import run_open_loop
 from redispool.demo.run import start_app, stop
@@ -74,6 +74,7 @@ def climb(port: int, route: str, rates: tuple[float, ...], seconds: float) -> li
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     os.environ["DEMO_LOGIN_LIMIT"] = "100000000/minute"  # measure, do not limit
+    os.environ["DEMO_LOAD_USERS"] = str(LOAD_USERS)  # the accounts ROUTES logs in as
     results: dict[str, Any] = {"seconds": opts.seconds, "workers": opts.workers, "runs": []}
     rates = tuple(float(r) for r in opts.rates.split(","))
     with RedisServer(args=("--maxclients", "10000")) as server:

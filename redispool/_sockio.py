@@ -25,17 +25,26 @@ _TIMEVAL = struct.Struct("@ll")  # struct timeval on Linux: (time_t, suseconds_t
 _usable: bool | None = None if sys.platform == "linux" else False
 
 
+_STDLIB_SOCKET: type | None = None  # the standard library's own socket class
+
+
 def _stdlib_socket() -> type:
-    monkey = sys.modules.get("gevent.monkey")  # never imports gevent itself
-    if monkey is not None and monkey.is_module_patched("socket"):
-        return monkey.get_original("socket", "socket")  # type: ignore[no-any-return]
-    return socket.socket
+    """Looked up once: unpatched, ``socket.socket`` is it; patched by gevent
+    (before or after), ``get_original`` gives it."""
+    global _STDLIB_SOCKET
+    if _STDLIB_SOCKET is None:
+        monkey = sys.modules.get("gevent.monkey")  # never imports gevent itself
+        if monkey is not None and monkey.is_module_patched("socket"):
+            _STDLIB_SOCKET = monkey.get_original("socket", "socket")
+        else:
+            _STDLIB_SOCKET = socket.socket
+    return _STDLIB_SOCKET
 
 
 def kernel_timeouts(sock: Any) -> bool:
     """True if ``sock`` can have its timeouts kept by the kernel here."""
     global _usable
-    if _usable is False or type(sock) is not _stdlib_socket():
+    if _usable is False or type(sock) is not (_STDLIB_SOCKET or _stdlib_socket()):
         return False
     if _usable is None:  # once a process: does the kernel read our timeval as we mean it?
         _usable = _probe(sock)

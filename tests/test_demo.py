@@ -27,7 +27,13 @@ MakeApp = Callable[..., Flask]
 @pytest.fixture
 def make_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeApp]:
     """``make_app(url, **kw)``: ``create_app`` with the demo's env unset; pools closed after."""
-    for name in ("DEMO_LOGIN_LIMIT", "DEMO_PER_REQUEST", "REDISPOOL_KEY_SECRET", "REDIS_URL"):
+    for name in (
+        "DEMO_LOGIN_LIMIT",
+        "DEMO_PER_REQUEST",
+        "DEMO_LOAD_USERS",
+        "REDISPOOL_KEY_SECRET",
+        "REDIS_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     apps: list[Flask] = []
 
@@ -246,6 +252,26 @@ def test_unknown_user_gets_the_same_401_as_a_known_one(
         assert known.headers[name] == unknown.headers[name]
     remaining = [int(r.headers["RateLimit-Remaining"]) for r in (known, unknown)]
     assert remaining[0] == remaining[1] + 1
+
+
+def test_load_test_accounts_only_when_asked(
+    make_app: MakeApp, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DEMO_LOAD_USERS=N``: accounts load-0 .. load-(N-1) for load tests, so that
+    they log in as many users; none unless set, and a bad value names the variable."""
+    client = make_app(redis_url).test_client()
+    assert login(client, "load-3", "load-3").status_code == 401
+    monkeypatch.setenv("DEMO_LOAD_USERS", "5")
+    client = make_app(redis_url).test_client()
+    ok = login(client, "load-4", "load-4")
+    assert ok.status_code == 200 and ok.json["user"] == "load-4"
+    assert login(client, "load-5", "load-5").status_code == 401  # only 0..4
+    assert login(client, "load-2", "load-3").status_code == 401  # its own password only
+    assert login(client, "alice", "wonderland").status_code == 200  # the demo users remain
+    for bad in ("many", "-1", "100001"):
+        monkeypatch.setenv("DEMO_LOAD_USERS", bad)
+        with pytest.raises(ValueError, match=f"DEMO_LOAD_USERS .*{bad!r}"):
+            make_app(redis_url)
 
 
 def test_login_rate_limit_is_429_with_retry_after(

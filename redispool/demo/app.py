@@ -52,6 +52,27 @@ MAX_BODY = 16 * 1024  # a login is well under 1 KB; anything larger is refused (
 BAD_LOGIN = 'send JSON {"username": "...", "password": "..."}'
 
 
+MAX_LOAD_USERS = 100_000
+
+
+def load_users() -> dict[str, str]:
+    """``DEMO_LOAD_USERS=N``: N accounts ``load-<i>`` (password ``load-<i>``) for
+    load tests, which log in as many users, as real traffic does: more logins of
+    one user in flight at once than the lockout's 5 are refused (423)."""
+    raw = os.environ.get("DEMO_LOAD_USERS", "").strip()
+    if not raw:
+        return {}
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= MAX_LOAD_USERS:
+        raise ValueError(
+            f"DEMO_LOAD_USERS must be a whole number from 0 to {MAX_LOAD_USERS}, got {raw!r}"
+        )
+    return {f"load-{i}": hashlib.sha256(_SALT + f"load-{i}".encode()).hexdigest() for i in range(n)}
+
+
 def slow_database(post_id: int) -> dict[str, Any] | None:
     """The "database": 50 ms a query."""
     time.sleep(DB_LATENCY)
@@ -174,6 +195,7 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
             raise ValueError(f"the environment variable REDIS_URL is malformed: {exc}") from None
     mode = _mode(per_request)
     per_request = mode == "per-request"
+    extra_users = load_users()
     app.config.update(
         REDIS_URL=url, REDIS_POOL_MIN_SIZE=2, REDIS_POOL_MAX_SIZE=20, MAX_CONTENT_LENGTH=MAX_BODY
     )
@@ -242,9 +264,11 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
                 )
             if not attempt.allowed:
                 return _locked(attempt.result.retry_after, limit.headers())
-            expected = USERS.get(username, "0" * 64)  # same work for unknown users
+            # the same work for unknown users
+            expected = extra_users.get(username) or USERS.get(username, "0" * 64)
             given = hashlib.sha256(_SALT + body["password"].encode()).hexdigest()
-            if hmac.compare_digest(expected, given) and username in USERS:
+            known = username in USERS or username in extra_users
+            if hmac.compare_digest(expected, given) and known:
                 attempt.succeeded()
                 svc.analytics.add_unique("logins", username)
                 resp = jsonify({"ok": True, "user": username, "token": os.urandom(16).hex()})

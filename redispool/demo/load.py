@@ -23,9 +23,18 @@ from .run import Stopping, spawn_app, stop, wait_until_serving
 
 __all__ = ["ROUTES", "compare", "format_row", "probe_rate", "warm_cache"]
 
-LOGIN = json.dumps({"username": "alice", "password": "wonderland"}).encode()
+# Logins as many users (the demo's DEMO_LOAD_USERS accounts), as real traffic
+# does: one user's logins in flight at once beyond the lockout's 5 get 423.
+LOAD_USERS = 1000
 ROUTES: dict[str, list[bytes]] = {
-    "login": [http_request("POST", "/api/auth/login", LOGIN)],
+    "login": [
+        http_request(
+            "POST",
+            "/api/auth/login",
+            json.dumps({"username": f"load-{i}", "password": f"load-{i}"}).encode(),
+        )
+        for i in range(LOAD_USERS)
+    ],
     "post": [http_request("GET", f"/api/posts/{i}") for i in range(1, 101)],
 }
 PROBE_RATES = (50, 100, 200, 400, 700, 1000, 1500, 2000, 3000, 4000)
@@ -81,6 +90,7 @@ def compare(opts: argparse.Namespace, url: str, stopping: Stopping) -> int:
     """Start the demo once per mode (each stopped before the next starts) and load
     each route at one fixed rate; a stop signal ends it between steps."""
     os.environ.setdefault("DEMO_LOGIN_LIMIT", "100000000/minute")  # measure, not limit
+    os.environ.setdefault("DEMO_LOAD_USERS", str(LOAD_USERS))  # the accounts ROUTES uses
     host, port = opts.host, opts.port
     rate: float | None = opts.rate
     rows: list[str] = []
