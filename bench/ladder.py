@@ -31,7 +31,7 @@ from redispool.demo.openloop import run_open_loop
 from redispool.demo.run import start_app, stop
 from redispool.testing import RedisServer
 
-RATES = (50, 100, 200, 300, 500, 700, 1000, 1400, 2000, 2800, 4000)
+RATES = (50, 100, 200, 300, 500, 700, 1000, 1400, 1700, 2000, 2400, 2800, 3400, 4000)
 MIN_REQUESTS = 300
 
 
