@@ -10,7 +10,6 @@ import random
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from redispool import ObjectPool, PoolTimeout
 
 from .helpers import Factory, FakeClock, Resource
-
-ROOT = Path(__file__).resolve().parents[1]
-_TRACED = {str(ROOT / "redispool" / f) for f in ("pool.py", "_poolparts.py", "_upkeep.py")}
+from .test_slots import Injected, _Injector  # raises at the n-th step of the pool's code
 
 
 class Boom(Exception):
@@ -159,28 +156,6 @@ class LeaseMachine(RuleBasedStateMachine):
 
 TestLeaseMachine = LeaseMachine.TestCase
 TestLeaseMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
-
-
-class Injected(BaseException):
-    """Stands for Ctrl-C or any async exception."""
-
-
-class _Injector:
-    """Raise ``Injected`` at the ``n``-th call or line of the pool's code run by
-    this thread outside the pool's lock (0: count only)."""
-
-    def __init__(self, lock: Any, n: int) -> None:
-        self.lock, self.n, self.count, self.fired = lock, n, 0, False
-
-    def __call__(self, frame: Any, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename not in _TRACED:
-            return None
-        if event in ("call", "line") and not self.lock.locked():
-            self.count += 1
-            if self.count == self.n:
-                self.fired = True
-                raise Injected(f"at {frame.f_code.co_name}:{frame.f_lineno}")
-        return self
 
 
 SITUATIONS = ("fresh", "idle", "idle_check_due", "handed", "handed_broken", "waiters_at_exit")
