@@ -62,6 +62,7 @@ def climb(port: int, route: str, rates: tuple[float, ...], seconds: float) -> li
         print(
             f"    {route:<6} {rate:>6.0f}/s  p50 {step['p50_ms']:7.1f}  p99 {step['p99_ms']:8.1f}"
             f"  p99.9 {step['p999_ms']:8.1f}  errors {int(step['errors']):>5}"
+            f"  non-2xx {int(step['non_2xx']):>5}"
             f"  lag p99 {step['lag_p99_ms']:5.1f} ms",
             flush=True,
         )

@@ -226,6 +226,8 @@ def test_demo_load_prints_the_comparison(tmp_path: Path) -> None:
             for route in ("login", "post"):
                 row = re.search(rf"^{mode}\s+{route}\s+(\d+)\s+(\d+)\s", out, re.MULTILINE)
                 assert row and int(row.group(1)) == rate and int(row.group(2)) > 0, out
+                cells = out[row.start() :].splitlines()[0].split()
+                assert cells[-2] == "0", out  # non-2xx: the load's logins all succeed
         # slow cache operations: at most the first per 10 s and server process, then a summary
         assert len(re.findall(r": \S+ took [\d.]+ ms", out)) <= 3, out
         assert not _mentioning(f"127.0.0.1:{port}"), "a server of the load run is still running"

@@ -40,7 +40,7 @@ ROUTES: dict[str, list[bytes]] = {
 PROBE_RATES = (50, 100, 200, 400, 700, 1000, 1500, 2000, 3000, 4000)
 HEADER = (
     f"{'mode':<12} {'route':<6} {'rate/s':>7} {'done/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
-    f"{'p99.9 ms':>9} {'errors':>7} {'lag p99':>8}"
+    f"{'p99.9 ms':>9} {'errors':>7} {'non-2xx':>7} {'lag p99':>8}"
 )
 
 
@@ -48,7 +48,8 @@ def format_row(mode: str, route: str, result: LoadResult) -> str:
     s = result.summary()
     return (
         f"{mode:<12} {route:<6} {s['rate']:>7.0f} {s['achieved']:>7.0f} {s['p50_ms']:>8.1f} "
-        f"{s['p99_ms']:>8.1f} {s['p999_ms']:>9.1f} {int(s['errors']):>7} {s['lag_p99_ms']:>8.1f}"
+        f"{s['p99_ms']:>8.1f} {s['p999_ms']:>9.1f} {int(s['errors']):>7} {int(s['non_2xx']):>7} "
+        f"{s['lag_p99_ms']:>8.1f}"
     )
 
 

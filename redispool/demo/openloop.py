@@ -76,6 +76,8 @@ class LoadResult:
             "p999_ms": percentile(lat, 0.999) * 1000,
             "max_ms": (lat[-1] if lat else math.nan) * 1000,
             "errors": float(self.failed),
+            # answered, but not with a 2xx (a refused login would measure refusals)
+            "non_2xx": float(sum(n for code, n in self.statuses.items() if not 200 <= code < 300)),
             "lag_p99_ms": percentile(lag, 0.99) * 1000,
         }
 
