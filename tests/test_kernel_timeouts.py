@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -205,3 +206,20 @@ def test_tls_and_patched_sockets_are_left_alone() -> None:
         w = Wrapped(socket.AF_INET, socket.SOCK_STREAM)
         with w:
             assert not kernel_timeouts(w)
+
+
+@linux_only
+def test_unix_socket_connections_too(redis_server_factory: Any) -> None:
+    server = redis_server_factory(unixsocket=True)
+    with RedisPool(server.unix_url, min_size=0, max_size=1, socket_timeout=0.3) as pool:
+        with pool.connection() as conn:
+            assert conn._sock.family == socket.AF_UNIX
+            assert conn._sock.gettimeout() is None and io_timeout(conn) == 0.3
+        t0 = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            with pool.client() as r:
+                r.execute_command("DEBUG", "SLEEP", "0.6")
+        assert time.monotonic() - t0 < 0.55
+        time.sleep(0.5)
+        with pool.client() as r:
+            assert r.ping()
