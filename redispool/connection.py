@@ -420,12 +420,11 @@ def set_io_timeout(conn: Any, timeout: float | None, *, temporary: bool = False)
     than the kernel's is set on the Python socket alone: one cheap call each
     way, where changing the kernel's two costs four."""
     sock = conn._sock
+    # None: not one of our connections, which turn the kernel's EAGAIN into TimeoutError
+    kept = getattr(conn, "_rp_kernel", None)
     if sock is not None:
-        kept = getattr(conn, "_rp_kernel", 0.0)
-        if timeout and kernel_timeouts(sock):
-            if temporary and kept and timeout <= kept:
-                pass  # the Python timeout fires first; the kernel's stays for after
-            else:
+        if kept is not None and timeout and kernel_timeouts(sock):
+            if not (temporary and kept and timeout <= kept):  # (else Python's fires first)
                 if kept != timeout:
                     set_kernel_timeout(sock, timeout)
                     conn._rp_kernel = timeout

@@ -223,3 +223,18 @@ def test_unix_socket_connections_too(redis_server_factory: Any) -> None:
         time.sleep(0.5)
         with pool.client() as r:
             assert r.ping()
+
+
+def test_a_plain_redis_py_connection_keeps_python_timeouts(redis_url: str) -> None:
+    """Only the pool's connections turn the kernel's EAGAIN into ``TimeoutError``:
+    ``set_io_timeout`` on anything else sets the Python timeout, as before."""
+    from redispool.connection import set_io_timeout
+
+    plain = redis.ConnectionPool.from_url(redis_url)
+    conn = plain.get_connection()
+    try:
+        set_io_timeout(conn, 0.4)
+        assert conn._sock.gettimeout() == 0.4 and _kernel(conn._sock) == (0.0, 0.0)
+    finally:
+        plain.release(conn)
+        plain.disconnect()
