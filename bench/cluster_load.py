@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -158,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if opts.workers < 1 or opts.ops < 1 or opts.workers * opts.ops > 1_000_000:
         raise SystemExit("--workers and --ops must be >= 1 and workers x ops <= 1,000,000")
+    from redispool.loadtest import run_child
     from redispool.testing import RedisClusterServer
 
     results: list[dict[str, Any]] = []
@@ -174,13 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--size", str(opts.size), "--cases", case]
             if opts.gevent:
                 cmd.append("--gevent")
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=900, check=False, env=dict(os.environ)
-            )
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULTS ")]
-            if proc.returncode != 0 or not line:
-                raise SystemExit(f"case {case!r} failed:\n{proc.stderr[-3000:]}")
-            results += json.loads(line[0][len("RESULTS ") :])
+            results += run_child(cmd, case, timeout=900)
     if opts.json:
         print(json.dumps(results, indent=2))
     else:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["drive", "main", "run_case", "summarize"]
+__all__ = ["drive", "main", "run_case", "run_child", "summarize"]
 
 CASES = ("per-request", "redis-py BlockingConnectionPool", "redis-py ConnectionPool", "RedisPool")
 
@@ -240,8 +240,14 @@ def _run_child(opts: argparse.Namespace, url: str, case: str) -> list[dict[str, 
     cmd += ["--size", str(opts.size), "--cases", case]
     if opts.gevent:
         cmd.append("--gevent")
+    return run_child(cmd, case, timeout=600)
+
+
+def run_child(cmd: list[str], case: str, *, timeout: float) -> list[dict[str, Any]]:
+    """Run one case in a process of its own (nothing shared between cases) and
+    return what it printed on its ``RESULTS <json>`` line."""
     out = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, check=False, env=dict(os.environ)
+        cmd, capture_output=True, text=True, timeout=timeout, check=False, env=dict(os.environ)
     )
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULTS ")]
     if out.returncode != 0 or not line:
