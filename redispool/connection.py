@@ -35,7 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._sockio import kernel_timeouts, set_kernel_timeout
+from ._sockio import LARGE_WRITE, kernel_timeouts, set_kernel_timeout
 from .dns import DNSCache
 
 __all__ = [
@@ -164,17 +164,27 @@ class _PooledMixin:
             self._rp_sent += 1
             self._rp_pending += 1
             self._rp_mark(_DIRTY)
+        sock, kernel = self._sock, self._rp_kernel
+        # A large write: Python's timeout bounds the whole of it, the kernel's each send().
+        whole = bool(kernel) and sock is not None and _size(command) > LARGE_WRITE
+        whole = whole and sock.gettimeout() is None
+        if whole:
+            sock.settimeout(kernel)
         try:
             # May reconnect first (see _rp_connect): these commands go to the new session.
             super().send_packed_command(command, check_health)  # type: ignore[misc]
         except RedisConnectionError as exc:
             self._rp_give_up()
-            if isinstance(exc.__context__, BlockingIOError):  # the kernel's write timeout
+            # the kernel's write timeout (EAGAIN) on the socket we had, not a reconnect
+            if kernel and sock is not None and isinstance(exc.__context__, BlockingIOError):
                 raise RedisTimeoutError("Timeout writing to socket") from exc
             raise
         except BaseException:
             self._rp_give_up()
             raise
+        finally:
+            if whole and self._sock is sock:
+                sock.settimeout(None)
         self._rp_flushed = self._rp_sent
 
     def _rp_give_up(self) -> None:
@@ -203,7 +213,7 @@ class _PooledMixin:
             raise
         except RedisConnectionError as exc:
             self._rp_errors += 1
-            if isinstance(exc.__context__, BlockingIOError):  # the kernel's read timeout
+            if self._rp_kernel and isinstance(exc.__context__, BlockingIOError):  # its timeout
                 where = self._host_error() if hasattr(self, "_host_error") else "socket"
                 raise RedisTimeoutError(f"Timeout reading from {where}") from exc
             raise
@@ -220,9 +230,9 @@ class _PooledMixin:
         """A read asked to wait for ever (redis-py's blocking pub/sub read): lift
         the kernel's read timeout for it."""
         sock, kept = self._sock, self._rp_kernel
-        set_kernel_timeout(sock, None)
-        self._rp_kernel = 0.0
+        self._rp_kernel = 0.0  # first: interrupted now, the next set_io_timeout re-applies it
         try:
+            set_kernel_timeout(sock, None)
             return self.read_response(*args, **kwargs)
         finally:
             if self._sock is sock and not self._rp_kernel:  # not closed nor reconnected
@@ -353,6 +363,13 @@ class _PooledMixin:
         return sock
 
 
+def _size(command: Any) -> int:
+    """Bytes in a packed command (one buffer, or a list of them)."""
+    if isinstance(command, (list, tuple)):
+        return sum(len(part) for part in command)
+    return len(command)
+
+
 def _classify_sub(sub: Any) -> bool:
     try:
         text = sub.decode("latin-1") if isinstance(sub, (bytes, bytearray)) else str(sub)
@@ -423,12 +440,17 @@ def set_io_timeout(conn: Any, timeout: float | None, *, temporary: bool = False)
     # None: not one of our connections, which turn the kernel's EAGAIN into TimeoutError
     kept = getattr(conn, "_rp_kernel", None)
     if sock is not None:
-        if kept is not None and timeout and kernel_timeouts(sock):
-            if not (temporary and kept and timeout <= kept):  # (else Python's fires first)
+        if kept is not None and timeout:
+            if temporary and kept and timeout <= kept:
+                pass  # Python's timeout fires first; the kernel's stays for after
+            elif kept == timeout or kernel_timeouts(sock, timeout):
                 if kept != timeout:
                     set_kernel_timeout(sock, timeout)
                     conn._rp_kernel = timeout
                 timeout = None  # a blocking socket: one system call per read or write
+            elif kept:
+                set_kernel_timeout(sock, None)
+                conn._rp_kernel = 0.0
         elif kept:
             set_kernel_timeout(sock, None)
             conn._rp_kernel = 0.0

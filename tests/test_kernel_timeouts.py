@@ -198,14 +198,14 @@ def test_gevent_sockets_keep_python_timeouts(redis_url: str) -> None:
 def test_tls_and_patched_sockets_are_left_alone() -> None:
     a, b = socket.socketpair()
     with a, b:
-        assert kernel_timeouts(a) == (sys.platform == "linux")
+        assert kernel_timeouts(a, 2.0) == (sys.platform == "linux")
 
         class Wrapped(socket.socket):  # anything but the standard library's own class
             pass
 
         w = Wrapped(socket.AF_INET, socket.SOCK_STREAM)
         with w:
-            assert not kernel_timeouts(w)
+            assert not kernel_timeouts(w, 2.0)
 
 
 @linux_only
@@ -238,3 +238,151 @@ def test_a_plain_redis_py_connection_keeps_python_timeouts(redis_url: str) -> No
     finally:
         plain.release(conn)
         plain.disconnect()
+
+
+def test_a_socket_class_other_than_the_standard_librarys_keeps_python_timeouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """eventlet replaces ``socket.socket`` with its own green socket, whose file
+    descriptor never blocks: a kernel timeout would never fire on it."""
+    from redispool import _sockio
+
+    class GreenSocket(socket.socket):  # a patcher's class, from a module not "socket"
+        pass
+
+    monkeypatch.setattr(_sockio, "_STDLIB_SOCKET", None)  # looked up afresh, then restored
+    monkeypatch.setattr(socket, "socket", GreenSocket)
+    a, b = socket.socketpair()
+    with a, b, GreenSocket(socket.AF_INET, socket.SOCK_STREAM) as green:
+        assert not kernel_timeouts(green, 2.0)
+        assert not kernel_timeouts(a, 2.0)  # and nothing else either: the lookup failed
+
+
+@linux_only
+def test_a_periodic_signal_keeps_python_timeouts(redis_url: str) -> None:
+    """CPython retries a call a signal interrupted, and the kernel's timeout starts
+    afresh each time: with a timer firing every 0.1 s a 0.3 s kernel bound would
+    never fire. Such connections keep Python's timeout (a deadline)."""
+    import signal
+
+    previous = signal.signal(signal.SIGALRM, lambda *_: None)
+    signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
+    try:
+        with RedisPool(redis_url, min_size=0, max_size=1, socket_timeout=0.3) as pool:
+            with pool.connection() as conn:
+                assert conn._sock.gettimeout() == 0.3 and conn._rp_kernel == 0.0
+            t0 = time.monotonic()
+            with pytest.raises(redis.TimeoutError):
+                with pool.client() as r:
+                    r.execute_command("DEBUG", "SLEEP", "1.2")
+            assert time.monotonic() - t0 < 0.8
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, previous)
+    time.sleep(1.0)  # the server's sleep ends
+    with RedisPool(redis_url, min_size=0, max_size=1, socket_timeout=0.3) as pool:
+        with pool.connection() as conn:  # no timer: the kernel's again
+            assert conn._sock.gettimeout() is None and conn._rp_kernel == 0.3
+
+
+class _Trickle:
+    """A proxy to Redis that forwards what the client sends 8 KiB per 20 ms."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = (host, port)
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._serve, daemon=True)]
+        self.threads[0].start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                continue
+            upstream = socket.create_connection(self.target)
+            for src, dst, slow in ((client, upstream, True), (upstream, client, False)):
+                t = threading.Thread(target=self._pump, args=(src, dst, slow), daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
+        src.settimeout(0.2)
+        with src, dst:
+            while not self.stop.is_set():
+                try:
+                    data = src.recv(8192)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    return
+                if slow:
+                    time.sleep(0.02)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        for t in self.threads:
+            t.join(2)
+
+
+@linux_only
+def test_a_large_write_to_a_slowly_draining_peer_is_bounded_as_a_whole(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """Python's timeout bounds a whole ``sendall``; the kernel's each ``send``, which
+    a peer taking 8 KiB every 20 ms would satisfy for ever: large writes use Python's."""
+    proxy = _Trickle(redis_server.host, redis_server.port)
+    try:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        with RedisPool(url, min_size=0, max_size=1, socket_timeout=0.3) as pool:
+            with pool.connection() as conn:
+                assert conn._rp_kernel == 0.3  # small commands: the kernel's bound
+            t0 = time.monotonic()
+            with pytest.raises(redis.TimeoutError, match="writing"):
+                with pool.client() as r:
+                    r.set("big", b"x" * (24 * 1024 * 1024))
+            assert time.monotonic() - t0 < 2.0
+    finally:
+        proxy.close()
+
+
+@linux_only
+def test_a_connect_refused_for_a_full_backlog_is_not_called_a_timeout(tmp_path: Any) -> None:
+    """EAGAIN from connecting (a unix socket's full backlog) stays a ConnectionError:
+    only the kernel's EAGAIN on a connection's own socket is a write timeout."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from redispool.connection import PooledUnixConnection
+
+    path = str(tmp_path / "full.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket(socket.AF_UNIX)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            pass
+        fillers.append(s)
+    conn = PooledUnixConnection(path=path, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    try:
+        with pytest.raises(redis.ConnectionError, match="11"):
+            conn.send_command("PING")
+    finally:
+        conn.disconnect()
+        for s in (*fillers, listener):
+            s.close()

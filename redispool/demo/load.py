@@ -91,7 +91,7 @@ def compare(opts: argparse.Namespace, url: str, stopping: Stopping) -> int:
     """Start the demo once per mode (each stopped before the next starts) and load
     each route at one fixed rate; a stop signal ends it between steps."""
     os.environ.setdefault("DEMO_LOGIN_LIMIT", "100000000/minute")  # measure, not limit
-    os.environ.setdefault("DEMO_LOAD_USERS", str(LOAD_USERS))  # the accounts ROUTES uses
+    os.environ["DEMO_LOAD_USERS"] = str(LOAD_USERS)  # the accounts ROUTES logs in as
     host, port = opts.host, opts.port
     rate: float | None = opts.rate
     rows: list[str] = []
