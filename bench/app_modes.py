@@ -38,17 +38,14 @@ import time
 from typing import Any
 
 ROUTES = ("login", "post")
-LOAD_USERS = 1000
-LOGINS = [
-    json.dumps({"username": f"load-{i}", "password": f"load-{i}"}).encode()
-    for i in range(LOAD_USERS)
-]
 _turn = itertools.count()
 
 
 def _environ(route: str) -> dict[str, Any]:
     # logins as many users (DEMO_LOAD_USERS), as real traffic does
-    body = LOGINS[next(_turn) % LOAD_USERS] if route == "login" else b""
+    from redispool.demo.load import LOGIN_BODIES
+
+    body = LOGIN_BODIES[next(_turn) % len(LOGIN_BODIES)] if route == "login" else b""
     return {
         "REQUEST_METHOD": "POST" if route == "login" else "GET",
         "PATH_INFO": "/api/auth/login" if route == "login" else "/api/posts/7",
@@ -115,6 +112,8 @@ def main() -> int:
     if not (1 <= opts.concurrency <= 2000 and 1 <= opts.requests <= 200_000):
         raise SystemExit("--concurrency must be 1-2000 and --requests 1-200,000")
     os.environ["DEMO_LOGIN_LIMIT"] = "100000000/minute"  # measure, do not limit
+    from redispool.demo.load import LOAD_USERS
+
     os.environ["DEMO_LOAD_USERS"] = str(LOAD_USERS)
     import logging
 

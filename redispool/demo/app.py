@@ -55,6 +55,11 @@ BAD_LOGIN = 'send JSON {"username": "...", "password": "..."}'
 MAX_LOAD_USERS = 100_000
 
 
+def load_account(i: int) -> str:
+    """The name, and the password, of load-test account ``i``."""
+    return f"load-{i}"
+
+
 def load_users() -> dict[str, str]:
     """``DEMO_LOAD_USERS=N``: N accounts ``load-<i>`` (password ``load-<i>``) for
     load tests, which log in as many users, as real traffic does: more logins of
@@ -70,7 +75,8 @@ def load_users() -> dict[str, str]:
         raise ValueError(
             f"DEMO_LOAD_USERS must be a whole number from 0 to {MAX_LOAD_USERS}, got {raw!r}"
         )
-    return {f"load-{i}": hashlib.sha256(_SALT + f"load-{i}".encode()).hexdigest() for i in range(n)}
+    names = (load_account(i) for i in range(n))
+    return {name: hashlib.sha256(_SALT + name.encode()).hexdigest() for name in names}
 
 
 def slow_database(post_id: int) -> dict[str, Any] | None:

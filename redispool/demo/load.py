@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from .app import load_account
 from .modes import MODES
 from .openloop import LoadResult, http_request, run_open_loop
 from .run import Stopping, spawn_app, stop, wait_until_serving
@@ -26,15 +27,12 @@ __all__ = ["ROUTES", "compare", "format_row", "probe_rate", "warm_cache"]
 # Logins as many users (the demo's DEMO_LOAD_USERS accounts), as real traffic
 # does: one user's logins in flight at once beyond the lockout's 5 get 423.
 LOAD_USERS = 1000
+LOGIN_BODIES = [
+    json.dumps({"username": load_account(i), "password": load_account(i)}).encode()
+    for i in range(LOAD_USERS)
+]
 ROUTES: dict[str, list[bytes]] = {
-    "login": [
-        http_request(
-            "POST",
-            "/api/auth/login",
-            json.dumps({"username": f"load-{i}", "password": f"load-{i}"}).encode(),
-        )
-        for i in range(LOAD_USERS)
-    ],
+    "login": [http_request("POST", "/api/auth/login", body) for body in LOGIN_BODIES],
     "post": [http_request("GET", f"/api/posts/{i}") for i in range(1, 101)],
 }
 PROBE_RATES = (50, 100, 200, 400, 700, 1000, 1500, 2000, 3000, 4000)
