@@ -3,13 +3,17 @@ request's intended send time (no coordinated omission)."""
 
 from __future__ import annotations
 
+import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from redispool.demo import _ticker
+from redispool.demo._ticker import Ticker
 from redispool.demo.load import probe_rate
 from redispool.demo.openloop import LoadResult, http_request, percentile, run_open_loop
 
@@ -64,16 +68,18 @@ def stalling_server() -> Iterator[tuple[int, list[float]]]:
         listener.close()
 
 
+@pytest.mark.parametrize("precise", [True, False], ids=["timerfd", "asyncio-sleep"])
 def test_latency_counts_from_the_intended_send_time(
-    stalling_server: tuple[int, list[float]],
+    stalling_server: tuple[int, list[float]], precise: bool
 ) -> None:
     port, arrivals = stalling_server
     # One connection: while the first request stalls for 0.5 s, the next ones
     # are due every 20 ms and must wait. A closed-loop tool would report one
     # slow request; an open-loop one reports every request that was held up.
     result = run_open_loop(
-        "127.0.0.1", port, [http_request("GET", "/")], 50, 1.0, max_connections=1
-    )
+        "127.0.0.1", port, [http_request("GET", "/")], 50, 1.0, max_connections=1,
+        precise=precise,
+    )  # fmt: skip
     assert result.sent == 50 and result.statuses == {200: 50}, result.statuses
     assert result.failed == 0
     held_up = [lat for lat in result.latencies if lat > 0.1]
@@ -82,10 +88,15 @@ def test_latency_counts_from_the_intended_send_time(
     assert len(arrivals) == 50
 
 
-def test_schedule_is_kept_and_spread(stalling_server: tuple[int, list[float]]) -> None:
+@pytest.mark.parametrize("precise", [True, False], ids=["timerfd", "asyncio-sleep"])
+def test_schedule_is_kept_and_spread(
+    stalling_server: tuple[int, list[float]], precise: bool
+) -> None:
     port, arrivals = stalling_server
-    result = run_open_loop("127.0.0.1", port, [http_request("GET", "/")], 200, 1.0)
+    result = run_open_loop("127.0.0.1", port, [http_request("GET", "/")], 200, 1.0, precise=precise)
     assert result.sent == 200 and result.failed == 0
+    # Never early: a request sent before it is due would shorten its latency.
+    assert min(result.lags) >= 0, min(result.lags)
     # The generator issued requests on time (it is the server that stalled) ...
     assert percentile(sorted(result.lags), 0.5) < 0.05
     # ... spread over the second, not in a burst: arrivals span most of it.
@@ -121,3 +132,42 @@ def test_probe_climbs_until_p99_breaks() -> None:
 
     assert probe_rate("127.0.0.1", 1, [b"x"], run=fake_run) == 200
     assert seen == [50, 100, 200, 400]
+
+
+def _tickers() -> list[Ticker]:
+    """Every way this Python can make a ticker: os.timerfd_* (3.13+) and ctypes."""
+    found = []
+    ticker = Ticker.open()
+    if ticker is not None:
+        found.append(ticker)
+    libc = _ticker._libc()
+    if ticker is not None and ticker._libc is None and libc is not None:
+        fd = libc.timerfd_create(_ticker._CLOCK_MONOTONIC, _ticker._TFD_NONBLOCK)
+        found.append(Ticker(fd, libc))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux's")
+def test_ticker_fires_at_its_time_and_never_before() -> None:
+    tickers = _tickers()
+    assert tickers, "no timerfd on Linux"
+    for ticker in tickers:
+        poller = select.poll()
+        poller.register(ticker.fd, select.POLLIN)
+        try:
+            for offset in (0.02, 0.0013, 0.0002):
+                when = time.monotonic() + offset
+                ticker.arm(when)
+                assert not poller.poll(0) or time.monotonic() >= when
+                assert poller.poll(2000), "the ticker never fired"
+                assert time.monotonic() >= when  # readable no earlier than armed for
+                ticker.clear()
+                assert not poller.poll(0)  # cleared until armed again
+            ticker.arm(time.monotonic() - 1)  # in the past: at once
+            assert poller.poll(0)
+            ticker.clear()
+            ticker.arm(time.monotonic() + 0.05)  # re-arming replaces the earlier time
+            ticker.arm(time.monotonic() + 5)
+            assert not poller.poll(300)
+        finally:
+            ticker.close()

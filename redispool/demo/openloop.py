@@ -4,12 +4,15 @@ not earlier ones have been answered, and its latency is counted from that
 intended time. A stalled server therefore cannot hide its queue behind a load
 generator that politely waits (coordinated omission).
 
-One asyncio event loop, raw HTTP/1.1 on keep-alive connections (a new one when
-the server closes, as gunicorn's sync workers do; up to ``max_connections``,
-after which due requests queue in the generator, still timed from their due
-time). ``lags`` in the result are how late the generator itself issued each
-request: when their p99 is small next to the latencies, the schedule was kept.
-Loopback only; bounded by ``duration`` and ``max_connections``.
+One asyncio event loop, woken for each due request by a timerfd (``_ticker``:
+asyncio's own timers round up to whole milliseconds, which would count up to
+1 ms of the generator's own lateness in every latency); raw HTTP/1.1 on
+keep-alive connections (a new one when the server closes, as gunicorn's sync
+workers do; up to ``max_connections``, after which due requests queue in the
+generator, still timed from their due time). ``lags`` in the result are how
+late the generator itself issued each request: when their p99 is small next to
+the latencies, the schedule was kept. Loopback only; bounded by ``duration``
+and ``max_connections``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from ._ticker import Ticker
 
 __all__ = ["LoadResult", "http_request", "percentile", "run_open_loop"]
 
@@ -131,8 +136,9 @@ class _Conn(asyncio.Protocol):
 class _Generator:
     def __init__(
         self, host: str, port: int, requests: Sequence[bytes], rate: float, duration: float,
-        max_connections: int, timeout: float,
+        max_connections: int, timeout: float, precise: bool = True,
     ) -> None:  # fmt: skip
+        self.precise = precise
         self.host, self.port = host, port
         self.requests = itertools.cycle(requests)
         self.rate, self.duration = rate, duration
@@ -217,18 +223,53 @@ class _Generator:
         self.backlog.append((request, due))
         self._fill()
 
+    async def _tick(self, ticker: Ticker, start: float, total: int, interval: float) -> None:
+        """Submit each request when the timerfd says it is due (never before)."""
+        finished: asyncio.Future[None] = self.loop.create_future()
+        sent = 0
+
+        def due_now() -> None:
+            nonlocal sent
+            ticker.clear()
+            batch = 0
+            while sent < total and batch < 32:  # behind schedule: still let replies in
+                due = start + sent * interval
+                if due > self.loop.time():
+                    break
+                self.submit(due)
+                sent += 1
+                batch += 1
+            if sent < total:
+                ticker.arm(start + sent * interval)
+            elif not finished.done():
+                finished.set_result(None)
+
+        self.loop.add_reader(ticker.fd, due_now)
+        try:
+            ticker.arm(start)
+            await finished
+        finally:
+            self.loop.remove_reader(ticker.fd)
+
     async def run(self) -> LoadResult:
         start = self.loop.time() + 0.05
         total = int(self.rate * self.duration)
         interval = 1.0 / self.rate
-        for i in range(total):
-            due = start + i * interval
-            delay = due - self.loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif i % 32 == 0:  # behind schedule: still let replies in
-                await asyncio.sleep(0)
-            self.submit(due)
+        ticker = Ticker.open() if self.precise else None
+        if ticker is None:
+            for i in range(total):
+                due = start + i * interval
+                delay = due - self.loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # (epoll: whole milliseconds, rounded up)
+                elif i % 32 == 0:  # behind schedule: still let replies in
+                    await asyncio.sleep(0)
+                self.submit(due)
+        else:
+            try:
+                await self._tick(ticker, start, total, interval)
+            finally:
+                ticker.close()
         end = start + self.duration + self.timeout
         while (self.inflight or self.backlog) and self.loop.time() < end:
             await asyncio.sleep(0.01)
@@ -249,9 +290,12 @@ def run_open_loop(
     *,
     max_connections: int = 1000,
     timeout: float = 10.0,
+    precise: bool = True,
 ) -> LoadResult:
     """Send ``requests`` (cycled) at ``rate`` per second for ``duration`` seconds,
-    on up to ``max_connections`` connections; wait up to ``timeout`` for the last."""
+    on up to ``max_connections`` connections; wait up to ``timeout`` for the last.
+    ``precise``: wake for each request with a timerfd (Linux), not asyncio's
+    millisecond timers."""
     if host not in _LOOPBACK:
         raise ValueError(f"load is only sent to loopback, not to {host!r}")
     if not rate > 0 or not duration > 0:
@@ -261,7 +305,7 @@ def run_open_loop(
 
     async def main() -> LoadResult:
         return await _Generator(
-            host, port, requests, rate, duration, max_connections, timeout
+            host, port, requests, rate, duration, max_connections, timeout, precise
         ).run()
 
     return asyncio.run(main())
