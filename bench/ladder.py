@@ -6,11 +6,14 @@ a new connection ``per-request``), the login route and the cached read are
 loaded at fixed rates from low to past saturation (see
 ``redispool.demo.openloop``: latency from the intended send time). A mode stops
 climbing two steps after its p99 passes 1 s or 5% of requests fail. Capacity is
-the highest rate with no errors and a p99 under 10 ms (and under 50 ms).
+the highest rate with no errors and a p99 under 10 ms (and under 50 ms): after
+the climb, ``--refine`` halvings between the last step that passed and the next
+one narrow it down. The per-request mode runs first, and the other modes are
+also measured at its two capacities, to compare p99s at the same rate.
 Each step sends at least 300 requests (low rates run longer).
 
     python bench/ladder.py [--seconds 3] [--workers 2] [--classes gevent,gthread,sync]
-                           [--json bench/ladder.json] [--plot bench/ladder.png]
+                           [--refine 3] [--json bench/ladder.json] [--plot bench/ladder.png]
 
 Loopback only; each step is bounded by ``--seconds`` plus a 5 s drain.
 """
@@ -25,7 +28,7 @@ import socket
 import sys
 from typing import Any
 
-from redispool.demo.load import LOAD_USERS, ROUTES, warm_cache
+from redispool.demo.load import LOAD_USERS, ROUTES, bisect_rate, warm_cache
 from redispool.demo.modes import MODES
 from redispool.demo.openloop import run_open_loop
 from redispool.demo.run import start_app, stop
@@ -33,6 +36,7 @@ from redispool.testing import RedisServer
 
 RATES = (50, 100, 200, 300, 500, 700, 1000, 1400, 1700, 2000, 2400, 2800, 3400, 4000)
 MIN_REQUESTS = 300
+LIMITS = (10.0, 50.0)  # p99 bounds of the two capacities, ms
 
 
 def _free_port() -> int:
@@ -41,59 +45,99 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def passed(step: dict[str, float], limit_ms: float) -> bool:
+    return not step["errors"] and step["p99_ms"] < limit_ms
+
+
 def capacity(steps: list[dict[str, float]], limit_ms: float) -> float:
     """The highest offered rate with no error and a p99 under ``limit_ms`` (0: none)."""
-    return max(
-        (s["rate"] for s in steps if not s["errors"] and s["p99_ms"] < limit_ms), default=0.0
+    return max((s["rate"] for s in steps if passed(s, limit_ms)), default=0.0)
+
+
+def step_at(port: int, route: str, rate: float, seconds: float, note: str = "") -> dict[str, Any]:
+    """One open-loop step: ``rate`` for ``seconds`` (at least MIN_REQUESTS requests)."""
+    if route == "post":
+        warm_cache("127.0.0.1", port, 20)
+    duration = max(seconds, MIN_REQUESTS / rate)
+    result = run_open_loop("127.0.0.1", port, ROUTES[route], rate, duration, timeout=5.0)
+    step: dict[str, Any] = result.summary()
+    step["sent"] = result.sent
+    if note:
+        step["note"] = note
+    print(
+        f"    {route:<6} {rate:>6.0f}/s  p50 {step['p50_ms']:7.1f}  p99 {step['p99_ms']:8.1f}"
+        f"  p99.9 {step['p999_ms']:8.1f}  errors {int(step['errors']):>5}"
+        f"  non-2xx {int(step['non_2xx']):>5}"
+        f"  lag p99 {step['lag_p99_ms']:5.2f} ms {note}",
+        flush=True,
     )
+    return step
 
 
 def climb(port: int, route: str, rates: tuple[float, ...], seconds: float) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = []
     broken = 0
     for rate in rates:
-        if route == "post":
-            warm_cache("127.0.0.1", port, 20)
-        # at least MIN_REQUESTS per step, so a low rate's p99 is not just its maximum
-        duration = max(seconds, MIN_REQUESTS / rate)
-        result = run_open_loop("127.0.0.1", port, ROUTES[route], rate, duration, timeout=5.0)
-        step = result.summary()
+        step = step_at(port, route, rate, seconds)
         steps.append(step)
-        print(
-            f"    {route:<6} {rate:>6.0f}/s  p50 {step['p50_ms']:7.1f}  p99 {step['p99_ms']:8.1f}"
-            f"  p99.9 {step['p999_ms']:8.1f}  errors {int(step['errors']):>5}"
-            f"  non-2xx {int(step['non_2xx']):>5}"
-            f"  lag p99 {step['lag_p99_ms']:5.1f} ms",
-            flush=True,
-        )
-        if step["p99_ms"] > 1000 or step["errors"] > 0.05 * max(1, result.sent):
+        if step["p99_ms"] > 1000 or step["errors"] > 0.05 * max(1, step["sent"]):
             broken += 1
             if broken >= 2:
                 break
     return steps
 
 
+def refine(
+    port: int, route: str, steps: list[dict[str, Any]], seconds: float, rounds: int
+) -> dict[str, float]:
+    """Each capacity, narrowed by ``rounds`` halvings between the highest step that
+    passed and the next step up (which did not); the new steps join ``steps``."""
+    for limit in LIMITS:
+        low = capacity(steps, limit)
+        above = [s["rate"] for s in steps if s["rate"] > low]
+        if rounds and low and above:
+
+            def passes(rate: float, limit: float = limit) -> bool:
+                step = step_at(port, route, rate, seconds, f"(refining p99 < {limit:g} ms)")
+                steps.append(step)
+                return passed(step, limit)
+
+            bisect_rate(passes, low, min(above), rounds)
+    # (a step tried for one bound may pass the other too)
+    return {f"{limit:g}": capacity(steps, limit) for limit in LIMITS}
+
+
 def run(opts: argparse.Namespace) -> dict[str, Any]:
     os.environ["DEMO_LOGIN_LIMIT"] = "100000000/minute"  # measure, do not limit
     os.environ["DEMO_LOAD_USERS"] = str(LOAD_USERS)  # the accounts ROUTES logs in as
-    results: dict[str, Any] = {"seconds": opts.seconds, "workers": opts.workers, "runs": []}
+    results: dict[str, Any] = {
+        "seconds": opts.seconds, "workers": opts.workers, "refine": opts.refine, "runs": [],
+    }  # fmt: skip
     rates = tuple(float(r) for r in opts.rates.split(","))
+    # per-request first: the other modes are measured at its capacities too
+    modes = sorted(opts.modes.split(","), key=lambda m: m != "per-request")
     with RedisServer(args=("--maxclients", "10000")) as server:
         for worker_class in opts.classes.split(","):
             app_opts = argparse.Namespace(
                 no_gunicorn=False, worker_class=worker_class, workers=opts.workers
             )
-            for mode in opts.modes.split(","):
+            baseline: dict[str, dict[str, float]] = {}  # route -> per-request's capacities
+            for mode in modes:
                 port = _free_port()
                 print(f"{worker_class} / {mode}", flush=True)
                 proc = start_app("127.0.0.1", port, server.url, app_opts, False, mode=mode)
                 try:
                     warm_cache("127.0.0.1", port, 20)
                     for route in opts.routes.split(","):
-                        steps = climb(port, route, rates, opts.seconds)
-                        results["runs"].append(
-                            {"class": worker_class, "mode": mode, "route": route, "steps": steps}
-                        )
+                        extra = {r for r in baseline.get(route, {}).values() if r}
+                        steps = climb(port, route, tuple(sorted({*rates, *extra})), opts.seconds)
+                        caps = refine(port, route, steps, opts.seconds, opts.refine)
+                        if mode == "per-request":
+                            baseline[route] = caps
+                        results["runs"].append({
+                            "class": worker_class, "mode": mode, "route": route,
+                            "capacity": caps, "steps": sorted(steps, key=lambda s: s["rate"]),
+                        })  # fmt: skip
                 finally:
                     stop(proc)
     return results
@@ -103,6 +147,47 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:,.1f}"
 
 
+def _caps(run: dict[str, Any]) -> tuple[float, float]:
+    caps = run.get("capacity") or {}
+    return tuple(caps.get(f"{lim:g}", capacity(run["steps"], lim)) for lim in LIMITS)  # type: ignore[return-value]
+
+
+def _p99_at(run: dict[str, Any] | None, rate: float) -> float:
+    """The p99 of ``run``'s step at exactly ``rate`` (nan if it has none)."""
+    found = [s["p99_ms"] for s in (run or {}).get("steps", []) if s["rate"] == rate]
+    return found[0] if found else math.nan
+
+
+def comparison(results: dict[str, Any]) -> str:
+    """Markdown: per worker class and route, the capacities of every mode side by
+    side, pooled's over per-request's, and each mode's p99 at per-request's own
+    50 ms capacity (the rate where per-request just holds)."""
+    by = {(r["class"], r["route"], r["mode"]): r for r in results["runs"]}
+    lines = [
+        "| workers | route | pooled | redis-py | per-request | pooled / per-request "
+        "| at per-request's 50 ms capacity: p99 per-request / pooled / redis-py ms "
+        "(per-request / pooled) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for cls, route in dict.fromkeys((r["class"], r["route"]) for r in results["runs"]):
+        runs = {m: by.get((cls, route, m)) for m in ("pooled", "redis-py", "per-request")}
+        caps = {m: _caps(r) if r else (math.nan, math.nan) for m, r in runs.items()}
+        cells = [f"{caps[m][0]:,.0f} / {caps[m][1]:,.0f}" if runs[m] else "-" for m in runs]
+        base = caps["per-request"]
+        ratio = " / ".join(
+            f"{p / b:.1f}x" if b else "-" for p, b in zip(caps["pooled"], base, strict=True)
+        )
+        at = base[1]
+        p99 = {m: _p99_at(r, at) for m, r in runs.items()}
+        times = " / ".join(_ms(p99[m]) for m in ("per-request", "pooled", "redis-py"))
+        over = p99["per-request"] / p99["pooled"] if p99["pooled"] else math.nan
+        lines.append(
+            f"| {cls} | {route} | {' | '.join(cells)} | {ratio} | "
+            f"{at:,.0f}/s: {times} ({'-' if math.isnan(over) else f'{over:.0f}x'}) |"
+        )
+    return "\n".join(lines)
+
+
 def table(results: dict[str, Any]) -> str:
     """Markdown: capacity per worker class, mode and route, then every step."""
     lines = [
@@ -110,21 +195,22 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---:|---:|",
     ]
     for run in results["runs"]:
+        c10, c50 = _caps(run)
         lines.append(
-            f"| {run['class']} | {run['route']} | {run['mode']} | "
-            f"{capacity(run['steps'], 10):,.0f}/s | {capacity(run['steps'], 50):,.0f}/s |"
+            f"| {run['class']} | {run['route']} | {run['mode']} | {c10:,.0f}/s | {c50:,.0f}/s |"
         )
     lines += [
         "",
-        "| workers | route | mode | rate/s | p50 ms | p99 ms | p99.9 ms | errors |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| workers | route | mode | rate/s | p50 ms | p99 ms | p99.9 ms | errors | lag p99 ms |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in results["runs"]:
         for s in run["steps"]:
             lines.append(
-                f"| {run['class']} | {run['route']} | {run['mode']} | {s['rate']:,.0f} | "
+                f"| {run['class']} | {run['route']} | {run['mode']} | {s['rate']:,.0f}"
+                f"{' (refining)' if s.get('note') else ''} | "
                 f"{_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} | {_ms(s['p999_ms'])} | "
-                f"{int(s['errors'])} |"
+                f"{int(s['errors'])} | {s['lag_p99_ms']:.2f} |"
             )
     return "\n".join(lines)
 
@@ -170,13 +256,14 @@ def main() -> int:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--routes", default="login,post")
     p.add_argument("--rates", default=",".join(str(r) for r in RATES))
+    p.add_argument("--refine", type=int, default=3, help="halvings per capacity (0: none)")
     p.add_argument("--json", default="bench/ladder.json")
     p.add_argument("--plot", default="bench/ladder.png")
     opts = p.parse_args()
     results = run(opts)
     with open(opts.json, "w") as f:
         json.dump(results, f, indent=1)
-    print(table(results))
+    print(table(results), "", comparison(results), sep="\n")
     if opts.plot:
         plot(results, opts.plot)
         print(f"plot: {opts.plot}")

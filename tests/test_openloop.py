@@ -14,7 +14,7 @@ import pytest
 
 from redispool.demo import _ticker
 from redispool.demo._ticker import Ticker
-from redispool.demo.load import probe_rate
+from redispool.demo.load import bisect_rate, probe_rate
 from redispool.demo.openloop import LoadResult, http_request, percentile, run_open_loop
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -171,3 +171,20 @@ def test_ticker_fires_at_its_time_and_never_before() -> None:
             assert not poller.poll(300)
         finally:
             ticker.close()
+
+
+def test_bisect_narrows_a_capacity_between_a_pass_and_a_fail() -> None:
+    tried: list[float] = []
+
+    def passes(rate: float) -> bool:
+        tried.append(rate)
+        return rate <= 612
+
+    assert bisect_rate(passes, 500, 700, 3) == 600
+    assert tried == [600, 650, 625]  # halvings, each within the last bounds
+    tried.clear()
+    assert bisect_rate(passes, 500, 700, 10) == 612  # to the rate, then stops
+    assert len(tried) < 10
+    assert bisect_rate(passes, 500, 700, 0) == 500
+    with pytest.raises(ValueError, match="low"):
+        bisect_rate(passes, 700, 500, 3)

@@ -22,7 +22,7 @@ from .modes import MODES
 from .openloop import LoadResult, http_request, run_open_loop
 from .run import Stopping, spawn_app, stop, wait_until_serving
 
-__all__ = ["ROUTES", "compare", "format_row", "probe_rate", "warm_cache"]
+__all__ = ["ROUTES", "bisect_rate", "compare", "format_row", "probe_rate", "warm_cache"]
 
 # Logins as many users (the demo's DEMO_LOAD_USERS accounts), as real traffic
 # does: one user's logins in flight at once beyond the lockout's 5 get 423.
@@ -83,6 +83,24 @@ def probe_rate(
             break
         best = float(rate)
     return best
+
+
+def bisect_rate(passes: Callable[[float], bool], low: float, high: float, rounds: int) -> float:
+    """Narrow a capacity down between ``low`` (a rate that passed) and ``high``
+    (one that did not) by ``rounds`` halvings, measuring with ``passes(rate)``;
+    the highest rate seen to pass. A ladder's steps only bound a capacity: with
+    steps 1.4x apart, the last passing step can be 30% under it."""
+    if not 0 < low < high:
+        raise ValueError(f"need 0 < low < high, got low={low!r}, high={high!r}")
+    for _ in range(rounds):
+        mid = round((low + high) / 2)
+        if not low < mid < high:
+            break
+        if passes(mid):
+            low = mid
+        else:
+            high = mid
+    return low
 
 
 def compare(opts: argparse.Namespace, url: str, stopping: Stopping) -> int:
