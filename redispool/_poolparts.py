@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from ._greenwait import new_signal
 
 if TYPE_CHECKING:
     from .pool import ObjectPool
@@ -69,10 +70,10 @@ class _Ticket:
         self.start = 0.0
 
     def queue(self, start: float) -> None:
-        """Arm for a wait in the queue: a fresh lock, held until the hand-off."""
+        """Arm for a wait in the queue: a fresh lock, held until the hand-off
+        (under gevent, a cheaper signal with the same two calls: ``_greenwait``)."""
         self.start = start
-        lock = self.lock = threading.Lock()
-        lock.acquire()
+        self.lock = new_signal()
 
 
 def _number(

@@ -17,7 +17,8 @@ How it works, in short:
 * After ``os.fork()`` the child forgets (but never closes) what the parent had.
 
 Built on :mod:`threading` primitives looked up at call time, so gevent's
-monkey-patching makes it cooperative, even when the patch comes after the fork.
+monkey-patching makes it cooperative, even when the patch comes after the fork;
+under gevent a queued waiter sleeps on a lighter signal (``_greenwait``).
 """
 
 from __future__ import annotations

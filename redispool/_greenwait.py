@@ -1,0 +1,97 @@
+"""A queued borrower's wake-up: an acquired lock, or under gevent a cheaper signal.
+
+A borrower that queues waits on its ticket's ``lock``, created acquired; whoever
+hands it something writes the ticket (under the pool's lock) and releases that
+lock. Under gevent's monkey-patching the lock is gevent's, and its timed
+``acquire`` starts a ``gevent.Timeout``: with the semaphore's link machinery
+about 6 us of a contended borrow's 9.5 us (100 greenlets on 20 objects).
+``_GreenSignal`` does the same job with gevent's low-level ``Waiter`` and a raw
+loop timer, about 2.4 us. Nothing imports gevent here: it is used only when
+``threading.Lock`` *is* gevent's (the process was patched).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+__all__ = ["new_signal"]
+
+_gevent: dict[str, Any] = {}  # gevent's parts, looked up once it is patched in
+
+
+def new_signal() -> Any:
+    """A one-shot wake-up for the calling thread or greenlet, created acquired:
+    ``release()`` (once, from anywhere, never blocks) lets ``acquire(True[, timeout])``
+    return True; False if the timeout passed first."""
+    thread_mod = sys.modules.get("gevent.thread")
+    if thread_mod is not None and threading.Lock is thread_mod.LockType:
+        parts = _gevent or _load_gevent()
+        hub = parts["get_hub"]()
+        if parts["getcurrent"]() is not hub:  # (the hub itself cannot wait)
+            return _GreenSignal(hub, parts)
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+def _load_gevent() -> dict[str, Any]:
+    from gevent import getcurrent, monkey
+    from gevent.hub import Waiter, get_hub
+
+    _gevent.update(
+        get_hub=get_hub,
+        getcurrent=getcurrent,
+        Waiter=Waiter,
+        native_ident=monkey.get_original("_thread", "get_ident"),
+    )
+    return _gevent
+
+
+class _GreenSignal:
+    """A pre-acquired lock's ``acquire``/``release`` for a greenlet, on the hub of
+    the thread that made it. ``release`` schedules the wake-up as a hub callback
+    (thread-safely when called from another OS thread); a late wake-up after a
+    timeout lands in the spent ``Waiter`` and is ignored (the ticket, written
+    under the pool's lock, says what the waiter got)."""
+
+    __slots__ = ("_hub", "_native_ident", "_released", "_waiter")
+
+    def __init__(self, hub: Any, parts: dict[str, Any]) -> None:
+        self._hub = hub
+        self._waiter = parts["Waiter"](hub)
+        self._native_ident = parts["native_ident"]
+        self._released = False
+
+    def release(self) -> None:
+        if self._released:
+            raise RuntimeError("release unlocked lock")
+        self._released = True
+        hub = self._hub
+        if self._native_ident() == hub.thread_ident:
+            hub.loop.run_callback(self._waiter.switch, True)
+        else:
+            hub.loop.run_callback_threadsafe(self._waiter.switch, True)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
+        if self._released:
+            return True
+        if not blocking:
+            return False
+        waiter = self._waiter
+        timer = None
+        if timeout is not None and timeout >= 0:
+            timer = self._hub.loop.timer(timeout)
+            timer.start(waiter.switch, False)
+        try:
+            while True:
+                woke = waiter.get()
+                if self._released:  # (only release() says so: the flag, not the value)
+                    return True
+                if woke is False and timer is not None:
+                    return False
+                waiter.clear()  # switched to by something else: wait on
+        finally:
+            if timer is not None:
+                timer.close()
