@@ -175,15 +175,19 @@ def comparison(results: dict[str, Any]) -> str:
         cells = [f"{caps[m][0]:,.0f} / {caps[m][1]:,.0f}" if runs[m] else "-" for m in runs]
         base = caps["per-request"]
         ratio = " / ".join(
-            f"{p / b:.1f}x" if b else "-" for p, b in zip(caps["pooled"], base, strict=True)
+            f"{p / b:.1f}x" if b and not math.isnan(p / b) else "-"
+            for p, b in zip(caps["pooled"], base, strict=True)
         )
         at = base[1]
+        if math.isnan(at) or not at:
+            lines.append(f"| {cls} | {route} | {' | '.join(cells)} | {ratio} | - |")
+            continue
         p99 = {m: _p99_at(r, at) for m, r in runs.items()}
         times = " / ".join(_ms(p99[m]) for m in ("per-request", "pooled", "redis-py"))
         over = p99["per-request"] / p99["pooled"] if p99["pooled"] else math.nan
         lines.append(
             f"| {cls} | {route} | {' | '.join(cells)} | {ratio} | "
-            f"{at:,.0f}/s: {times} ({'-' if math.isnan(over) else f'{over:.0f}x'}) |"
+            f"{at:,.0f}/s: {times} ({'-' if math.isnan(over) else f'{over:.1f}x'}) |"
         )
     return "\n".join(lines)
 

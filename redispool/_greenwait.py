@@ -19,6 +19,7 @@ from typing import Any
 __all__ = ["new_signal"]
 
 _gevent: dict[str, Any] = {}  # gevent's parts, looked up once it is patched in
+_TIMED_OUT = object()  # what the timer switches in (no other switch can)
 
 
 def new_signal() -> Any:
@@ -29,7 +30,10 @@ def new_signal() -> Any:
     if thread_mod is not None and threading.Lock is thread_mod.LockType:
         parts = _gevent or _load_gevent()
         hub = parts["get_hub"]()
-        if parts["getcurrent"]() is not hub:  # (the hub itself cannot wait)
+        # Not in the hub itself (it cannot wait), and only on the main thread's
+        # hub: another thread's loop may have nothing else to run, and gevent's
+        # own lock then falls back to a native wait (a Waiter would raise LoopExit).
+        if hub.main_hub and parts["getcurrent"]() is not hub:
             return _GreenSignal(hub, parts)
     lock = threading.Lock()
     lock.acquire()
@@ -83,13 +87,15 @@ class _GreenSignal:
         timer = None
         if timeout is not None and timeout >= 0:
             timer = self._hub.loop.timer(timeout)
-            timer.start(waiter.switch, False)
+            # update: count from now, not from the loop's cached time, which is
+            # stale by however long this greenlet ran without yielding
+            timer.start(waiter.switch, _TIMED_OUT, update=True)
         try:
             while True:
                 woke = waiter.get()
                 if self._released:  # (only release() says so: the flag, not the value)
                     return True
-                if woke is False and timer is not None:
+                if woke is _TIMED_OUT:
                     return False
                 waiter.clear()  # switched to by something else: wait on
         finally:

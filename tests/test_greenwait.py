@@ -23,6 +23,17 @@ from redispool._greenwait import new_signal, _GreenSignal
 
 out = {}
 
+# (first: nothing has run the loop yet) the timeout counts from the call,
+# though the greenlet ran 0.3 s without yielding (the loop's cached time is
+# that stale)
+s = new_signal()
+t0 = time.monotonic()
+while time.monotonic() - t0 < 0.3:
+    pass
+t0 = time.monotonic()
+out["after_busy"] = s.acquire(True, 0.2)
+out["after_busy_waited"] = time.monotonic() - t0
+
 # released before the wait: returns at once, and the queued wake-up that lands
 # later does not disturb the greenlet's next wait
 s = new_signal()
@@ -63,6 +74,12 @@ t0 = time.monotonic()
 out["after_junk"] = s.acquire(True, 5)
 out["after_junk_waited"] = time.monotonic() - t0
 
+# a stray switch(False) is not the timer: it waits on
+s = new_signal()
+get_hub().loop.run_callback(waiting.switch, False)
+gevent.spawn_later(0.1, s.release)
+out["after_false"] = s.acquire(True, 5)
+
 # an exception thrown into the wait propagates, and its timer is gone
 s = new_signal()
 try:
@@ -79,6 +96,23 @@ try:
     out["double"] = "no error"
 except RuntimeError:
     out["double"] = "RuntimeError"
+
+# in another OS thread's hub (a threadpool task): gevent's own lock, which can
+# wait natively there; a borrow with no timeout gets the object when released
+from redispool.pool import ObjectPool
+pool = ObjectPool(object, max_size=1, timeout=None, background=False)
+held = pool.borrow()
+kinds = []
+def task():
+    kinds.append(type(new_signal()).__name__)
+    obj = pool.borrow()
+    pool.release(obj)
+    return obj is held
+job = get_hub().threadpool.spawn(task)
+gevent.sleep(0.2)
+pool.release(held)
+out["threadpool_borrow"] = job.get(timeout=5)
+out["threadpool_kind"] = kinds[0]
 
 # made in the hub (which cannot wait): a plain (gevent) lock
 made = []
@@ -103,6 +137,9 @@ def test_green_signal_wakes_like_a_lock() -> None:
     assert out["woken_by_thread"] is True
     assert out["woken_by_thread_after"] < 4  # woken, not timed out
     assert out["after_junk"] is True and out["after_junk_waited"] >= 0.09
+    assert out["after_false"] is True
+    assert out["after_busy"] is False and out["after_busy_waited"] >= 0.19
+    assert out["threadpool_borrow"] is True and out["threadpool_kind"] != "_GreenSignal"
     assert out["thrown"] == "Timeout"
     assert out["sleep_after_throw"] >= 0.39  # the wait's own timer did not fire into it
     assert out["double"] == "RuntimeError"

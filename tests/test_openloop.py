@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from redispool.demo import _ticker
+from redispool.demo import _ticker, openloop
 from redispool.demo._ticker import Ticker
 from redispool.demo.load import bisect_rate, probe_rate
 from redispool.demo.openloop import LoadResult, http_request, percentile, run_open_loop
@@ -188,3 +188,33 @@ def test_bisect_narrows_a_capacity_between_a_pass_and_a_fail() -> None:
     assert bisect_rate(passes, 500, 700, 0) == 500
     with pytest.raises(ValueError, match="low"):
         bisect_rate(passes, 700, 500, 3)
+
+
+@pytest.mark.parametrize("precise", [True, False], ids=["timerfd", "asyncio-sleep"])
+def test_an_error_while_sending_ends_the_run(
+    stalling_server: tuple[int, list[float]], precise: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, _ = stalling_server
+    calls = []
+    real = openloop._Generator.submit
+
+    def failing(self: openloop._Generator, due: float) -> None:
+        calls.append(due)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        real(self, due)
+
+    monkeypatch.setattr(openloop._Generator, "submit", failing)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_open_loop("127.0.0.1", port, [http_request("GET", "/")], 100, 1.0, precise=precise)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)  # (a hang must not hang the suite)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "the run hung after the error"
+    assert len(raised) == 1 and isinstance(raised[0], RuntimeError), raised

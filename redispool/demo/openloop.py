@@ -230,19 +230,24 @@ class _Generator:
 
         def due_now() -> None:
             nonlocal sent
-            ticker.clear()
-            batch = 0
-            while sent < total and batch < 32:  # behind schedule: still let replies in
-                due = start + sent * interval
-                if due > self.loop.time():
-                    break
-                self.submit(due)
-                sent += 1
-                batch += 1
-            if sent < total:
-                ticker.arm(start + sent * interval)
-            elif not finished.done():
-                finished.set_result(None)
+            if finished.done():
+                return
+            try:
+                ticker.clear()
+                batch = 0
+                while sent < total and batch < 32:  # behind schedule: still let replies in
+                    due = start + sent * interval
+                    if due > self.loop.time():
+                        break
+                    self.submit(due)
+                    sent += 1
+                    batch += 1
+                if sent < total:
+                    ticker.arm(start + sent * interval)
+                else:
+                    finished.set_result(None)
+            except BaseException as exc:  # (a reader callback's error would only be logged)
+                finished.set_exception(exc)
 
         self.loop.add_reader(ticker.fd, due_now)
         try:
