@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from types import TracebackType
 from typing import Any
 
@@ -112,6 +112,22 @@ try:  # redis-py >= 8.1: one registry per pool, shared by its connections
     from redis.himport import HImportRegistry as _HImportRegistry
 except ImportError:  # pragma: no cover - older redis-py
     _HImportRegistry = None
+
+_DriverInfo: Callable[..., Any] | None
+try:  # redis-py >= 7.1
+    from redis.driver_info import DriverInfo as _DriverInfo
+except ImportError:  # pragma: no cover - older redis-py
+    _DriverInfo = None
+
+_DRIVER_ARGS = frozenset({"driver_info", "lib_name", "lib_version"})
+
+
+@cache
+def _lib_version() -> str:
+    """redis-py's version, read from its package metadata once per process."""
+    from redis.utils import get_lib_version
+
+    return str(get_lib_version())
 
 
 def _accepts(cls: type, name: str) -> bool:
@@ -270,6 +286,13 @@ class RedisPool:
             and _accepts(self._conn_class, "himport_registry")
         ):
             kwargs["himport_registry"] = _HImportRegistry()
+        self._driver_info: Any = None
+        if (
+            _DriverInfo is not None  # redis-py >= 7.1 reads its package metadata again
+            and not _DRIVER_ARGS & kwargs.keys()  # for each connection (0.3 ms) unless
+            and _accepts(self._conn_class, "driver_info")  # given the version: give it
+        ):
+            kwargs["driver_info"] = self._driver_info = _DriverInfo(lib_version=_lib_version())
         self.url = redact_url(url)
         self.name = name or self.url
         self._socket_timeout = socket_timeout

@@ -270,6 +270,56 @@ def test_new_connections_use_the_dns_cache(redis_server: Any) -> None:
         pool.close()
 
 
+def test_new_connections_do_not_read_redis_pys_package_metadata_again(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py >= 7.1 reads its version from its package metadata for every new
+    connection (about 0.3 ms) unless it is given; the pool reads it once."""
+    driver_info = pytest.importorskip("redis.driver_info")
+    import importlib.metadata
+
+    import redispool.redis_pool
+
+    reads: list[str] = []
+    real = importlib.metadata.version
+
+    def counted(name: str) -> str:
+        reads.append(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", counted)
+    redispool.redis_pool._lib_version.cache_clear()
+    pool = RedisPool(redis_server.url, min_size=0, max_size=4, background=False)
+    try:
+        held = [pool._get() for _ in range(4)]  # four new connections
+        try:
+            ids = set()
+            for c in held:
+                c.send_command("CLIENT", "ID")
+                ids.add(c.read_response())
+            assert len(ids) == 4
+            plain = redis.Connection()  # what redis-py sends in CLIENT SETINFO, unchanged
+            for c in held:
+                assert c.driver_info.formatted_name == plain.driver_info.formatted_name
+                assert c.driver_info.lib_version == plain.driver_info.lib_version
+        finally:
+            for c in held:
+                pool._put(c)
+        assert reads.count("redis") == 2  # the pool's one, and the plain connection's
+        assert "driver_info" not in repr(pool.as_redis_pool())  # (not the user's)
+    finally:
+        pool.close()
+    # given by the user: theirs, on every connection
+    given = driver_info.DriverInfo().add_upstream_driver("myapp", "1.2")
+    pool = RedisPool(redis_server.url, min_size=0, max_size=2, driver_info=given)
+    try:
+        with pool.connection() as c:
+            assert c.driver_info is given
+            assert c.driver_info.formatted_name == "redis-py(myapp_v1.2)"
+    finally:
+        pool.close()
+
+
 def test_wait_timeout_is_a_redis_connection_error(redis_url: str) -> None:
     pool = RedisPool(redis_url, min_size=0, max_size=1)
     try:
