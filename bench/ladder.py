@@ -12,8 +12,12 @@ one narrow it down. The per-request mode runs first, and the other modes are
 also measured at its two capacities, to compare p99s at the same rate.
 Each step sends at least 300 requests (low rates run longer).
 
-    python bench/ladder.py [--seconds 3] [--workers 2] [--classes gevent,gthread,sync]
+    python bench/ladder.py [--seconds 3] [--workers N] [--classes gevent,gthread,sync]
                            [--refine 3] [--json bench/ladder.json] [--plot bench/ladder.png]
+
+Workers per class are those of ``examples/gunicorn`` on 2 cores (gevent 2,
+gthread 2 x 8 threads, sync 4: a sync worker serves one request at a time, so
+gunicorn's advice is about 2 x cores of them); ``--workers N`` sets all three.
 
 Loopback only; each step is bounded by ``--seconds`` plus a 5 s drain.
 """
@@ -34,6 +38,7 @@ from redispool.demo.openloop import run_open_loop
 from redispool.demo.run import start_app, stop
 from redispool.testing import RedisServer
 
+WORKERS = {"gevent": 2, "gthread": 2, "sync": 4}  # examples/gunicorn/*.conf.py on 2 cores
 RATES = (50, 100, 200, 300, 500, 700, 1000, 1400, 1700, 2000, 2400, 2800, 3400, 4000)
 MIN_REQUESTS = 300
 LIMITS = (10.0, 50.0)  # p99 bounds of the two capacities, ms
@@ -111,7 +116,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     os.environ["DEMO_LOGIN_LIMIT"] = "100000000/minute"  # measure, do not limit
     os.environ["DEMO_LOAD_USERS"] = str(LOAD_USERS)  # the accounts ROUTES logs in as
     results: dict[str, Any] = {
-        "seconds": opts.seconds, "workers": opts.workers, "refine": opts.refine, "runs": [],
+        "seconds": opts.seconds, "refine": opts.refine, "runs": [],
+        "workers": {c: opts.workers or WORKERS.get(c, 2) for c in opts.classes.split(",")},
     }  # fmt: skip
     rates = tuple(float(r) for r in opts.rates.split(","))
     # per-request first: the other modes are measured at its capacities too
@@ -119,7 +125,9 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     with RedisServer(args=("--maxclients", "10000")) as server:
         for worker_class in opts.classes.split(","):
             app_opts = argparse.Namespace(
-                no_gunicorn=False, worker_class=worker_class, workers=opts.workers
+                no_gunicorn=False,
+                worker_class=worker_class,
+                workers=results["workers"][worker_class],
             )
             baseline: dict[str, dict[str, float]] = {}  # route -> per-request's capacities
             for mode in modes:
@@ -245,7 +253,9 @@ def plot(results: dict[str, Any], path: str) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylabel("p99 ms")
-        ax.set_title(f"{route}, gunicorn {worker_class} workers", fontsize=10)
+        workers = results["workers"]
+        n = workers.get(worker_class, "?") if isinstance(workers, dict) else workers
+        ax.set_title(f"{route}, {n} gunicorn {worker_class} workers", fontsize=10)
         ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel("offered rate (requests/s, open loop)")
     fig.tight_layout()
@@ -255,7 +265,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, help="all classes (default: gevent 2, gthread 2, sync 4)")
     p.add_argument("--classes", default="gevent,gthread,sync")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--routes", default="login,post")
