@@ -230,3 +230,22 @@ class _TunedLease(_Lease[T]):
     def __enter__(self) -> T:
         self.obj = obj = self._pool.borrow(self._timeout)
         return obj
+
+
+class _MethodLease(_TunedLease[T]):
+    """The lease of a pool subclass that overrides ``borrow`` or ``release``:
+    both run as written (no inlined fast paths)."""
+
+    __slots__ = ()
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool = self._pool
+        if ev is None:
+            pool.release(self.obj)
+        else:
+            pool.release(self.obj, discard=not pool._is_harmless(ev, self._keep_on))

@@ -42,6 +42,7 @@ from ._poolparts import (
     _check_keep_on,
     _Entry,
     _Lease,
+    _MethodLease,
     _number,
     _Ticket,
     _TunedLease,
@@ -221,6 +222,24 @@ class ObjectPool(Generic[T]):
         if keep_on is not None:
             _check_keep_on(keep_on)
         return _TunedLease(self, timeout, keep_on)
+
+    def _acquire_by_methods(
+        self, timeout: float | None = None, *, keep_on: KeepOn = None
+    ) -> _Lease[T]:
+        """``acquire`` of a subclass that overrides ``borrow`` or ``release``."""
+        if timeout is not None:
+            _number("timeout", timeout, minimum=0)
+        if keep_on is not None:
+            _check_keep_on(keep_on)
+        return _MethodLease(self, timeout, keep_on)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``borrow`` or ``release`` must run in ``acquire()``
+        too, whose lease inlines the base class's fast paths."""
+        super().__init_subclass__(**kwargs)
+        overrides = cls.borrow is not ObjectPool.borrow or cls.release is not ObjectPool.release
+        if overrides and cls.acquire is ObjectPool.acquire:
+            cls.acquire = ObjectPool._acquire_by_methods  # type: ignore[method-assign]
 
     def borrow(self, timeout: float | None = None) -> T:
         """Borrow an object; wait at most ``timeout`` seconds (pool default if None)."""

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from redispool import ObjectPool, PoolTimeout
+from redispool._poolparts import _Lease
 
 from .helpers import Factory, FakeClock, Resource
 from .test_slots import Injected, _Injector  # raises at the n-th step of the pool's code
@@ -273,3 +274,61 @@ def test_a_lease_in_a_forked_child_never_gets_the_parents_object() -> None:
     with pool.acquire() as r:
         assert r is parents
     pool.close()
+
+
+class _Counting(ObjectPool[Resource]):
+    """A subclass that overrides ``borrow`` and ``release``, as a user might."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, Any]] = []
+
+    def borrow(self, timeout: float | None = None) -> Resource:
+        self.calls.append(("borrow", timeout))
+        return super().borrow(timeout)
+
+    def release(self, obj: Resource, discard: bool = False, *, reason: str = "error") -> None:
+        self.calls.append(("release", discard))
+        super().release(obj, discard, reason=reason)
+
+
+class _OnlyRelease(ObjectPool[Resource]):
+    def release(self, obj: Resource, discard: bool = False, *, reason: str = "error") -> None:
+        self.released = getattr(self, "released", 0) + 1
+        super().release(obj, discard, reason=reason)
+
+
+class _Grandchild(_Counting):
+    pass
+
+
+@pytest.mark.parametrize("cls", [_Counting, _Grandchild])
+def test_a_subclass_own_borrow_and_release_run_inside_acquire(cls: type[_Counting]) -> None:
+    """The lease inlines the base class's fast paths; a subclass that overrides
+    ``borrow`` or ``release`` gets them called, every way ``acquire`` is used."""
+    pool = cls(Factory(), max_size=2, background=False)
+    try:
+        with pool.acquire() as obj:
+            assert pool.stats().in_use == 1
+        assert pool.calls == [("borrow", None), ("release", False)]
+        pool.calls.clear()
+        with pytest.raises(Boom), pool.acquire(timeout=1.0):
+            raise Boom
+        assert pool.calls == [("borrow", 1.0), ("release", True)]  # discarded on error
+        pool.calls.clear()
+        with pool.acquire(keep_on=(Boom,)) as again:
+            assert again is not obj  # the first was discarded
+        assert pool.calls == [("borrow", None), ("release", False)]
+        with pytest.raises(ValueError, match="timeout"):
+            pool.acquire(timeout=-1)
+        assert pool.stats().in_use == 0 and pool.stats().idle == 1
+    finally:
+        pool.close()
+    only = _OnlyRelease(Factory(), max_size=1, background=False)
+    with only.acquire():
+        pass
+    assert only.released == 1
+    only.close()
+    base: ObjectPool[Resource] = ObjectPool(Factory(), background=False)
+    assert type(base.acquire()) is _Lease  # the base class keeps its fast lease
+    base.close()
