@@ -39,7 +39,7 @@ from redispool.demo.run import start_app, stop
 from redispool.testing import RedisServer
 
 WORKERS = {"gevent": 2, "gthread": 2, "sync": 4}  # examples/gunicorn/*.conf.py on 2 cores
-RATES = (50, 100, 200, 300, 500, 700, 1000, 1400, 1700, 2000, 2400, 2800, 3400, 4000)
+RATES = (50, 100, 200, 300, 500, 700, 1000, 1400, 1700, 2000, 2400, 2800, 3400, 4000, 4800, 5600)
 MIN_REQUESTS = 300
 LIMITS = (10.0, 50.0)  # p99 bounds of the two capacities, ms
 

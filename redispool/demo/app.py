@@ -23,8 +23,11 @@ import json
 import os
 import time
 import weakref
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import redis
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -35,7 +38,7 @@ from ..helpers.lockout import Lockout
 from ..helpers.ratelimit import RateLimiter
 from ..redis_pool import RedisPool
 from ..web.flask import RedisPoolExtension
-from .modes import MODES, RedisPyBlockingPool
+from .modes import MODES, PerRequestRedis, RedisPyBlockingPool
 
 __all__ = ["create_app"]
 
@@ -172,6 +175,28 @@ def login_body() -> dict[str, str] | None:
     return {"username": username, "password": password}
 
 
+def _sentinel_client(
+    sentinel: dict[str, Any], url: str
+) -> tuple[redis.Redis, Callable[[], object]]:
+    """Per-request mode on Sentinel: a new one-connection pool that asks the
+    sentinels for the primary, and its close."""
+    pool = RedisPool.sentinel(**sentinel, url=url, min_size=0, max_size=1, background=False)
+    lease = pool.client()
+    try:
+        client = lease.__enter__()
+    except BaseException:
+        pool.close(timeout=0)
+        raise
+
+    def close() -> None:
+        try:
+            lease.__exit__(None, None, None)
+        finally:
+            pool.close(timeout=0)
+
+    return client, close
+
+
 def _close_at_exit(ref: weakref.ref[_Services]) -> None:
     svc = ref()
     if svc is not None and not svc.pool.closed:
@@ -214,7 +239,13 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
         )
     ext = RedisPoolExtension(app)
     assert isinstance(ext.pool, RedisPool)  # REDIS_URL: a single server
-    shared = _Services(RedisPyBlockingPool(url) if mode == "redis-py" else ext.pool)
+    backend: RedisPool = ext.pool
+    if mode == "redis-py":
+        backend = RedisPyBlockingPool(url)
+    elif per_request:  # the anti-pattern, for comparison: a new connection per request
+        connect = None if sentinel is None else partial(_sentinel_client, sentinel, url)
+        backend = PerRequestRedis(url, connect=connect)
+    shared = _Services(backend)
     # Registered after the pool's own atexit close, so it runs before it (LIFO): the
     # buffered analytics and queued cache writes are flushed while the pool is open.
     atexit.register(_close_at_exit, weakref.ref(shared))
@@ -222,22 +253,10 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
 
     @app.before_request
     def services() -> None:
-        if per_request:  # the anti-pattern, for comparison: a new connection per request
-            opts: dict[str, Any] = {"min_size": 0, "max_size": 1, "background": False}
-            if sentinel is not None:
-                pool = RedisPool.sentinel(**sentinel, url=url, **opts)
-            else:
-                pool = RedisPool(url, **opts)
-            g.services = _Services(pool, background=False)
-        else:
-            g.services = shared
+        g.services = shared
 
-    @app.teardown_request
-    def done(exc: BaseException | None) -> None:
-        svc: _Services | None = g.pop("services", None)
-        if svc is not None and svc is not shared:
-            svc.close()
-            svc.pool.close(timeout=0)
+    if isinstance(backend, PerRequestRedis):
+        app.teardown_request(lambda exc: backend.end_request())
 
     @app.after_request
     def count(response: Response) -> Response:
