@@ -226,7 +226,8 @@ class ObjectPool(Generic[T]):
     def _acquire_by_methods(
         self, timeout: float | None = None, *, keep_on: KeepOn = None
     ) -> _Lease[T]:
-        """``acquire`` of a subclass that overrides ``borrow`` or ``release``."""
+        """``with pool.acquire() as obj:`` borrow, then release (discard on error),
+        through this class's own ``borrow`` and ``release``."""
         if timeout is not None:
             _number("timeout", timeout, minimum=0)
         if keep_on is not None:
@@ -235,7 +236,11 @@ class ObjectPool(Generic[T]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A subclass's own ``borrow`` or ``release`` must run in ``acquire()``
-        too, whose lease inlines the base class's fast paths."""
+        too, whose lease inlines the base class's fast paths: such a class gets an
+        ``acquire`` that calls them. Not covered (a check on the hot path would
+        cost more than the rest of it): methods patched onto the class later, and
+        an ``acquire`` of the subclass's own that calls ``ObjectPool.acquire``
+        (call ``self.borrow``/``self.release`` there instead)."""
         super().__init_subclass__(**kwargs)
         overrides = cls.borrow is not ObjectPool.borrow or cls.release is not ObjectPool.release
         if overrides and cls.acquire is ObjectPool.acquire:

@@ -274,7 +274,8 @@ class ConnectionPool:
         shown = ",".join(
             f"{k}={'<REDACTED>' if k in _SENSITIVE else v}"
             for k, v in self.connection_kwargs.items()
-            if k != "himport_registry" and v is not self.redis_pool._driver_info
+            if k != "himport_registry"
+            and not (k == "driver_info" and v is not None and v is self.redis_pool._driver_info)
         )
         cls = self.connection_class
         s = self.redis_pool.stats()

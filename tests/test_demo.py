@@ -332,37 +332,72 @@ def test_post_is_cached_and_unknown_post_is_404(make_app: MakeApp, redis_url: st
 # -- per-request mode vs pooled -------------------------------------------------------
 
 
-def test_per_request_mode_opens_a_connection_per_request(make_app: MakeApp, redis_url: str) -> None:
+def test_per_request_mode_opens_a_connection_per_request(
+    make_app: MakeApp, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The anti-pattern as such apps write it: a new redis-py client (and
-    connection) per request, at its first Redis call, closed when it ends; all of
-    a login's Redis calls share the request's one."""
+    connection) per request, at its first Redis call, closed when the request
+    ends, even when it raises; a login's Redis calls share the request's one;
+    background writes get their own."""
+    from flask import g, has_request_context
+
+    from redispool.demo import modes
+
+    made = {"request": 0, "background": 0}
+    closed: list[bool] = []
+    plain = modes._plain_client
+
+    def counted(url: str) -> tuple[redis.Redis, Callable[[], object]]:
+        made["request" if has_request_context() else "background"] += 1
+        client, close = plain(url)
+
+        def close_counted() -> object:
+            closed.append(True)
+            return close()
+
+        return client, close_counted
+
+    monkeypatch.setattr(modes, "_plain_client", counted)
     n = 10
     with admin_client(redis_url) as admin:
-
-        def received() -> int:
-            return int(admin.info("stats")["total_connections_received"])
 
         def connected() -> int:
             return int(admin.info("clients")["connected_clients"])
 
+        def received() -> int:
+            return int(admin.info("stats")["total_connections_received"])
+
         baseline = connected()
         app = make_app(redis_url, per_request=True)
+
+        @app.get("/test/raises")
+        def raises() -> Any:
+            g.services.login_limit.hit("127.0.0.9")  # a Redis call, then an error
+            raise RuntimeError("boom")
+
         client = app.test_client()
-        for i in (1, 2, 3):  # cache misses: their write-backs run outside the request
-            assert client.get(f"/api/posts/{i}").json == POSTS[i]
-        wait_until(lambda: len(admin.keys("demo-posts:*:v:*")) >= 3, 5, "the write-backs")
-        before = received()
-        for i in range(n):  # cache hits: one GET each
+
+        def in_request() -> int:
+            return made["request"]
+
+        for i in range(n):
+            before = in_request()
             assert client.get(f"/api/posts/{1 + i % 3}").json == POSTS[1 + i % 3]
-        grew = received() - before
-        # (+1: the buffered analytics may flush, on a connection of its own)
-        assert n <= grew <= n + 1, f"{grew} connections for {n} requests"
-        before = received()
+            assert in_request() == before + 1  # one client for the request's calls
+        before = in_request()
         resp = client.post("/api/auth/login", json=ALICE)  # rate limit + lockout x2
         assert resp.status_code == 200 and body(resp)["user"] == "alice"
-        assert 1 <= received() - before <= 2
-        wait_until(lambda: connected() == baseline, 5, "per-request connections closed")
+        assert in_request() == before + 1
         assert body(client.get("/api/stats"))["per_request_connections"] is True
+        before = in_request()
+        with pytest.raises(RuntimeError, match="boom"):
+            client.get("/test/raises")
+        assert in_request() == before + 1
+        # every client made in a request was closed when it ended (background
+        # ones, cache write-backs and analytics flushes, when their call did)
+        wait_until(lambda: len(closed) == sum(made.values()), 5, "every client closed")
+        wait_until(lambda: connected() == baseline, 5, "their connections closed")
+        assert made["background"] >= 3  # the 3 cache misses' write-backs
 
         app = make_app(redis_url)
         pooled = app.test_client()

@@ -309,6 +309,12 @@ def test_new_connections_do_not_read_redis_pys_package_metadata_again(
         assert "driver_info" not in repr(pool.as_redis_pool())  # (not the user's)
     finally:
         pool.close()
+    no_timeout = RedisPool(
+        redis_server.url, min_size=0, socket_timeout=None, driver_info=driver_info.DriverInfo()
+    )
+    shown = repr(no_timeout.as_redis_pool())
+    assert "socket_timeout=None" in shown and "driver_info=" in shown  # the user's, shown
+    no_timeout.close()
     # given by the user: theirs, on every connection
     given = driver_info.DriverInfo().add_upstream_driver("myapp", "1.2")
     pool = RedisPool(redis_server.url, min_size=0, max_size=2, driver_info=given)

@@ -246,6 +246,8 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
         connect = None if sentinel is None else partial(_sentinel_client, sentinel, url)
         backend = PerRequestRedis(url, connect=connect)
     shared = _Services(backend)
+    if backend is not ext.pool:  # closing the app's pool closes the helpers' backend too
+        ext.pool.on_close(backend.close)
     # Registered after the pool's own atexit close, so it runs before it (LIFO): the
     # buffered analytics and queued cache writes are flushed while the pool is open.
     atexit.register(_close_at_exit, weakref.ref(shared))
@@ -255,8 +257,8 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
     def services() -> None:
         g.services = shared
 
-    if isinstance(backend, PerRequestRedis):
-        app.teardown_request(lambda exc: backend.end_request())
+    if isinstance(backend, PerRequestRedis):  # after every teardown_request function
+        app.teardown_appcontext(lambda exc: backend.end_request())
 
     @app.after_request
     def count(response: Response) -> Response:

@@ -52,8 +52,8 @@ class RedisPyBlockingPool(RedisPool):
             raise
 
     def close(self, timeout: float = 5.0) -> None:
+        super().close(timeout)  # the helpers' close hooks flush on the blocking pool first
         self._blocking.disconnect()
-        super().close(timeout)
 
 
 Connect = Callable[[], "tuple[redis.Redis, Callable[[], object]]"]
@@ -69,8 +69,10 @@ class PerRequestRedis(RedisPool):
     """A ``RedisPool`` look-alike for the anti-pattern: each request gets a new
     redis-py client, and so a new connection, at its first Redis call, closed when
     the request ends (``end_request``); a call outside a request (a background
-    flush, a cache write-back) gets one of its own. For comparisons only.
-    ``connect`` makes a client and its close (default: ``redis.Redis.from_url``)."""
+    flush, a cache write-back) gets one of its own. For comparisons only: a
+    block's ``timeout`` and ``wait`` are not applied (each command has the
+    client's 2 s socket timeout, as in the ``redis-py`` mode). ``connect`` makes a
+    client and its close (default: ``redis.Redis.from_url``)."""
 
     def __init__(self, url: str, *, connect: Connect | None = None) -> None:
         super().__init__(url, min_size=0, max_size=1, background=False)
