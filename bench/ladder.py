@@ -10,7 +10,8 @@ the highest rate with no errors and a p99 under 10 ms (and under 50 ms): after
 the climb, ``--refine`` halvings between the last step that passed and the next
 one narrow it down. The per-request mode runs first, and the other modes are
 also measured at its two capacities, to compare p99s at the same rate.
-Each step sends at least 300 requests (low rates run longer).
+Each step sends at least 300 requests (low rates run longer), after 2 s of
+warm-up per route that is not recorded.
 
     python bench/ladder.py [--seconds 3] [--workers N] [--classes gevent,gthread,sync]
                            [--refine 3] [--json bench/ladder.json] [--plot bench/ladder.png]
@@ -79,6 +80,14 @@ def step_at(port: int, route: str, rate: float, seconds: float, note: str = "") 
     return step
 
 
+def warm_up(port: int, route: str) -> None:
+    """2 s at 100/s, not recorded: each worker's first requests of a route (script
+    loads, first connections, lazy imports) would otherwise land in the first
+    step's p99 (its 3 slowest of 300)."""
+    result = run_open_loop("127.0.0.1", port, ROUTES[route], 100, 2.0, timeout=5.0)
+    print(f"    {route:<6} warm-up: {result.sent} requests, not recorded", flush=True)
+
+
 def climb(port: int, route: str, rates: tuple[float, ...], seconds: float) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = []
     broken = 0
@@ -137,6 +146,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                 try:
                     warm_cache("127.0.0.1", port, 20)
                     for route in opts.routes.split(","):
+                        warm_up(port, route)
                         extra = {r for r in baseline.get(route, {}).values() if r}
                         steps = climb(port, route, tuple(sorted({*rates, *extra})), opts.seconds)
                         caps = refine(port, route, steps, opts.seconds, opts.refine)
