@@ -223,6 +223,10 @@ class _TunedLease(_Lease[T]):
     __slots__ = ("_keep_on", "_timeout")
 
     def __init__(self, pool: ObjectPool[T], timeout: float | None, keep_on: KeepOn) -> None:
+        if timeout is not None:
+            _number("timeout", timeout, minimum=0)
+        if keep_on is not None:
+            _check_keep_on(keep_on)
         self._pool = pool
         self._timeout = timeout
         self._keep_on = keep_on

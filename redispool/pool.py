@@ -217,10 +217,6 @@ class ObjectPool(Generic[T]):
             lease: _Lease[T] = _new(_Lease)
             lease._pool = self
             return lease
-        if timeout is not None:
-            _number("timeout", timeout, minimum=0)
-        if keep_on is not None:
-            _check_keep_on(keep_on)
         return _TunedLease(self, timeout, keep_on)
 
     def _acquire_by_methods(
@@ -228,10 +224,6 @@ class ObjectPool(Generic[T]):
     ) -> _Lease[T]:
         """``with pool.acquire() as obj:`` borrow, then release (discard on error),
         through this class's own ``borrow`` and ``release``."""
-        if timeout is not None:
-            _number("timeout", timeout, minimum=0)
-        if keep_on is not None:
-            _check_keep_on(keep_on)
         return _MethodLease(self, timeout, keep_on)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -17,6 +17,7 @@ Redis connection every request; ``DEMO_PER_REQUEST=1`` is the same as
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import hmac
 import json
@@ -181,20 +182,11 @@ def _sentinel_client(
     """Per-request mode on Sentinel: a new one-connection pool that asks the
     sentinels for the primary, and its close."""
     pool = RedisPool.sentinel(**sentinel, url=url, min_size=0, max_size=1, background=False)
-    lease = pool.client()
-    try:
-        client = lease.__enter__()
-    except BaseException:
-        pool.close(timeout=0)
-        raise
-
-    def close() -> None:
-        try:
-            lease.__exit__(None, None, None)
-        finally:
-            pool.close(timeout=0)
-
-    return client, close
+    with contextlib.ExitStack() as stack:  # on failure: the pool closed at once
+        stack.callback(pool.close, timeout=0)
+        client = stack.enter_context(pool.client())
+        held = stack.pop_all()
+    return client, held.close  # the lease returned, then the pool closed
 
 
 def _close_at_exit(ref: weakref.ref[_Services]) -> None:
