@@ -217,6 +217,9 @@ class _Lease(Generic[T]):
         pool.release(obj)
 
 
+_NOTHING: Any = object()
+
+
 class _TunedLease(_Lease[T]):
     """``acquire(timeout, keep_on=...)``: its own wait and rule of what to keep."""
 
@@ -232,8 +235,14 @@ class _TunedLease(_Lease[T]):
         self._keep_on = keep_on
 
     def __enter__(self) -> T:
-        self.obj = obj = self._pool.borrow(self._timeout)
-        return obj
+        obj: Any = _NOTHING
+        try:
+            self.obj = obj = self._pool.borrow(self._timeout)
+            return obj  # type: ignore[no-any-return]
+        except BaseException:  # after the borrow, before the block: give it back
+            if obj is not _NOTHING:
+                self._pool.release(obj)
+            raise
 
 
 class _MethodLease(_TunedLease[T]):

@@ -28,16 +28,35 @@ class Boom(Exception):
     """Raised inside a ``with`` block."""
 
 
+class _CountsCalls(ObjectPool[Resource]):
+    """Overrides ``borrow`` and ``release``, as a user might."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, Any]] = []
+
+    def borrow(self, timeout: float | None = None) -> Resource:
+        obj = super().borrow(timeout)
+        self.calls.append(("borrow", timeout))  # (a failed borrow is not counted)
+        return obj
+
+    def release(self, obj: Resource, discard: bool = False, *, reason: str = "error") -> None:
+        self.calls.append(("release", discard))
+        super().release(obj, discard, reason=reason)
+
+
 class LeaseMachine(RuleBasedStateMachine):
     """Leases and plain borrows mixed, with every rule that sends a lease off its
     fast path: a check due, expiry, max_uses, a resize, a reset, a fork generation."""
+
+    pool_class: type[ObjectPool[Resource]] = ObjectPool
 
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
         self.factory = Factory()
         self.resets = 0
-        self.pool: ObjectPool[Resource] = ObjectPool(
+        self.pool: ObjectPool[Resource] = self.pool_class(
             self.factory,
             destroy=Factory.destroy,
             check=Factory.check,
@@ -159,14 +178,35 @@ TestLeaseMachine = LeaseMachine.TestCase
 TestLeaseMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 
 
+class MethodLeaseMachine(LeaseMachine):
+    """The same rules on a subclass that overrides ``borrow``/``release`` (its
+    ``acquire`` calls them): the same oracles, and each lease calls its pool's
+    ``borrow`` once on enter and ``release`` once on exit."""
+
+    pool_class = _CountsCalls  # type: ignore[assignment]
+
+    @invariant()
+    def calls_balance(self) -> None:
+        calls = self.pool.calls  # type: ignore[attr-defined]
+        borrows = sum(1 for name, _ in calls if name == "borrow")
+        releases = len(calls) - borrows
+        assert borrows - releases == len(self.leases) + len(self.held)
+
+
+TestMethodLeaseMachine = MethodLeaseMachine.TestCase
+TestMethodLeaseMachine.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+
+
 SITUATIONS = ("fresh", "idle", "idle_check_due", "handed", "handed_broken", "waiters_at_exit")
 
 
-def _trial(situation: str, n: int) -> tuple[int, bool, dict[str, int]]:
+def _trial(
+    situation: str, n: int, cls: type[ObjectPool[Resource]] = ObjectPool, tuned: bool = False
+) -> tuple[int, bool, dict[str, int]]:
     """One lease in ``situation``, interrupted at its ``n``-th step (enter, block or
     exit); returns its step count, whether it fired, and the settled stats."""
     factory = Factory()
-    pool: ObjectPool[Resource] = ObjectPool(
+    pool: ObjectPool[Resource] = cls(
         factory,
         destroy=Factory.destroy,
         check=Factory.check,
@@ -200,7 +240,7 @@ def _trial(situation: str, n: int) -> tuple[int, bool, dict[str, int]]:
         # takes the pool's lock, are a window no Python code can close.)
         sys.settrace(injector)
         try:
-            with pool.acquire() as r:
+            with pool.acquire(timeout=5) if tuned else pool.acquire() as r:
                 assert r.holder is None
                 r.holder = "lease"
                 r.holder = None
@@ -236,18 +276,25 @@ def _trial(situation: str, n: int) -> tuple[int, bool, dict[str, int]]:
         pool.close(timeout=0)
 
 
-def test_an_exception_at_any_step_of_a_lease_loses_nothing() -> None:
+@pytest.mark.parametrize(
+    ("cls", "tuned"), [(ObjectPool, False), (ObjectPool, True), (_CountsCalls, False)]
+)
+def test_an_exception_at_any_step_of_a_lease_loses_nothing(
+    cls: type[ObjectPool[Resource]], tuned: bool
+) -> None:
+    """Also for ``acquire(timeout)`` and for a subclass's lease, which call
+    ``borrow``/``release`` as methods."""
     rnd = random.Random(3)
     steps = {}
     for situation in SITUATIONS:
-        steps[situation], _, stats = _trial(situation, 0)
+        steps[situation], _, stats = _trial(situation, 0, cls, tuned)
         assert stats["in_use"] == 0 and stats["size"] == stats["idle"] == stats["alive"], stats
     failures, fired = [], 0
     for situation in SITUATIONS:
         for n in range(1, steps[situation] + 3):
             if n > 40 and rnd.random() < 0.5:  # long slow paths: a sample
                 continue
-            _, hit, stats = _trial(situation, n)
+            _, hit, stats = _trial(situation, n, cls, tuned)
             fired += hit
             settled = stats["in_use"] == stats["creating"] == stats["closing"] == 0
             if not settled or not stats["size"] == stats["idle"] == stats["alive"]:
@@ -274,22 +321,6 @@ def test_a_lease_in_a_forked_child_never_gets_the_parents_object() -> None:
     with pool.acquire() as r:
         assert r is parents
     pool.close()
-
-
-class _CountsCalls(ObjectPool[Resource]):
-    """Overrides ``borrow`` and ``release``, as a user might."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls: list[tuple[str, Any]] = []
-
-    def borrow(self, timeout: float | None = None) -> Resource:
-        self.calls.append(("borrow", timeout))
-        return super().borrow(timeout)
-
-    def release(self, obj: Resource, discard: bool = False, *, reason: str = "error") -> None:
-        self.calls.append(("release", discard))
-        super().release(obj, discard, reason=reason)
 
 
 class _Grandchild(_CountsCalls):
