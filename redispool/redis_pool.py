@@ -588,15 +588,16 @@ class _ConnectionLease:
         self._wait = wait
 
     def __enter__(self) -> Connection:
-        conn: Connection = self._pool._get(self._wait)
-        self._conn = conn
-        if self._timeout is not None:
-            try:
+        conn: Connection | None = None
+        try:
+            self._conn = conn = self._pool._get(self._wait)
+            if self._timeout is not None:
                 self._pool._set_op_timeout(conn, self._timeout)
-            except BaseException:
-                self._pool._put(conn)  # never keep a connection nobody will return
-                raise
-        return conn
+            return conn
+        except BaseException:  # (Ctrl-C too) never keep a connection nobody will return
+            if conn is not None:
+                self._pool._put(conn)
+            raise
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
@@ -615,20 +616,22 @@ class _ClientLease:
     def __enter__(self) -> redis.Redis:
         pool = self._pool
         proto = pool._proto or pool._prototype()
-        conn = self._conn = pool._get(self._wait)
-        if self._timeout is not None:
-            try:
+        conn = None
+        try:
+            conn = self._conn = pool._get(self._wait)
+            if self._timeout is not None:
                 pool._set_op_timeout(conn, self._timeout)
-            except BaseException:
-                pool._put(conn)  # never keep a connection nobody will return
-                raise
-        pinned = self._pinned = PinnedPool(pool._adapter, conn)
-        client = object.__new__(PinnedRedis)
-        client.__dict__.update(proto)
-        client.connection = conn
-        client.connection_pool = pinned  # type: ignore[assignment]
-        self._client = client
-        return client
+            pinned = self._pinned = PinnedPool(pool._adapter, conn)
+            client = object.__new__(PinnedRedis)
+            client.__dict__.update(proto)
+            client.connection = conn
+            client.connection_pool = pinned  # type: ignore[assignment]
+            self._client = client
+            return client
+        except BaseException:  # (Ctrl-C too) never keep a connection nobody will return
+            if conn is not None:
+                pool._put(conn)
+            raise
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None

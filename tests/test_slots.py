@@ -79,7 +79,8 @@ class Injected(BaseException):
 
 _TRACED = {str(ROOT / "redispool" / f) for f in ("pool.py", "_poolparts.py", "_upkeep.py")}
 _TRACED_REDIS = str(ROOT / "redispool" / "redis_pool.py")
-_REDIS_FUNCS = {"_new_connection", "_make", "_ping", "_destroy_connection"}
+# (and the leases' __enter__: connection() and client())
+_REDIS_FUNCS = {"_new_connection", "_make", "_ping", "_destroy_connection", "__enter__"}
 
 
 class _Injector:
@@ -140,9 +141,16 @@ def _trial(url: str, admin: redis.Redis, situation: str, n: int, rnd: random.Ran
         helper.start()
         injector = _Injector(pool._pool._lock, n)
         got = None
+        how = rnd.choice(("get", "connection", "client"))
+        wait = rnd.choice((None, 3.0))
         sys.settrace(injector)
         try:
-            got = pool._get(rnd.choice((None, 3.0)))
+            if how == "get":
+                got = pool._get(wait)
+            else:  # a lease: traced up to its block (its __exit__ is a plain _put)
+                lease = getattr(pool, how)(timeout=rnd.choice((None, 1.0)), wait=wait)
+                with lease:
+                    sys.settrace(None)
         except Injected:
             pass
         finally:
