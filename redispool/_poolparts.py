@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -18,6 +20,7 @@ _INF = float("inf")
 # leases' fast paths compare it, a global load.
 _fork_gen = 0
 _SLOT = object()  # handed to a waiter instead of an object: "a slot is yours, create"
+_GONE = object()  # an entry's object once destroyed (see ObjectPool._destroy_entries)
 
 KeepOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool] | None
 
@@ -109,10 +112,24 @@ def _check_keep_on(keep_on: Any) -> KeepOn:
     return cast(KeepOn, keep_on)
 
 
+def _new_lock() -> Any:
+    """The pool's lock. Reentrant only so that its holder can be told: a signal
+    handler (Ctrl-C, SIGQUIT, a soft time limit) may raise just after
+    ``acquire()`` returned, before any ``try``, and the handler then sees
+    ``_is_owned()``. The pool never takes it twice. Under gevent, gevent's
+    RLock (the patched ``threading.RLock`` is pure Python)."""
+    thread_mod = sys.modules.get("gevent.thread")
+    if thread_mod is not None and threading.Lock is thread_mod.LockType:
+        from gevent.lock import RLock
+
+        return RLock()
+    return threading.RLock()
+
+
 def _acquire_anyway(lock: Any) -> BaseException | None:
     """Take ``lock`` even if an async exception (gevent.Timeout, Ctrl-C) lands
-    while waiting for it; return that exception so the caller can re-raise it
-    once its bookkeeping is done."""
+    while waiting for it, or just after it was taken; return that exception so
+    the caller can re-raise it once its bookkeeping is done."""
     pending: BaseException | None = None
     while True:
         try:
@@ -120,6 +137,8 @@ def _acquire_anyway(lock: Any) -> BaseException | None:
             return pending
         except BaseException as exc:
             pending = exc
+            if lock._is_owned():  # it landed after the acquire: taken
+                return pending
 
 
 class _Lease(Generic[T]):
@@ -142,17 +161,23 @@ class _Lease(Generic[T]):
             pool._after_fork()
         entry = ticket = None
         lock = pool._lock
-        lock.acquire()
         try:
+            lock.acquire()
             try:
                 idle = pool._idle
                 if idle:  # idle objects exist only while nobody waits: no barging
-                    entry = idle.pop()
                     now = pool._clock()
-                    entry.borrowed_at = now
-                    entry.uses += 1
-                    pool._in_use[id(entry.obj)] = entry
+                    taken = idle[-1]
+                    key = id(taken.obj)
+                    # No call (or branch) from here to the pop, the last step: a
+                    # signal handler raises only at a call or a jump (3.10: any
+                    # jump taken; 3.11+: a loop's), so these happen all or none.
+                    taken.borrowed_at = now
+                    taken.uses += 1
+                    pool._in_use[key] = taken
                     pool._borrows += 1
+                    entry = taken
+                    idle.pop()
             finally:
                 lock.release()
             if entry is not None and now < entry.recheck_at:
@@ -164,6 +189,8 @@ class _Lease(Generic[T]):
             self.obj = obj = pool._borrow_slow(ticket, None).obj
             return obj  # type: ignore[no-any-return]
         except BaseException:
+            if lock._is_owned():  # a handler raised as the acquire returned
+                lock.release()
             pool._give_back(ticket, entry)
             raise
 
@@ -175,46 +202,62 @@ class _Lease(Generic[T]):
     ) -> None:
         pool = self._pool
         obj = self.obj
-        if ev is not None:
-            pool.release(obj, discard=not pool._is_harmless(ev, self._keep_on))
-            return
-        if pool._reset is not None or pool._gen != _fork_gen:
-            pool.release(obj)
-            return
-        # ``ObjectPool.release``'s fast path, inlined: back to the idle stack
-        # when nobody waits and nothing retires it; anything else goes the long way.
         lock = pool._lock
+        lent: Any = None  # its entry, once read (a hand-off keeps it in _in_use)
+        uses = 0
+        back = False
         try:
-            lock.acquire()
-        except BaseException:  # interrupted while waiting: return it all the same
-            pool.release(obj)
+            if ev is None and pool._reset is None and pool._gen == _fork_gen:
+                # ``ObjectPool.release``'s fast path, inlined: back to the idle stack
+                # when nobody waits and nothing retires it; else the long way.
+                lock.acquire()
+                try:
+                    in_use = pool._in_use
+                    key = id(obj)
+                    entry = in_use.get(key)
+                    if entry is not None:
+                        now = pool._clock()
+                        if not (
+                            pool._waiters
+                            or now >= entry.expires_at
+                            or entry.epoch != pool._epoch
+                            or pool._max_uses
+                            or pool._leak_timeout
+                        ):
+                            recheck = entry.recheck_at
+                            if pool._check is not None:
+                                recheck = now + pool._check_interval
+                                expires = entry.expires_at
+                                if expires < recheck:
+                                    recheck = expires
+                            # No call or branch from here to the append, the last
+                            # step (see __enter__; 3.10 also checks at a branch).
+                            del in_use[key]
+                            pool._use_total += now - entry.borrowed_at
+                            entry.last_used = now
+                            entry.recheck_at = recheck
+                            back = True
+                            pool._idle.append(entry)
+                            return
+                        lent, uses = entry, entry.uses  # (see the handler below)
+                finally:
+                    lock.release()
+                pool.release(obj)
+            else:
+                discard = ev is not None and not pool._is_harmless(ev, self._keep_on)
+                lent = pool._in_use.get(id(obj))
+                if lent is not None:
+                    uses = lent.uses
+                pool.release(obj, discard=discard)
+            back = True
+        except BaseException:
+            # Interrupted (a signal handler raises at any call, a function's first
+            # line too): return it all the same, unless release() got that far.
+            if lock._is_owned():
+                lock.release()
+            if not back and pool._lent_still(obj, lent, uses):
+                pool.release(obj, discard=ev is not None)
             raise
-        try:
-            in_use = pool._in_use
-            key = id(obj)
-            entry = in_use.pop(key, None)
-            if entry is not None:
-                now = pool._clock()
-                if (
-                    pool._waiters
-                    or now >= entry.expires_at
-                    or entry.epoch != pool._epoch
-                    or pool._max_uses
-                    or pool._leak_timeout
-                ):
-                    in_use[key] = entry  # as it was: release() decides
-                else:
-                    pool._use_total += now - entry.borrowed_at
-                    entry.last_used = now
-                    if pool._check is not None:
-                        recheck = now + pool._check_interval
-                        expires = entry.expires_at
-                        entry.recheck_at = recheck if recheck < expires else expires
-                    pool._idle.append(entry)
-                    return
-        finally:
-            lock.release()
-        pool.release(obj)
 
 
 _NOTHING: Any = object()

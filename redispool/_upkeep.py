@@ -2,6 +2,13 @@
 
 Functions of the pool (its private state is theirs too); ``ObjectPool`` calls
 them, and one daemon thread per pool runs ``upkeep_loop``.
+
+A loop that runs with the pool's lock held has a function of its own (here and
+in ObjectPool): CPython looks up the handler of an exception a signal handler
+raises at a loop's back edge from the instruction before it, which some
+layouts leave outside every ``try`` and ``with`` of that frame (python/cpython
+#108214: seen on 3.13), so the lock would stay held. Raised in a frame of its
+own, the exception leaves by the caller's call, which its ``with`` covers.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._poolparts import _INF, _SLOT, _Entry, _Ticket
@@ -41,28 +49,53 @@ def run_upkeep(pool: ObjectPool[Any]) -> float:
     pool._check_fork()
     now = pool._clock()
     report_leaks(pool, now)
-    victims: list[tuple[_Entry, str]] = []
-    with pool._lock:
-        if pool._closed:
-            return _INF
-        keep = pool._size - pool._min_size
-        for entry in list(pool._idle):  # least recently used first
-            if now >= entry.expires_at:
-                victims.append((entry, "lifetime"))
-            elif (
-                pool._max_idle_time
-                and now - entry.last_used >= pool._max_idle_time
-                and keep - len(victims) > 0
-            ):
-                victims.append((entry, "idle"))
-        for entry, _ in victims:
-            pool._idle.remove(entry)
-        pool._closing += len(victims)
-    for entry, reason in victims:
-        pool._destroy_entries([entry], reason)
+    by_reason: dict[str, list[_Entry]] = {}
+    try:
+        with pool._lock:
+            if pool._closed:
+                return _INF
+            rest, groups, n = _pick_victims(pool, now)
+            # -- no call or branch from here to the end of the group
+            # (see ObjectPool.release) --
+            pool._idle = rest
+            pool._closing += n
+            by_reason = groups
+    finally:
+        pending: BaseException | None = None
+        for reason, entries in by_reason.items():
+            while entries:  # counted in closing: destroyed whatever happens
+                try:
+                    pool._destroy_entries(entries, reason)
+                except BaseException as exc:
+                    pending = pending or exc
+        if pending is not None:
+            raise pending
     while refill_one(pool):
         pass
     return next_upkeep_delay(pool)
+
+
+def _pick_victims(
+    pool: ObjectPool[Any], now: float
+) -> tuple[deque[_Entry], dict[str, list[_Entry]], int]:
+    """Idle objects past their lifetime or idle time (lock held), changing
+    nothing: the idle objects that stay, those that go by reason, how many go."""
+    keep = pool._size - pool._min_size
+    groups: dict[str, list[_Entry]] = {}
+    going: set[int] = set()
+    for entry in list(pool._idle):  # least recently used first
+        if now >= entry.expires_at:
+            groups.setdefault("lifetime", []).append(entry)
+            going.add(id(entry))
+        elif (
+            pool._max_idle_time
+            and now - entry.last_used >= pool._max_idle_time
+            and keep - len(going) > 0
+        ):
+            groups.setdefault("idle", []).append(entry)
+            going.add(id(entry))
+    rest = deque(e for e in pool._idle if id(e) not in going)
+    return rest, groups, len(going)
 
 
 def refill_one(pool: ObjectPool[Any]) -> bool:
@@ -95,27 +128,26 @@ def next_upkeep_delay(pool: ObjectPool[Any]) -> float:
             due = min(due, pool._next_retry)
         elif pool._size < pool._min_size:
             return 0.0
-        spare = pool._size > pool._min_size
-        for entry in pool._idle:
-            due = min(due, entry.expires_at)
-            if spare and pool._max_idle_time:
-                due = min(due, entry.last_used + pool._max_idle_time)
-        if pool._leak_timeout and pool._in_use:
-            due = min(due, now + pool._leak_timeout / 2)
+        due = _next_due(pool, now, due)
     return max(0.0, due - now)
+
+
+def _next_due(pool: ObjectPool[Any], now: float, due: float) -> float:
+    spare = pool._size > pool._min_size
+    for entry in pool._idle:
+        due = min(due, entry.expires_at)
+        if spare and pool._max_idle_time:
+            due = min(due, entry.last_used + pool._max_idle_time)
+    if pool._leak_timeout and pool._in_use:
+        due = min(due, now + pool._leak_timeout / 2)
+    return due
 
 
 def report_leaks(pool: ObjectPool[Any], now: float) -> None:
     if not pool._leak_timeout:
         return
     with pool._lock:
-        leaked = [
-            e
-            for e in pool._in_use.values()
-            if not e.leak_logged and now - e.borrowed_at >= pool._leak_timeout
-        ]
-        for entry in leaked:
-            entry.leak_logged = True
+        leaked = _mark_leaked(pool, now)
     for entry in leaked:
         log.warning(
             "pool %r: %s %r borrowed %.1fs ago and not returned; borrowed at:\n%s",
@@ -125,6 +157,17 @@ def report_leaks(pool: ObjectPool[Any], now: float) -> None:
             now - entry.borrowed_at,
             "".join(entry.stack or ["  (stack not recorded)\n"]),
         )
+
+
+def _mark_leaked(pool: ObjectPool[Any], now: float) -> list[_Entry]:
+    leaked = [
+        e
+        for e in pool._in_use.values()
+        if not e.leak_logged and now - e.borrowed_at >= pool._leak_timeout
+    ]
+    for entry in leaked:
+        entry.leak_logged = True
+    return leaked
 
 
 def _upkeep_loop(ref: weakref.ref[ObjectPool[Any]], wake: threading.Event, gen: int) -> None:

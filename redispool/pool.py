@@ -31,10 +31,13 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from itertools import islice, starmap
+from operator import attrgetter
 from typing import Any, Generic, TypeVar, cast
 
 from . import _poolparts, _upkeep
 from ._poolparts import (
+    _GONE,
     _INF,
     _SLOT,
     KeepOn,
@@ -43,6 +46,7 @@ from ._poolparts import (
     _Entry,
     _Lease,
     _MethodLease,
+    _new_lock,
     _number,
     _Ticket,
     _TunedLease,
@@ -56,6 +60,8 @@ __all__ = ["ObjectPool"]
 
 T = TypeVar("T")
 log = logging.getLogger("redispool.pool")
+_NO_TICKET = _Ticket()  # written to instead of a missing ticket (a store, not a branch)
+_obj_of = attrgetter("obj")
 
 _new = object.__new__  # (a lease without a call to __init__)
 # Bumped in every child process: pools compare it on each call (a global load,
@@ -163,7 +169,7 @@ class ObjectPool(Generic[T]):
     def _init_state(self) -> None:
         self._gen = _fork_gen
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        self._lock = _new_lock()
         self._idle: deque[_Entry] = deque()  # LIFO at the right; the left is least recent
         self._in_use: dict[int, _Entry] = {}
         self._waiters: deque[_Ticket] = deque()
@@ -196,9 +202,9 @@ class ObjectPool(Generic[T]):
         with _fork_lock:
             if self._gen == _fork_gen and self._pid == os.getpid():
                 return
-            for entry in (*self._idle, *self._in_use.values()):
-                self._orphans.append(entry.obj)
-                self._orphan_ids.add(id(entry.obj))
+            objs = [*map(_obj_of, (*self._idle, *self._in_use.values()))]
+            self._orphans.extend(objs)
+            self._orphan_ids.update(map(id, objs))
             self._init_state()
 
     def _check_fork(self) -> None:
@@ -249,17 +255,22 @@ class ObjectPool(Generic[T]):
         # Ctrl-C) gives it back: see _abandon.
         entry = ticket = None
         lock = self._lock
-        lock.acquire()  # (not ``with``: this is the hot path, and twice as fast)
         try:
+            lock.acquire()  # (not ``with``: this is the hot path, and twice as fast)
             try:
                 idle = self._idle
                 if idle:  # idle objects exist only while nobody waits: no barging
-                    entry = idle.pop()
                     now = self._clock()
-                    entry.borrowed_at = now
-                    entry.uses += 1
-                    self._in_use[id(entry.obj)] = entry
+                    taken = idle[-1]
+                    key = id(taken.obj)
+                    # No call from here to the pop, the last step: a signal handler
+                    # raises only at a call or a loop, so these happen all or none.
+                    taken.borrowed_at = now
+                    taken.uses += 1
+                    self._in_use[key] = taken
                     self._borrows += 1
+                    entry = taken
+                    idle.pop()
             finally:
                 lock.release()
             if entry is not None and now < entry.recheck_at:
@@ -269,6 +280,8 @@ class ObjectPool(Generic[T]):
             ticket = _Ticket(entry)
             return self._borrow_slow(ticket, timeout).obj  # type: ignore[no-any-return]
         except BaseException:
+            if lock._is_owned():  # a handler raised as the acquire returned
+                lock.release()
             self._give_back(ticket, entry)
             raise
 
@@ -328,7 +341,7 @@ class ObjectPool(Generic[T]):
             if self._closed:
                 raise self.closed_error(f"pool {self.name!r} is closed")
             if self._idle and not self._waiters:
-                ticket.result = self._take_idle()
+                self._take_idle(ticket)
                 self._note_wait(start)
                 return False
             if self._size < self._max_size and not self._waiters and not self._fail_streak:
@@ -354,13 +367,19 @@ class ObjectPool(Generic[T]):
         self._wait(ticket, start, deadline)
         return True
 
-    def _take_idle(self) -> _Entry:
-        entry = self._idle.pop()
-        entry.borrowed_at = self._clock()
+    def _take_idle(self, ticket: _Ticket) -> None:
+        """Lend the most recent idle object to ``ticket`` (lock held; see release()
+        for why every call comes first and the last step is one)."""
+        now = self._clock()
+        idle = self._idle
+        entry = idle[-1]
+        key = id(entry.obj)
+        entry.borrowed_at = now
         entry.uses += 1
-        self._in_use[id(entry.obj)] = entry
+        self._in_use[key] = entry
         self._borrows += 1
-        return entry
+        ticket.result = entry
+        idle.pop()
 
     def _note_wait(self, start: float) -> None:
         waited = time.monotonic() - start
@@ -385,12 +404,13 @@ class ObjectPool(Generic[T]):
             result = ticket.result  # counted the wait; no need to take that lock again
         else:
             with self._lock:
-                ticket.lock = None  # out of the queue from here on
                 result = ticket.result
                 if result is None:  # timed out and nothing was handed over
-                    self._waiters.remove(ticket)
+                    self._waiters.remove(ticket)  # (first: see _abandon)
+                    ticket.lock = None
                     self._timeouts += 1
                     raise self._timeout_exc(start)
+                ticket.lock = None  # out of the queue from here on
         if isinstance(result, BaseException):  # closed, or failing fast
             ticket.result = None
             raise result
@@ -464,16 +484,19 @@ class ObjectPool(Generic[T]):
         """
         t0 = time.monotonic()
         epoch = self._epoch  # before connecting: a drain() meanwhile retires it
-        made: Any = _SLOT  # nothing made yet
-        try:  # (one ``try``: no line between the make and its protection)
-            made = self._make(deadline)
+        box: list[T] = []  # what _make returned: filled inside one C call, so that
+        try:  # a signal handler raising as _make returns cannot lose it
+            box.extend(starmap(self._make, ((deadline,),)))
+            made = box[0]
             now = self._clock()
             entry = _Entry(made, now, self._expiry(now), epoch)
             took = time.monotonic() - t0
             pending = _acquire_anyway(self._lock)  # from here the object is on the books
         except BaseException as exc:
-            if made is not _SLOT:
-                self._destroy_quietly(made)  # interrupted before it was on the books
+            if self._lock._is_owned():  # a handler raised as _acquire_anyway returned
+                self._lock.release()
+            if box:
+                self._destroy_quietly(box[0])  # interrupted before it was on the books
                 raise
             if not isinstance(exc, Exception):
                 raise
@@ -486,52 +509,97 @@ class ObjectPool(Generic[T]):
             self._log_create_failure(exc, streak)
             return exc
         obj = made
+        closed = committed = False
+        streak = 0
         try:
-            self._creating -= 1
-            self._created += 1
-            self._create_total += took
+            # Every call before the first change (see release()); interrupted
+            # before it, the new object is destroyed and the slot is the ticket's.
             closed = self._closed
+            key = id(obj)
+            waiters = self._waiters
+            waiter = waiters[0] if waiters and not (closed or lend) else None
+            recheck = entry.recheck_at
+            if self._check is not None:
+                recheck = min(now + self._check_interval, entry.expires_at)
+            streak = self._fail_streak
+            last_error = None if streak else self._last_error
+            # -- no call or branch inside each group (see release()) --
             if closed:
+                committed = True
+                self._creating -= 1
+                self._created += 1
+                self._create_total += took
+                self._fail_streak = 0
+                self._last_error = last_error
                 self._closing += 1
                 ticket.result = None
             elif lend:
-                self._in_use[id(obj)] = entry
+                committed = True
+                self._creating -= 1
+                self._created += 1
+                self._create_total += took
+                self._fail_streak = 0
+                self._last_error = last_error
+                self._in_use[key] = entry
                 self._borrows += 1
                 ticket.result = entry
-            else:
-                ticket.result = None
-                self._place_new(entry, now)
-            if self._fail_streak:
+            elif waiter is not None:  # nobody asked for it: to the oldest waiter
+                committed = True
+                self._creating -= 1
+                self._created += 1
+                self._create_total += took
                 self._fail_streak = 0
-                self._last_error = None
-                self._capacity_freed()
+                self._last_error = last_error
+                self._in_use[key] = entry
+                self._borrows += 1
+                del waiters[0]
+                waiter.result = entry
+                ticket.result = None
+                waiter.lock.release()  # the last step
+                self._note_wait(waiter.start)
+            else:  # or idle
+                committed = True
+                self._creating -= 1
+                self._created += 1
+                self._create_total += took
+                self._fail_streak = 0
+                self._last_error = last_error
+                entry.uses = 0
+                entry.recheck_at = recheck
+                ticket.result = None
+                self._idle.append(entry)  # the last step
+        except BaseException:
+            if not committed:
+                self._lock.release()
+                self._destroy_quietly(obj)
+            raise
         finally:
-            self._lock.release()
+            if committed:
+                try:
+                    try:
+                        if streak:  # creates work again: waiters may have slots now
+                            self._capacity_freed()
+                    finally:
+                        self._lock.release()
+                finally:
+                    job = [entry] if closed else []
+                    while job:  # counted in closing: destroyed whatever happens
+                        try:
+                            self._destroy_entries(job, "closed")
+                        except BaseException as exc:
+                            pending = pending or exc
         self._outage.succeeded()
-        if closed:
-            self._destroy_entries([entry], "closed")
         if pending is not None:
             raise pending
         return None if closed else entry
 
-    def _place_new(self, entry: _Entry, now: float) -> None:
-        """A new object nobody asked for yet: to the oldest waiter, or idle (lock held)."""
-        if self._waiters:
-            waiter = self._waiters.popleft()
-            self._in_use[id(entry.obj)] = entry
-            self._borrows += 1
-            waiter.result = entry
-            self._note_wait(waiter.start)
-            waiter.lock.release()
-        else:
-            entry.uses = 0
-            if self._check is not None:
-                entry.recheck_at = min(now + self._check_interval, entry.expires_at)
-            self._idle.append(entry)
-
     def _make(self, deadline: float | None) -> T:
         """Call the factory. ``deadline`` (``time.monotonic()``): the borrower's own
-        timeout, if it gave one; a subclass may bound the create by it."""
+        timeout, if it gave one; a subclass may bound the create by it.
+
+        (A signal handler that raises just as the factory returns drops the new
+        object unreferenced, for the garbage collector: no Python code can
+        catch it there. The slot is freed all the same.)"""
         return self._factory()
 
     def _expiry(self, now: float) -> float:
@@ -645,55 +713,90 @@ class ObjectPool(Generic[T]):
             except BaseException as exc:  # finish the release, re-raise below
                 discard, pending = True, exc
         lock = self._lock
-        try:
-            lock.acquire()
-        except BaseException as exc:  # finish the release first, re-raise below
-            pending = _acquire_anyway(lock) or pending or exc
-        why = None
-        try:
-            entry = self._in_use.pop(id(obj), None)
-            if entry is not None:
-                now = self._clock()
-                self._use_total += now - entry.borrowed_at
-                # close(), a shrinking resize() and drain() bump the epoch, so
-                # one compare covers them all on the fast path.
-                if (
-                    discard
-                    or now >= entry.expires_at
-                    or entry.epoch != self._epoch
-                    or (self._max_uses and entry.uses >= self._max_uses)
-                ):
-                    why = self._retire_reason(entry, discard, reason, now)
-                if why is not None:
-                    self._closing += 1
-                else:
-                    entry.last_used = now
-                    if self._leak_timeout:
-                        entry.recheck_at = -_INF
-                    elif self._check is not None:
-                        recheck = now + self._check_interval
-                        expires = entry.expires_at
-                        entry.recheck_at = recheck if recheck < expires else expires
-                    waiters = self._waiters
-                    if waiters:  # direct hand-off to the oldest waiter
-                        waiter = waiters.popleft()
-                        entry.borrowed_at = now
-                        entry.uses += 1
-                        self._in_use[id(obj)] = entry
-                        self._borrows += 1
-                        waiter.result = entry
-                        self._note_wait(waiter.start)
-                        waiter.lock.release()
+        entry = why = None
+        done = False
+        while not done:  # until it is back: idle, handed on, or counted to go
+            try:
+                lock.acquire()
+                try:
+                    # Every call comes before the first change, and the last step
+                    # is a call (or none): a signal handler raises only at a call
+                    # or a loop, so ``done`` says whether it all happened.
+                    key = id(obj)
+                    found = self._in_use.get(key)
+                    if found is None:
+                        done = True
                     else:
-                        self._idle.append(entry)
-        finally:
-            lock.release()
-        if entry is None:
+                        now = self._clock()
+                        retire = None
+                        # close(), a shrinking resize() and drain() bump the epoch,
+                        # so one compare covers them all on the fast path.
+                        if (
+                            discard
+                            or now >= found.expires_at
+                            or found.epoch != self._epoch
+                            or (self._max_uses and found.uses >= self._max_uses)
+                        ):
+                            retire = self._retire_reason(found, discard, reason, now)
+                        waiters = self._waiters
+                        waiter = waiters[0] if waiters and retire is None else None
+                        used = self._use_total + (now - found.borrowed_at)
+                        recheck = found.recheck_at
+                        if self._leak_timeout:
+                            recheck = -_INF
+                        elif self._check is not None:
+                            recheck = now + self._check_interval
+                            if found.expires_at < recheck:
+                                recheck = found.expires_at
+                        # -- no call or branch inside each group: all or none --
+                        if retire is not None:
+                            self._use_total = used
+                            del self._in_use[key]
+                            self._closing += 1
+                            entry, why, done = found, retire, True
+                        elif waiter is None:
+                            self._use_total = used
+                            found.last_used = now
+                            found.recheck_at = recheck
+                            del self._in_use[key]
+                            entry, done = found, True
+                            self._idle.append(found)  # the last step
+                        else:  # direct hand-off to the oldest waiter
+                            self._use_total = used
+                            found.last_used = now
+                            found.recheck_at = recheck
+                            found.borrowed_at = now  # (still in _in_use: theirs now)
+                            found.uses += 1
+                            self._borrows += 1
+                            del waiters[0]
+                            waiter.result = found
+                            entry, done = found, True
+                            waiter.lock.release()  # the last step: it runs once woken
+                            self._note_wait(waiter.start)  # (a statistic)
+                finally:
+                    lock.release()
+            except BaseException as exc:  # finish the release first, re-raise below
+                if lock._is_owned():  # a handler raised as the acquire returned
+                    lock.release()
+                pending = pending or exc
+        if why is not None:  # counted in closing: destroyed whatever happens
+            job: list[_Entry] = [entry]  # type: ignore[list-item]
+            while job:  # (emptied once done; see _destroy_entries)
+                try:
+                    self._destroy_entries(job, why)
+                except BaseException as exc:
+                    pending = pending or exc
+        elif entry is None:
             self._release_unknown(obj)
-        elif why is not None:
-            self._destroy_entries([entry], why)
         if pending is not None:
             raise pending
+
+    def _lent_still(self, obj: T, lent: _Entry | None, uses: int) -> bool:
+        """After an interrupted return: is ``obj`` still lent to the caller, who
+        read ``lent`` (None: not read) and its ``uses`` before the return began?
+        (A hand-off keeps the entry in ``_in_use``, with one use more.)"""
+        entry = self._in_use.get(id(obj))
+        return entry is not None and (lent is None or (entry is lent and entry.uses == uses))
 
     def _retire_reason(self, entry: _Entry, discard: bool, reason: str, now: float) -> str | None:
         """Why a returned object goes (lock held), or None: it stays after all."""
@@ -723,20 +826,26 @@ class ObjectPool(Generic[T]):
         or if callers queued meanwhile (behind this one), the slot passes to
         the ticket, to create a replacement in."""
         with self._lock:
-            self._in_use.pop(id(entry.obj), None)
-            self._borrows -= 1  # that borrow did not happen after all
+            key = id(entry.obj)
             queued = bool(self._waiters) and not self._fail_streak
             keep = (keep_slot or queued) and not self._closed
+            destroyed = self._destroyed.get(reason, 0) + 1
+            # -- no call or branch inside each group until its last step --
             if keep:  # counted as creating while its predecessor goes
+                self._borrows -= 1  # that borrow did not happen after all
                 self._creating += 1
-                self._destroyed[reason] = self._destroyed.get(reason, 0) + 1
+                self._destroyed[reason] = destroyed
                 ticket.result = _SLOT
+                ticket.checking = False
+                self._in_use.pop(key, None)  # the last step
             else:
+                self._borrows -= 1
                 self._closing += 1
                 ticket.result = None
                 ticket.doomed, ticket.reason = entry, reason
-            ticket.checking = False
-        if not keep:
+                ticket.checking = False
+                self._in_use.pop(key, None)
+        if not keep:  # (interrupted, the ticket's handler destroys its doomed entry)
             self._destroy_entries([entry], reason, ticket)
         else:  # interrupted here, the ticket's handler frees the slot
             self._destroy_quietly(entry.obj)
@@ -757,27 +866,52 @@ class ObjectPool(Generic[T]):
 
         The slot is freed only after ``destroy`` returns, so the resource (a
         server connection) is gone before a replacement can be made.
+
+        Empties ``entries`` once they are off the books: a caller interrupted by
+        a signal handler (at any call, this one's first line too) calls again
+        with what is left, and no object is destroyed twice.
         """
         pending: BaseException | None = None
-        if self._destroy is not None:
-            for entry in entries:
+        destroy = self._destroy
+        while True:
+            try:
+                for entry in entries:
+                    obj = entry.obj
+                    if obj is not _GONE:
+                        entry.obj = _GONE  # (before the destroy: never twice)
+                        if destroy is not None:
+                            try:
+                                destroy(obj)
+                            except Exception as exc:
+                                log.debug("pool %r: destroy failed: %r", self.name, exc)
+                break
+            except BaseException as exc:  # the rest all the same, then re-raise
+                pending = exc
+        lock = self._lock
+        done = False
+        while True:
+            try:
+                lock.acquire()
                 try:
-                    self._destroy(entry.obj)
-                except Exception as exc:
-                    log.debug("pool %r: destroy failed: %r", self.name, exc)
-                except BaseException as exc:
-                    pending = exc
-        pending = _acquire_anyway(self._lock) or pending
-        try:
-            n = len(entries)
-            self._closing -= n
-            self._destroyed[reason] = self._destroyed.get(reason, 0) + n
-            self._size -= n
-            self._capacity_freed()
-            if ticket is not None:
-                ticket.doomed = None
-        finally:
-            self._lock.release()
+                    if not done:
+                        n = len(entries)
+                        destroyed = self._destroyed.get(reason, 0) + n
+                        named = _NO_TICKET if ticket is None else ticket
+                        # -- no call or branch from here to the end of the group --
+                        self._closing -= n
+                        self._destroyed[reason] = destroyed
+                        self._size -= n
+                        named.doomed = None
+                        done = True
+                        del entries[:]
+                    self._capacity_freed()
+                finally:
+                    lock.release()
+                break
+            except BaseException as exc:
+                if lock._is_owned():  # a handler raised as the acquire returned
+                    lock.release()
+                pending = exc
         if pending is not None:
             raise pending
 
@@ -787,12 +921,13 @@ class ObjectPool(Generic[T]):
             return
         waiters = self._waiters
         while waiters and self._size < self._max_size and not self._fail_streak:
-            waiter = waiters.popleft()
-            self._size += 1
+            waiter = waiters[0]
+            self._size += 1  # (no call from here to the release: all or none)
             self._creating += 1
+            del waiters[0]
             waiter.result = _SLOT
-            self._note_wait(waiter.start)
             waiter.lock.release()
+            self._note_wait(waiter.start)
         if self._size < self._min_size or (waiters and self._fail_streak):
             self._wake_upkeep()
         if waiters and self._failing_fast():  # the last borrowed one just went
@@ -871,22 +1006,31 @@ class ObjectPool(Generic[T]):
         they come back (waiting up to ``timeout`` seconds for them)."""
         _number("timeout", timeout, minimum=0)
         self._check_fork()
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._epoch += 1
-            victims = list(self._idle)
-            self._idle.clear()
-            self._closing += len(victims)
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.result = self.closed_error(f"pool {self.name!r} was closed")
-                waiter.lock.release()
-            upkeep = self._upkeep
-            self._wake_upkeep()
-        if victims:
-            self._destroy_entries(victims, "closed")
+        victims: list[_Entry] = []
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                taken, rest = list(self._idle), deque[_Entry]()
+                n = len(taken)
+                upkeep = self._upkeep
+                # -- no call from here to the end of the group (see release()) --
+                self._closed = True
+                self._epoch += 1
+                self._idle = rest
+                self._closing += n
+                victims = taken
+                self._close_waiters()
+                self._wake_upkeep()
+        finally:
+            pending: BaseException | None = None
+            while victims:  # counted in closing: destroyed whatever happens
+                try:
+                    self._destroy_entries(victims, "closed")
+                except BaseException as exc:
+                    pending = pending or exc
+            if pending is not None:
+                raise pending
         deadline = time.monotonic() + timeout
         while self._in_use and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -900,6 +1044,17 @@ class ObjectPool(Generic[T]):
         if upkeep is not None and upkeep is not threading.current_thread() and upkeep.ident:
             upkeep.join(max(0.0, min(1.0, deadline - time.monotonic())))
 
+    def _close_waiters(self) -> None:
+        """Fail every waiter: the pool is closed (lock held). (A loop of its own
+        frame: see _upkeep's module docstring.)"""
+        waiters = self._waiters
+        while waiters:  # (each hand-off all or none)
+            err = self.closed_error(f"pool {self.name!r} was closed")
+            waiter = waiters[0]
+            del waiters[0]
+            waiter.result = err
+            waiter.lock.release()
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -907,43 +1062,67 @@ class ObjectPool(Generic[T]):
     def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change the bounds; extra idle objects go now, extra borrowed ones on release."""
         self._check_fork()
-        with self._lock:
-            new_min, new_max = self._sizes(
-                self._min_size if min_size is None else min_size,
-                self._max_size if max_size is None else max_size,
-            )
-            if new_max < self._max_size:
-                self._epoch += 1
-            self._min_size, self._max_size = new_min, new_max
-            victims: list[_Entry] = []
-            while self._idle and self._size - self._closing - len(victims) > new_max:
-                victims.append(self._idle.popleft())
-            self._closing += len(victims)
-            self._capacity_freed()
-            self._wake_upkeep()
-        if victims:
-            self._destroy_entries(victims, "resize")
+        victims: list[_Entry] = []
+        try:
+            with self._lock:
+                new_min, new_max = self._sizes(
+                    self._min_size if min_size is None else min_size,
+                    self._max_size if max_size is None else max_size,
+                )
+                idle = self._idle
+                n = max(0, min(len(idle), self._size - self._closing - new_max))
+                taken, rest = list(islice(idle, n)), deque(islice(idle, n, None))
+                bump = 1 if new_max < self._max_size else 0
+                # -- no call from here to the end of the group (see release()) --
+                self._epoch += bump
+                self._min_size, self._max_size = new_min, new_max
+                self._idle = rest  # (the least recently used go)
+                self._closing += n
+                victims = taken
+                self._capacity_freed()
+                self._wake_upkeep()
+        finally:
+            pending: BaseException | None = None
+            while victims:  # counted in closing: destroyed whatever happens
+                try:
+                    self._destroy_entries(victims, "resize")
+                except BaseException as exc:
+                    pending = pending or exc
+            if pending is not None:
+                raise pending
 
     def drain(self) -> None:
         """Replace every object: idle ones are destroyed now, borrowed ones when
         returned; new ones are made on demand (e.g. after a password rotation)."""
         self._check_fork()
-        with self._lock:
-            self._epoch += 1
-            self._drain_epoch = self._epoch
-            self._next_retry = 0.0  # e.g. new credentials: probe again at once
-            victims = list(self._idle)
-            self._idle.clear()
-            self._closing += len(victims)
-        if victims:
-            self._destroy_entries(victims, "drain")
+        victims: list[_Entry] = []
+        try:
+            with self._lock:
+                taken, rest = list(self._idle), deque[_Entry]()
+                n = len(taken)
+                # -- no call from here to the end of the group (see release()) --
+                self._epoch += 1
+                self._drain_epoch = self._epoch
+                self._next_retry = 0.0  # e.g. new credentials: probe again at once
+                self._idle = rest
+                self._closing += n
+                victims = taken
+        finally:
+            pending: BaseException | None = None
+            while victims:  # counted in closing: destroyed whatever happens
+                try:
+                    self._destroy_entries(victims, "drain")
+                except BaseException as exc:
+                    pending = pending or exc
+            if pending is not None:
+                raise pending
         self._wake_upkeep()
 
     def objects(self) -> list[T]:
         """A snapshot of the live objects, idle and borrowed (for inspection)."""
         self._check_fork()
         with self._lock:
-            return [e.obj for e in (*self._idle, *self._in_use.values())]
+            return [*map(_obj_of, (*self._idle, *self._in_use.values()))]
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's numbers."""

@@ -85,8 +85,10 @@ _REDIS_FUNCS = {"_new_connection", "_make", "_ping", "_destroy_connection", "__e
 
 class _Injector:
     """A ``sys.settrace`` function raising ``Injected`` at the ``n``-th call or
-    line of the pool's code (0: count only), except while the pool's lock is
-    held: its short critical sections call nothing and never yield."""
+    line of the pool's code (0: count only), except while this thread holds the
+    pool's lock: its short critical sections never yield, and a signal handler
+    can raise there only at a call, after which they are consistent (see
+    test_signals.py for those)."""
 
     def __init__(self, lock: Any, n: int) -> None:
         self.lock, self.n, self.count, self.fired = lock, n, 0, False
@@ -97,7 +99,7 @@ class _Injector:
             code.co_filename == _TRACED_REDIS and code.co_name in _REDIS_FUNCS
         ):
             return None
-        if event in ("call", "line") and not self.lock.locked():
+        if event in ("call", "line") and not self.lock._is_owned():
             self.count += 1
             if self.count == self.n:
                 self.fired = True

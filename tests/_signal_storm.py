@@ -1,0 +1,207 @@
+"""A storm of signals whose handler raises inside the pool's code, run in a
+subprocess by test_signals.py (a deadlocked pool there cannot hang the test run).
+
+``python -m tests._signal_storm CASE SEED`` runs CASE on an ``ObjectPool`` in the
+main thread while a real ``SIGALRM`` interval timer fires every few hundred
+microseconds; its handler raises ``Interrupt`` when the frame it lands in is
+redispool's (as a Ctrl-C, gunicorn's SIGQUIT or Celery's soft time limit would,
+at any call or loop of the pool), at most once per operation: the pool's
+recovery from one is not itself interrupted. A second thread borrows and returns
+alongside, so hand-offs, queues and creates happen too. Then, with the timer
+off: is the pool's lock free, do its numbers add up, was every object made
+destroyed at most once or still idle, and does it still lend all it has? One
+JSON line.
+"""
+
+from __future__ import annotations
+
+import dis
+import json
+import random
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from redispool import ObjectPool, PoolTimeout
+
+from .helpers import Factory, Resource
+
+CASES = ("lease", "lease_error", "borrow", "tuned", "churn", "admin")
+_POOL_FILES = ("redispool/pool.py", "redispool/_poolparts.py", "redispool/_upkeep.py")
+
+
+class Interrupt(BaseException):
+    """What the handler raises (as KeyboardInterrupt or SystemExit would)."""
+
+
+_RESUME: dict[Any, int] = {}
+
+
+def _entered_from_outside(frame: Any) -> bool:
+    """At the first instruction of a pool function called from outside the pool
+    (``__exit__`` from a ``with``, ``release()`` from the caller's code): no Python
+    code can catch what is raised there, so the storm leaves that window out.
+    (Inside the pool, the caller of an interrupted function must cope.)"""
+    code = frame.f_code
+    if code not in _RESUME:
+        first = [i.offset for i in dis.get_instructions(code) if i.opname == "RESUME"]
+        _RESUME[code] = first[0] if first else 0
+    if frame.f_lasti > _RESUME[code]:
+        return False
+    caller = frame.f_back
+    return caller is None or not caller.f_code.co_filename.replace("\\", "/").endswith(_POOL_FILES)
+
+
+class Storm:
+    def __init__(self, seed: int) -> None:
+        self.rnd = random.Random(seed)
+        self.raised = 0
+        self.on = False
+        self.armed = True
+        self.where: dict[str, int] = {}
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if not self.on or not self.armed or frame is None:
+            return
+        name = frame.f_code.co_filename.replace("\\", "/")
+        if (
+            name.endswith(_POOL_FILES)
+            and not _entered_from_outside(frame)
+            and frame.f_code.co_name != "_make"  # see _make's docstring
+        ):
+            self.raised += 1
+            self.armed = False  # one at a time: the loop re-arms once the operation is over
+            key = f"{frame.f_code.co_name}"
+            self.where[key] = self.where.get(key, 0) + 1
+            raise Interrupt(key)
+
+    def start(self) -> None:
+        signal.signal(signal.SIGALRM, self.handler)
+        self.on = True
+        first = self.rnd.uniform(0.0001, 0.0003)
+        signal.setitimer(signal.ITIMER_REAL, first, self.rnd.uniform(0.00013, 0.00041))
+
+    def stop(self) -> None:
+        self.on = False
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+
+
+def _pool(case: str, factory: Factory, churn: bool) -> ObjectPool[Resource]:
+    return ObjectPool(
+        factory,
+        destroy=Factory.destroy,
+        check=Factory.check,
+        check_interval=0 if churn else 60,
+        reset=(lambda r: None) if case in ("churn", "admin") else None,
+        max_size=3,
+        min_size=1 if case == "admin" else 0,
+        timeout=0.05,
+        max_uses=2 if churn else 0,
+        max_lifetime=0.02 if churn else 0,
+        background=False,
+    )
+
+
+def _op(case: str, pool: ObjectPool[Resource], rnd: random.Random, held: list[Resource]) -> None:
+    if case == "lease":
+        with pool.acquire() as r:
+            assert not r.destroyed
+    elif case == "lease_error":
+        with pool.acquire():
+            raise ValueError("in the block")
+    elif case == "tuned":
+        with pool.acquire(timeout=0.05, keep_on=(KeyError,)):
+            if rnd.random() < 0.3:
+                raise KeyError("kept")
+    elif case in ("borrow", "churn"):
+        if held and rnd.random() < 0.5:
+            pool.release(held.pop(), discard=rnd.random() < 0.2)
+        else:
+            held.append(pool.borrow(0.05))
+    else:  # admin: the slow paths
+        choice = rnd.randrange(5)
+        if choice == 0:
+            pool.drain()
+        elif choice == 1:
+            pool.resize(rnd.randint(0, 2), rnd.randint(2, 4))
+        elif choice == 2:
+            pool.run_upkeep()
+        else:
+            with pool.acquire():
+                pass
+
+
+def _other(pool: ObjectPool[Resource], stop: threading.Event) -> None:
+    rnd = random.Random(7)
+    while not stop.is_set():
+        try:
+            with pool.acquire(timeout=0.05):
+                time.sleep(rnd.choice((0, 0.0005)))
+        except PoolTimeout:
+            pass
+        except ValueError:
+            pass
+
+
+def main(case: str, seed: int, seconds: float = 0.6) -> None:
+    rnd = random.Random(seed)
+    factory = Factory()
+    pool = _pool(case, factory, case in ("churn", "admin"))
+    storm = Storm(seed)
+    stop = threading.Event()
+    other = threading.Thread(target=_other, args=(pool, stop), daemon=True)
+    other.start()
+    held: list[Resource] = []
+    ops = errors = 0
+    end = time.monotonic() + seconds
+    storm.start()
+    try:
+        while time.monotonic() < end:
+            storm.armed = True
+            try:
+                ops += 1
+                _op(case, pool, rnd, held)
+            except Interrupt:
+                pass
+            except (PoolTimeout, ValueError, KeyError):
+                errors += 1
+            if pool._lock._is_owned():  # left held by this thread: the pool is stuck
+                break
+    finally:
+        storm.stop()
+    stop.set()
+    other.join(5)
+    lock_free = not pool._lock._is_owned() and pool._lock.acquire(timeout=2)
+    if lock_free:
+        pool._lock.release()
+    out: dict[str, Any] = {
+        "case": case, "ops": ops, "raised": storm.raised, "where": storm.where,
+        "lock_free": lock_free, "other_done": not other.is_alive(),
+    }  # fmt: skip
+    if lock_free:
+        for r in held:
+            pool.release(r)
+        pool.resize(0, 3)
+        s = pool.stats()
+        alive = [r for r in factory.made if not r.destroyed]
+        idle = {id(e.obj) for e in pool._idle}
+        keys = ("size", "idle", "in_use", "creating", "closing", "waiting")
+        out["stats"] = {k: getattr(s, k) for k in keys}
+        out["alive"] = len(alive)
+        out["alive_not_idle"] = len([r for r in alive if id(r) not in idle])
+        try:  # it still lends all it may
+            got = [pool.borrow(1.0) for _ in range(3)]
+            out["lends"] = len(got)
+            for r in got:
+                pool.release(r)
+        except PoolTimeout:
+            out["lends"] = -1
+        pool.close(timeout=0)
+    print(json.dumps(out))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
