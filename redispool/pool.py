@@ -630,10 +630,13 @@ class ObjectPool(Generic[T]):
 
     def _fail_waiters(self) -> None:
         """Fail the whole queue at once with the last create error (lock held)."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        waiters = self._waiters
+        while waiters:  # (each one all or none: the error made first, the wake-up last)
+            err = self._timeout_exc(time.monotonic(), fail_fast=True)
+            waiter = waiters[0]
             self._timeouts += 1
-            waiter.result = self._timeout_exc(time.monotonic(), fail_fast=True)
+            del waiters[0]
+            waiter.result = err
             waiter.lock.release()
 
     def _log_create_failure(self, exc: BaseException, streak: int) -> None:

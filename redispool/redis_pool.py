@@ -437,16 +437,20 @@ class RedisPool:
         if not conn._rp_state and not conn._rp_pending and conn._sock is not None:
             self._release(conn)
             return
-        if conn._rp_state & TIMEOUT_SET:
-            conn._rp_state &= ~TIMEOUT_SET
-            try:
-                set_io_timeout(conn, self._socket_timeout)
-            except OSError:
-                conn.disconnect()
-        if conn.is_clean():
-            self._pool.release(conn)
-        else:
-            self._pool.release(conn, discard=True, reason="dirty")
+        clean = False
+        try:
+            if conn._rp_state & TIMEOUT_SET:
+                conn._rp_state &= ~TIMEOUT_SET
+                try:
+                    set_io_timeout(conn, self._socket_timeout)
+                except OSError:
+                    conn.disconnect()
+            clean = conn.is_clean()
+        finally:  # (an async exception here still gives it back: discarded)
+            if clean:
+                self._pool.release(conn)
+            else:
+                self._pool.release(conn, discard=True, reason="dirty")
 
     def _set_op_timeout(self, conn: Any, timeout: float) -> None:
         conn._rp_timeout = timeout  # re-applied if redis-py reconnects in the block

@@ -63,35 +63,42 @@ class SingleFlight:
             self._lock = threading.Lock()
             self._flights = {}
             self._pid = os.getpid()
-        with self._lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = Flight(self, key)
-                index = -1
-            else:
-                index = flight.followers
-                flight.followers += 1
-        if not leader:
-            if flight.done.wait(wait):
-                if flight.ok and index < flight.share_upto:
-                    self.shared += 1
-                    return flight.result  # type: ignore[return-value]
-                if flight.error is not None:
-                    self.shared_errors += 1
-                    raise flight.error
-            return fallback()
-        try:
-            result = fn(flight)
-            flight.result, flight.ok = result, True
-            return result
-        except Exception as exc:
-            flight.error = exc
-            raise
-        finally:
+        leader = False
+        flight: Flight[T] | None = None
+        try:  # (from the registration on: the leader always lands its flight)
             with self._lock:
-                self._forget(key, flight)
-            flight.done.set()
+                flight = self._flights.get(key)
+                if flight is None:
+                    flight = Flight(self, key)
+                    self._flights[key] = flight
+                    leader = True  # (no call between the store and this line)
+                    index = -1
+                else:
+                    index = flight.followers
+                    flight.followers += 1
+            if not leader:
+                if flight.done.wait(wait):
+                    if flight.ok and index < flight.share_upto:
+                        self.shared += 1
+                        return flight.result  # type: ignore[return-value]
+                    if flight.error is not None:
+                        self.shared_errors += 1
+                        raise flight.error
+                return fallback()
+            try:
+                result = fn(flight)
+                flight.result, flight.ok = result, True
+                return result
+            except Exception as exc:
+                flight.error = exc
+                raise
+        finally:
+            if leader:
+                try:
+                    with self._lock:
+                        self._forget(key, flight)  # type: ignore[arg-type]
+                finally:
+                    flight.done.set()  # type: ignore[union-attr]
 
     def in_flight(self) -> int:
         return len(self._flights)

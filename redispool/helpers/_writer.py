@@ -100,7 +100,7 @@ class BackgroundWriter:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self._pending:
+            while self._pending > 0:  # (-1 after a submit interrupted past its put)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

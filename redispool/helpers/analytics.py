@@ -314,13 +314,14 @@ class Analytics(HelperBase):
             self._pending += weight
             wake = self._pending >= self.flush_items and not self._wake.is_set()
             if self._thread is None:
-                self._thread = threading.Thread(
+                thread = threading.Thread(
                     target=_flusher,
                     args=(weakref.ref(self), self._wake, self._stop, self.flush_interval),
                     name=f"redispool-analytics-flush[{self.namespace}]",
                     daemon=True,
                 )
-                self._thread.start()
+                thread.start()  # (one that failed to start is not kept: tried again)
+                self._thread = thread
         if wake:
             self._wake.set()
         return True

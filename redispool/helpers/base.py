@@ -198,12 +198,17 @@ class CircuitBreaker:
         ticket: yes, as the half-open trial, which the caller must end."""
         if self.failures < self.threshold:
             return 0
-        with self._lock:
-            if self._clock() < self._open_until or self._trial:
-                return None
-            self._tickets += 1
-            self._trial = self._tickets  # one trial call at a time
-            return self._trial
+        granted = 0
+        try:
+            with self._lock:
+                if self._clock() < self._open_until or self._trial:
+                    return None
+                self._tickets += 1
+                granted = self._trial = self._tickets  # one trial call at a time
+            return granted
+        except BaseException:  # (a signal handler raising as the lock is let go)
+            self.leave(granted)  # a trial nobody holds would keep the breaker open
+            raise
 
     def allow(self) -> bool:
         """``enter() is not None`` (a trial it grants ends with ``success()`` or

@@ -1,0 +1,156 @@
+"""What an exception landing between two steps (a signal handler raising at a
+call, Ctrl-C) leaves behind in the helpers and the Redis leases: each test puts
+one exactly in such a window (a trace hook raising at a line, or a part made to
+raise) and checks nothing stays taken: a half-open trial, a single-flight
+leader, a counted job, a thread that never started, a borrowed connection."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import CodeType, FrameType
+from typing import Any
+
+import pytest
+
+from redispool import RedisPool
+from redispool import redis_pool as redis_pool_mod
+from redispool.helpers import CircuitBreaker
+from redispool.helpers._singleflight import SingleFlight
+from redispool.helpers._writer import BackgroundWriter
+from redispool.helpers.analytics import Analytics
+
+from .helpers import FakeClock
+
+
+class Interrupt(BaseException):
+    """What the trace hook raises (as KeyboardInterrupt would)."""
+
+
+@contextmanager
+def raise_at_line(code: CodeType, when: Callable[[FrameType], bool]) -> Iterator[list[int]]:
+    """Raise ``Interrupt`` once, at the first line event in ``code`` for which
+    ``when(frame)`` holds; yields a list that gets the line number."""
+    fired: list[int] = []
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line" and not fired and when(frame):
+            fired.append(frame.f_lineno)
+            raise Interrupt(frame.f_lineno)
+        return local
+
+    def hook(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code is code else None
+
+    sys.settrace(hook)
+    try:
+        yield fired
+    finally:
+        sys.settrace(None)
+
+
+def line_of(func: Callable[..., Any], text: str) -> int:
+    """The number of the (first) line of ``func`` containing ``text``."""
+    lines, first = inspect.getsourcelines(func)
+    return first + next(i for i, line in enumerate(lines) if text in line)
+
+
+def test_a_half_open_trial_interrupted_as_it_is_granted_is_given_back() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=1, cooldown=1.0, clock=clock)
+    breaker.failure()
+    clock.advance(2)  # half-open: the next enter() is the trial
+    after = line_of(CircuitBreaker.enter, "return granted")  # the lock let go, trial granted
+    with raise_at_line(CircuitBreaker.enter.__code__, lambda f: f.f_lineno == after) as fired:
+        with pytest.raises(Interrupt):
+            breaker.enter()
+    assert fired, "the window was not reached"
+    assert breaker.enter() not in (None, 0)  # the next call may try (it was stuck at None)
+
+
+def test_a_single_flight_leader_interrupted_after_registering_lands_its_flight() -> None:
+    flights = SingleFlight()
+
+    after = line_of(SingleFlight.do, "if not leader:")  # registered, the lock let go
+
+    with raise_at_line(SingleFlight.do.__code__, lambda f: f.f_lineno == after) as fired:
+        with pytest.raises(Interrupt):
+            flights.do("k", lambda flight: 1, lambda: 2, wait=5.0)
+    assert fired
+    assert flights.in_flight() == 0
+    t0 = time.monotonic()
+    assert flights.do("k", lambda flight: 3, lambda: 4, wait=5.0) == 3  # a new leader
+    assert time.monotonic() - t0 < 1.0  # not a follower waiting out the dead one
+
+
+def test_a_writer_submit_interrupted_after_its_put_does_not_stall_flush() -> None:
+    writer = BackgroundWriter(10)
+    writer.submit(lambda: None)  # started
+    assert writer.flush(2.0)
+    ran = threading.Event()
+
+    after = line_of(BackgroundWriter.submit, "self._pending += 1")  # put, not counted
+
+    with raise_at_line(BackgroundWriter.submit.__code__, lambda f: f.f_lineno == after) as fired:
+        with pytest.raises(Interrupt):
+            writer.submit(ran.set)
+    assert fired
+    assert ran.wait(2.0)
+    t0 = time.monotonic()
+    assert writer.flush(1.0)  # nothing pending: at once, not after the timeout
+    assert time.monotonic() - t0 < 0.5
+    assert writer.close(1.0)
+
+
+def test_an_analytics_flush_thread_that_failed_to_start_is_started_next_time(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    pool = RedisPool(redis_url, max_size=2)
+    stats = Analytics(pool, buffered=True)
+    real_start = threading.Thread.start
+    calls = []
+
+    def failing_start(self: threading.Thread) -> None:
+        calls.append(self.name)
+        if len(calls) == 1:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", failing_start)
+    with pytest.raises(RuntimeError, match="start new thread"):
+        stats.incr("hits")
+    stats.incr("hits")
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    assert len(calls) == 2 and stats._thread is not None and stats._thread.is_alive()
+    stats.flush()
+    assert stats.get("hits") == 2  # (the first was buffered before the start failed)
+    stats.close()  # joins a thread that runs
+    pool.close()
+
+
+@pytest.mark.parametrize("how", ["connection", "client"])
+def test_a_lease_interrupted_while_restoring_its_timeout_gives_the_connection_back(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, how: str
+) -> None:
+    pool = RedisPool(redis_url, max_size=1, timeout=1)
+    real = redis_pool_mod.set_io_timeout
+
+    def restore(conn: Any, timeout: Any, temporary: bool = False) -> None:
+        if not temporary:  # the restore on the way back
+            raise Interrupt("restoring the timeout")
+        real(conn, timeout, temporary=temporary)
+
+    monkeypatch.setattr(redis_pool_mod, "set_io_timeout", restore)
+    with pytest.raises(Interrupt):
+        with getattr(pool, how)(timeout=0.5):
+            pass
+    monkeypatch.setattr(redis_pool_mod, "set_io_timeout", real)
+    s = pool.stats()
+    assert s.in_use == 0 and s.size == 0  # discarded: its timeout is unknown
+    with pool.client(wait=1) as r:  # and the one slot lends again
+        assert r.ping()
+    pool.close()
