@@ -141,11 +141,17 @@ class NodePool(ConnectionPool):
             raise _wait_error(exc, self.node) from exc
         except RedisPoolClosed as exc:  # the node left the topology under us
             raise RedisConnectionError(f"{self.node}: {exc}") from exc
-        if held is None:
-            held = _HELD[ident] = {}
-        held.setdefault(self.node, []).append(conn)
-        conn._rp_held = (ident, held)
-        return conn  # type: ignore[no-any-return]
+        try:  # (redis-py releases only what this returns: never keep one it cannot)
+            if held is None:
+                held = _HELD[ident] = {}
+            held.setdefault(self.node, []).append(conn)
+            conn._rp_held = (ident, held)
+            return conn  # type: ignore[no-any-return]
+        except BaseException:
+            if held is not None:
+                conn._rp_held = (ident, held)  # release() takes it off the list if on it
+            self.release(conn)
+            raise
 
     def release(self, connection: Connection) -> None:
         mark = getattr(connection, "_rp_held", None)

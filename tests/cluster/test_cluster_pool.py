@@ -3,11 +3,13 @@ error types, handshake and ASKING, configuration."""
 
 from __future__ import annotations
 
+import linecache
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 
 import pytest
 import redis
@@ -313,3 +315,38 @@ def test_pool_made_before_a_fork_works_under_gevent_in_the_child(redis_cluster_u
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "child 20" in out.stdout and "status 0 b'19'" in out.stdout, (out.stdout, out.stderr)
+
+
+def test_a_node_connection_interrupted_on_its_way_to_redis_py_is_given_back(
+    cluster_pool: Make,
+) -> None:
+    """An exception (a signal handler, Ctrl-C) as a node pool records a connection
+    it lends: redis-py never sees it, so the pool takes it back itself."""
+    from redispool.cluster_nodes import _HELD, NodePool
+
+    pool = cluster_pool(max_size=1)
+    r = pool.redis
+    assert r.set("k", "v")  # every node pool of the key's node made
+    code = NodePool.get_connection.__code__
+    fired: list[int] = []
+
+    def local(frame: FrameType, event: str, arg: object) -> object:
+        line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+        if event == "line" and not fired and "_rp_held = (ident, held)" in line:
+            fired.append(1)  # appended to the thread's list, not yet marked
+            raise KeyboardInterrupt
+        return local
+
+    def hook(frame: FrameType, event: str, arg: object) -> object:
+        return local if frame.f_code is code else None
+
+    sys.settrace(hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            r.get("k")
+    finally:
+        sys.settrace(None)
+    assert fired
+    assert pool.stats().in_use == 0
+    assert threading.get_ident() not in _HELD
+    assert r.get("k") == b"v"  # max_size=1: the node's one connection lends again
