@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import sys
 import threading
+from functools import partial
 from typing import Any
 
 __all__ = ["new_signal"]
 
 _gevent: dict[str, Any] = {}  # gevent's parts, looked up once it is patched in
 _TIMED_OUT = object()  # what the timer switches in (no other switch can)
+_RELEASED = object()  # what release() switches in
 
 
 def new_signal() -> Any:
@@ -56,34 +58,22 @@ def _load_gevent() -> dict[str, Any]:
 class _GreenSignal:
     """A pre-acquired lock's ``acquire``/``release`` for a greenlet, on the hub of
     the thread that made it. ``release`` schedules the wake-up as a hub callback
-    (thread-safely when called from another OS thread); a late wake-up after a
-    timeout lands in the spent ``Waiter`` and is ignored (the ticket, written
-    under the pool's lock, says what the waiter got)."""
+    (thread-safe, from any OS thread): one C-level call, so that a signal handler
+    raising as the pool hands over cannot land between the hand-off and the
+    wake-up. A late wake-up after a timeout lands in the spent ``Waiter`` and is
+    ignored (the ticket, written under the pool's lock, says what the waiter got)."""
 
-    __slots__ = ("_hub", "_native_ident", "_released", "_waiter")
+    __slots__ = ("_hub", "_waiter", "release")
 
     def __init__(self, hub: Any, parts: dict[str, Any]) -> None:
         self._hub = hub
-        self._waiter = parts["Waiter"](hub)
-        self._native_ident = parts["native_ident"]
-        self._released = False
-
-    def release(self) -> None:
-        if self._released:
-            raise RuntimeError("release unlocked lock")
-        self._released = True
-        hub = self._hub
-        if self._native_ident() == hub.thread_ident:
-            hub.loop.run_callback(self._waiter.switch, True)
-        else:
-            hub.loop.run_callback_threadsafe(self._waiter.switch, True)
+        self._waiter = waiter = parts["Waiter"](hub)
+        self.release = partial(hub.loop.run_callback_threadsafe, waiter.switch, _RELEASED)
 
     def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
-        if self._released:
-            return True
-        if not blocking:
-            return False
         waiter = self._waiter
+        if not blocking:
+            return bool(waiter.ready()) and waiter.value is _RELEASED
         timer = None
         if timeout is not None and timeout >= 0:
             timer = self._hub.loop.timer(timeout)
@@ -93,7 +83,7 @@ class _GreenSignal:
         try:
             while True:
                 woke = waiter.get()
-                if self._released:  # (only release() says so: the flag, not the value)
+                if woke is _RELEASED:  # (only release() has it: a private marker)
                     return True
                 if woke is _TIMED_OUT:
                     return False

@@ -116,13 +116,16 @@ def _new_lock() -> Any:
     """The pool's lock. Reentrant only so that its holder can be told: a signal
     handler (Ctrl-C, SIGQUIT, a soft time limit) may raise just after
     ``acquire()`` returned, before any ``try``, and the handler then sees
-    ``_is_owned()``. The pool never takes it twice. Under gevent, gevent's
-    RLock (the patched ``threading.RLock`` is pure Python)."""
+    ``_is_owned()``. The pool never takes it twice (nor may a signal handler use
+    the pool: its admin calls raise ``RuntimeError`` there)."""
     thread_mod = sys.modules.get("gevent.thread")
     if thread_mod is not None and threading.Lock is thread_mod.LockType:
-        from gevent.lock import RLock
+        # The native one under gevent too: gevent's RLock is Python, and a handler
+        # could land between its steps. A native lock never blocks greenlets here:
+        # no code of the pool yields while holding it, so no greenlet waits for it.
+        from gevent.monkey import get_original
 
-        return RLock()
+        return get_original("_thread", "RLock")()
     return threading.RLock()
 
 

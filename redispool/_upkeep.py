@@ -47,6 +47,7 @@ def run_upkeep(pool: ObjectPool[Any]) -> float:
     The background thread calls this; with ``background=False`` you do.
     """
     pool._check_fork()
+    pool._not_in_a_handler()
     now = pool._clock()
     report_leaks(pool, now)
     by_reason: dict[str, list[_Entry]] = {}

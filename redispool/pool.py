@@ -167,7 +167,6 @@ class ObjectPool(Generic[T]):
     # -- state -------------------------------------------------------------
 
     def _init_state(self) -> None:
-        self._gen = _fork_gen
         self._pid = os.getpid()
         self._lock = _new_lock()
         self._idle: deque[_Entry] = deque()  # LIFO at the right; the left is least recent
@@ -188,6 +187,7 @@ class ObjectPool(Generic[T]):
         self._borrows = self._timeouts = self._created = self._create_errors = 0
         self._destroyed: dict[str, int] = {}
         self._wait_total = self._wait_max = self._create_total = self._use_total = 0.0
+        self._gen = _fork_gen  # last: the fast paths trust the state once it matches
 
     @staticmethod
     def _sizes(min_size: Any, max_size: Any) -> tuple[int, int]:
@@ -206,6 +206,16 @@ class ObjectPool(Generic[T]):
             self._orphans.extend(objs)
             self._orphan_ids.update(map(id, objs))
             self._init_state()
+
+    def _not_in_a_handler(self) -> None:
+        """Raise if this thread holds the pool's lock: a signal handler (or a
+        finalizer) calling the pool while the code it interrupted is halfway
+        through the pool's bookkeeping."""
+        if self._lock._is_owned():
+            raise RuntimeError(
+                f"pool {self.name!r} used from a signal handler or finalizer that "
+                "interrupted the pool itself; defer the call (set a flag, and act on it)"
+            )
 
     def _check_fork(self) -> None:
         if self._gen != _fork_gen or self._pid != os.getpid():
@@ -486,7 +496,7 @@ class ObjectPool(Generic[T]):
         epoch = self._epoch  # before connecting: a drain() meanwhile retires it
         box: list[T] = []  # what _make returned: filled inside one C call, so that
         try:  # a signal handler raising as _make returns cannot lose it
-            box.extend(starmap(self._make, ((deadline,),)))
+            box.extend(starmap(self._make_one, ((deadline,),)))
             made = box[0]
             now = self._clock()
             entry = _Entry(made, now, self._expiry(now), epoch)
@@ -592,6 +602,14 @@ class ObjectPool(Generic[T]):
         if pending is not None:
             raise pending
         return None if closed else entry
+
+    def _make_one(self, deadline: float | None) -> T:
+        """``_make``, for the one-call hand-over in ``_create_in_slot`` (where a
+        ``StopIteration`` would read as "no item")."""
+        try:
+            return self._make(deadline)
+        except StopIteration as exc:
+            raise RuntimeError(f"the factory raised StopIteration: {exc!r}") from exc
 
     def _make(self, deadline: float | None) -> T:
         """Call the factory. ``deadline`` (``time.monotonic()``): the borrower's own
@@ -920,7 +938,8 @@ class ObjectPool(Generic[T]):
 
     def _capacity_freed(self) -> None:
         """Hand free slots to the oldest waiters (lock held)."""
-        if self._closed:
+        if self._closed:  # (any a close() cut short left queued fail now)
+            self._close_waiters()
             return
         waiters = self._waiters
         while waiters and self._size < self._max_size and not self._fail_streak:
@@ -1009,6 +1028,7 @@ class ObjectPool(Generic[T]):
         they come back (waiting up to ``timeout`` seconds for them)."""
         _number("timeout", timeout, minimum=0)
         self._check_fork()
+        self._not_in_a_handler()
         victims: list[_Entry] = []
         try:
             with self._lock:
@@ -1065,6 +1085,7 @@ class ObjectPool(Generic[T]):
     def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change the bounds; extra idle objects go now, extra borrowed ones on release."""
         self._check_fork()
+        self._not_in_a_handler()
         victims: list[_Entry] = []
         try:
             with self._lock:
@@ -1098,6 +1119,7 @@ class ObjectPool(Generic[T]):
         """Replace every object: idle ones are destroyed now, borrowed ones when
         returned; new ones are made on demand (e.g. after a password rotation)."""
         self._check_fork()
+        self._not_in_a_handler()
         victims: list[_Entry] = []
         try:
             with self._lock:

@@ -28,7 +28,7 @@ from redispool import ObjectPool, PoolTimeout
 
 from .helpers import Factory, Resource
 
-CASES = ("lease", "lease_error", "borrow", "tuned", "churn", "admin")
+CASES = ("lease", "lease_error", "borrow", "queue", "tuned", "churn", "admin")
 _POOL_FILES = ("redispool/pool.py", "redispool/_poolparts.py", "redispool/_upkeep.py")
 
 
@@ -88,10 +88,19 @@ class Storm:
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
 
 
+DESTROYED_TWICE: list[Resource] = []
+
+
+def _destroy(r: Resource) -> None:
+    if r.destroyed:  # (Factory.destroy's assert would be caught and logged by the pool)
+        DESTROYED_TWICE.append(r)
+    r.destroyed = True
+
+
 def _pool(case: str, factory: Factory, churn: bool) -> ObjectPool[Resource]:
     return ObjectPool(
         factory,
-        destroy=Factory.destroy,
+        destroy=_destroy,
         check=Factory.check,
         check_interval=0 if churn else 60,
         reset=(lambda r: None) if case in ("churn", "admin") else None,
@@ -115,8 +124,13 @@ def _op(case: str, pool: ObjectPool[Resource], rnd: random.Random, held: list[Re
         with pool.acquire(timeout=0.05, keep_on=(KeyError,)):
             if rnd.random() < 0.3:
                 raise KeyError("kept")
-    elif case in ("borrow", "churn"):
+    elif case == "queue":  # holds up to all three: its borrows queue for the other's
         if held and rnd.random() < 0.5:
+            pool.release(held.pop())
+        else:
+            held.append(pool.borrow(0.05))
+    elif case in ("borrow", "churn"):
+        if held and (rnd.random() < 0.5 or len(held) >= 2):  # (leave one for the other)
             pool.release(held.pop(), discard=rnd.random() < 0.2)
         else:
             held.append(pool.borrow(0.05))
@@ -136,9 +150,9 @@ def _op(case: str, pool: ObjectPool[Resource], rnd: random.Random, held: list[Re
 def _other(pool: ObjectPool[Resource], stop: threading.Event) -> None:
     rnd = random.Random(7)
     while not stop.is_set():
-        try:
-            with pool.acquire(timeout=0.05):
-                time.sleep(rnd.choice((0, 0.0005)))
+        try:  # (no timeout: a lost wake-up hangs it, and the join below sees it)
+            with pool.acquire(timeout=None):
+                time.sleep(rnd.choice((0, 0, 0, 0.0003)))
         except PoolTimeout:
             pass
         except ValueError:
@@ -183,14 +197,16 @@ def main(case: str, seed: int, seconds: float = 0.6) -> None:
     if lock_free:
         for r in held:
             pool.release(r)
-        pool.resize(0, 3)
-        s = pool.stats()
+        s = pool.stats()  # (before any resize: its hand-outs would hide a stranded slot)
         alive = [r for r in factory.made if not r.destroyed]
         idle = {id(e.obj) for e in pool._idle}
         keys = ("size", "idle", "in_use", "creating", "closing", "waiting")
         out["stats"] = {k: getattr(s, k) for k in keys}
         out["alive"] = len(alive)
+        out["destroyed_twice"] = len(DESTROYED_TWICE)
+        out["made_less_destroyed"] = s.created - sum(s.destroyed_by_reason.values())
         out["alive_not_idle"] = len([r for r in alive if id(r) not in idle])
+        pool.resize(0, 3)
         try:  # it still lends all it may
             got = [pool.borrow(1.0) for _ in range(3)]
             out["lends"] = len(got)

@@ -33,7 +33,15 @@ SETTLED = {"in_use": 0, "creating": 0, "closing": 0, "waiting": 0}
 def _gevent_case(case: str, url: str, seed: int = 1) -> dict[str, Any]:
     pytest.importorskip("gevent")
     proc = subprocess.run(
-        [sys.executable, "-c", LAUNCH, case, url, str(seed)],
+        # (a hang prints every thread's stack, in the failure below)
+        [
+            sys.executable,
+            "-c",
+            "import faulthandler\nfaulthandler.dump_traceback_later(150, exit=True)\n" + LAUNCH,
+            case,
+            url,
+            str(seed),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
