@@ -149,18 +149,20 @@ def report_leaks(pool: ObjectPool[Any], now: float) -> None:
         return
     with pool._lock:
         leaked = _mark_leaked(pool, now)
-    for entry in leaked:
+    for obj, borrowed_at, stack in leaked:
         log.warning(
             "pool %r: %s %r borrowed %.1fs ago and not returned; borrowed at:\n%s",
             pool.name,
             pool.noun,
-            entry.obj,
-            now - entry.borrowed_at,
-            "".join(entry.stack or ["  (stack not recorded)\n"]),
+            obj,
+            now - borrowed_at,
+            "".join(stack or ["  (stack not recorded)\n"]),
         )
 
 
-def _mark_leaked(pool: ObjectPool[Any], now: float) -> list[_Entry]:
+def _mark_leaked(pool: ObjectPool[Any], now: float) -> list[tuple[Any, float, list[str] | None]]:
+    """Borrowed too long and not yet reported (lock held): what to report, read
+    now (once returned and retired, an entry no longer holds its object)."""
     leaked = [
         e
         for e in pool._in_use.values()
@@ -168,7 +170,7 @@ def _mark_leaked(pool: ObjectPool[Any], now: float) -> list[_Entry]:
     ]
     for entry in leaked:
         entry.leak_logged = True
-    return leaked
+    return [(e.obj, e.borrowed_at, e.stack) for e in leaked]
 
 
 def _upkeep_loop(ref: weakref.ref[ObjectPool[Any]], wake: threading.Event, gen: int) -> None:
