@@ -606,7 +606,20 @@ class _ConnectionLease:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._pool._put(self._conn)
+        # (as _ClientLease.__exit__)
+        pool, conn = self._pool, self._conn
+        objects = pool._pool
+        lent: Any = None
+        uses = 0
+        try:
+            lent = objects._in_use.get(id(conn))
+            if lent is not None:
+                uses = lent.uses
+            pool._put(conn)
+        except BaseException:
+            if objects._lent_still(conn, lent, uses):
+                objects.release(conn, discard=True, reason="dirty")
+            raise
 
 
 class _ClientLease:
@@ -642,4 +655,20 @@ class _ClientLease:
     ) -> None:
         self._pinned._conn = None  # a stale client or pipeline now raises
         self._client.connection = None
-        self._pool._put(self._conn)
+        # pool._put(conn), and if an exception (a signal handler raising at a call,
+        # a function's first line included) cuts it short before the connection is
+        # back, it goes back all the same, discarded. (Inline: a helper's own first
+        # line would be a window again.)
+        pool, conn = self._pool, self._conn
+        objects = pool._pool
+        lent: Any = None
+        uses = 0
+        try:
+            lent = objects._in_use.get(id(conn))
+            if lent is not None:
+                uses = lent.uses
+            pool._put(conn)
+        except BaseException:
+            if objects._lent_still(conn, lent, uses):
+                objects.release(conn, discard=True, reason="dirty")
+            raise

@@ -39,7 +39,7 @@ class Interrupt(BaseException):
 _RESUME: dict[Any, int] = {}
 
 
-def _entered_from_outside(frame: Any) -> bool:
+def _entered_from_outside(frame: Any, files: tuple[str, ...] = _POOL_FILES) -> bool:
     """At the first instruction of a pool function called from outside the pool
     (``__exit__`` from a ``with``, ``release()`` from the caller's code): no Python
     code can catch what is raised there, so the storm leaves that window out.
@@ -51,11 +51,12 @@ def _entered_from_outside(frame: Any) -> bool:
     if frame.f_lasti > _RESUME[code]:
         return False
     caller = frame.f_back
-    return caller is None or not caller.f_code.co_filename.replace("\\", "/").endswith(_POOL_FILES)
+    return caller is None or not caller.f_code.co_filename.replace("\\", "/").endswith(files)
 
 
 class Storm:
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, files: tuple[str, ...] = _POOL_FILES) -> None:
+        self.files = files
         self.rnd = random.Random(seed)
         self.raised = 0
         self.on = False
@@ -67,8 +68,8 @@ class Storm:
             return
         name = frame.f_code.co_filename.replace("\\", "/")
         if (
-            name.endswith(_POOL_FILES)
-            and not _entered_from_outside(frame)
+            name.endswith(self.files)
+            and not _entered_from_outside(frame, self.files)
             and frame.f_code.co_name != "_make"  # see _make's docstring
         ):
             self.raised += 1

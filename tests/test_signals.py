@@ -60,3 +60,28 @@ def test_a_signal_raising_anywhere_in_the_pool_loses_nothing(case: str, seed: in
     assert s["size"] == s["idle"] == out["alive"] and out["alive_not_idle"] == 0, out
     assert out["destroyed_twice"] == 0 and out["made_less_destroyed"] == s["size"], out
     assert out["lends"] == 3, out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_signal_raising_in_redis_blocks_loses_nothing_and_misdelivers_nothing(
+    redis_url: str, seed: int
+) -> None:
+    """The same storm on a RedisPool against a real server, raising in redispool's
+    code and in redis-py's command path (send, parse, connect), while blocks write
+    and read back values of their own."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests._signal_storm_redis", redis_url, str(seed)],
+            cwd=ROOT, capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the pool hung under the storm: {exc.stderr!r:.2000}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["raised"] >= 100 and len(out["where"]) >= 10, out
+    assert out["lock_free"] and out["other_done"], out
+    assert out["wrong"] == [], out  # no reply read by another block
+    s = out["stats"]
+    assert s == {**s, "in_use": 0, "creating": 0, "closing": 0, "waiting": 0}, out
+    assert s["size"] == s["idle"] and out["fresh"] and out["lends"] == 3, out
+    assert out["server_connections"] == s["size"], out  # no socket left behind

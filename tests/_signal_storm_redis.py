@@ -1,0 +1,146 @@
+"""The signal storm of ``_signal_storm.py`` on a ``RedisPool`` against a real
+server, raising in redispool's code and in redis-py's command path: run in a
+subprocess by test_signals.py.
+
+``python -m tests._signal_storm_redis URL SEED``: the main thread runs random
+blocks (``client()`` with and without a timeout, pipelines, ``connection()``),
+each writing a value of its own and reading it back, while a second thread does
+the same with no timeout. Then: nothing borrowed, creating or closing; every
+idle connection alive, on db 0 with no transaction; no reply ever read by the
+wrong block; once the garbage collector has run, the server sees no connection
+of the pool's beyond those it holds; and it still lends all it may. One JSON line.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import sys
+import threading
+import time
+from typing import Any
+
+import redis
+
+from redispool import PoolError, RedisPool
+
+from ._signal_storm import Interrupt, Storm
+
+_FILES = (
+    "redispool/pool.py",
+    "redispool/_poolparts.py",
+    "redispool/_upkeep.py",
+    "redispool/redis_pool.py",
+    "redispool/connection.py",
+    "redis/client.py",
+    "redis/connection.py",
+)
+
+
+def _block(pool: RedisPool, rnd: random.Random, tag: str, n: int, wrong: list[str]) -> None:
+    key, value = f"{tag}:{n % 50}", f"{tag}-{n}"
+    kind = rnd.randrange(4)
+    if kind == 0:
+        with pool.client(timeout=rnd.choice((None, 1.0))) as r:
+            r.set(key, value)
+            got = r.get(key)
+    elif kind == 1:
+        with pool.client() as r:
+            pipe = r.pipeline(transaction=rnd.random() < 0.5)
+            pipe.set(key, value)
+            pipe.get(key)
+            got = pipe.execute()[1]
+    elif kind == 2:
+        with pool.connection() as conn:
+            conn.send_command("SET", key, value)
+            conn.read_response()
+            conn.send_command("GET", key)
+            got = conn.read_response()
+    else:
+        with pool.client() as r:
+            r.set(key, value)
+            got = r.get(key)
+    if got != value.encode():
+        wrong.append(f"{tag}: {value!r} read {got!r}")
+
+
+def main(url: str, seed: int, seconds: float = 0.8) -> None:
+    rnd = random.Random(seed)
+    pool = RedisPool(
+        url, min_size=0, max_size=3, timeout=2.0, health_check_interval=0, client_name="storm"
+    )
+    storm = Storm(seed, files=_FILES)
+    wrong: list[str] = []
+    stop = threading.Event()
+
+    def other() -> None:
+        r = random.Random(seed + 1)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                _block(pool, r, "other", n, wrong)
+            except (redis.RedisError, PoolError):
+                pass
+
+    helper = threading.Thread(target=other, daemon=True)
+    helper.start()
+    ops = errors = 0
+    end = time.monotonic() + seconds
+    storm.start()
+    try:
+        while time.monotonic() < end:
+            storm.armed = True
+            ops += 1
+            try:
+                _block(pool, rnd, "main", ops, wrong)
+            except Interrupt:
+                pass
+            except (redis.RedisError, PoolError):
+                errors += 1
+            if pool._pool._lock._is_owned():
+                break
+    finally:
+        storm.stop()
+    stop.set()
+    helper.join(10)
+    out: dict[str, Any] = {
+        "ops": ops, "errors": errors, "raised": storm.raised, "where": storm.where,
+        "wrong": wrong[:5], "other_done": not helper.is_alive(),
+        "lock_free": not pool._pool._lock._is_owned(),
+    }  # fmt: skip
+    s = pool.stats()
+    keys = ("size", "idle", "in_use", "creating", "closing", "waiting")
+    out["stats"] = {k: getattr(s, k) for k in keys}
+    admin = redis.Redis.from_url(url)
+    fresh = True
+    for conn in pool._pool.objects():  # every idle one: alive, db 0, no MULTI
+        conn.send_command("CLIENT", "INFO")
+        info = conn.read_response().decode()
+        fresh = fresh and " db=0 " in info and " multi=-1 " in info
+    out["fresh"] = fresh
+    for _ in range(50):  # dropped ones (see ObjectPool._make) close when collected
+        gc.collect()
+        mine = [c for c in admin.client_list() if c.get("name") == "storm"]
+        if len(mine) <= s.size:
+            break
+        time.sleep(0.02)
+    out["server_connections"] = len(mine)
+    got = []
+    try:
+        for _ in range(3):
+            got.append(pool._get(1.0))
+        out["lends"] = len(got)
+    except PoolError:
+        out["lends"] = len(got)
+    for conn in got:
+        pool._put(conn)
+    pool.close()
+    admin.close()
+    print(json.dumps(out))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
