@@ -55,8 +55,11 @@ def _entered_from_outside(frame: Any, files: tuple[str, ...] = _POOL_FILES) -> b
 
 
 class Storm:
-    def __init__(self, seed: int, files: tuple[str, ...] = _POOL_FILES) -> None:
-        self.files = files
+    def __init__(
+        self, seed: int, files: tuple[str, ...] = _POOL_FILES, inside: tuple[str, ...] = ()
+    ) -> None:
+        self.files = files  # where it raises
+        self.inside = inside or files  # whose calls into the pool are the pool's own
         self.rnd = random.Random(seed)
         self.raised = 0
         self.on = False
@@ -69,7 +72,7 @@ class Storm:
         name = frame.f_code.co_filename.replace("\\", "/")
         if (
             name.endswith(self.files)
-            and not _entered_from_outside(frame, self.files)
+            and not _entered_from_outside(frame, self.inside)
             and frame.f_code.co_name != "_make"  # see _make's docstring
         ):
             self.raised += 1

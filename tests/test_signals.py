@@ -92,7 +92,9 @@ def test_a_signal_raising_in_the_helpers_leaves_nothing_stuck(redis_url: str, se
     """The storm on the cache, rate limiter, lockout and buffered analytics over one
     RedisPool (raising in their code, the pool's and redis-py's): no breaker stuck
     half-open, no single-flight leader left, writes flushed at once, and once the
-    helpers' threads stop, nothing borrowed. (Timing decides where each signal
+    helpers' threads stop, nothing borrowed. A lease's ``__exit__`` entered from a
+    helper's ``with`` is the same window as from any caller's, and left out.
+    (Timing decides where each signal
     lands, so this is a net for regressions: the helpers' own windows are each
     pinned exactly by test_async_windows.py. Before those fixes it lost a
     connection in 4 of 10 runs, but not every run.)"""
