@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redispool import ObjectPool, PoolTimeout
@@ -91,6 +92,54 @@ class Storm:
         self.on = False
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
 
+    def run(
+        self,
+        op: Callable[[int], object],
+        seconds: float,
+        expected: tuple[type[BaseException], ...],
+        stuck: Callable[[], bool] = lambda: False,
+    ) -> tuple[int, int]:
+        """Call ``op(n)`` in this thread for ``seconds`` under the storm, re-armed
+        before each call, until ``stuck()``; (calls, ``expected`` errors)."""
+        ops = errors = 0
+        end = time.monotonic() + seconds
+        self.start()
+        try:
+            while time.monotonic() < end:
+                self.armed = True
+                ops += 1
+                try:
+                    op(ops)
+                except Interrupt:
+                    pass
+                except expected:
+                    errors += 1
+                if stuck():
+                    break
+        finally:
+            self.stop()
+        return ops, errors
+
+
+def alongside(
+    op: Callable[[int], object], expected: tuple[type[BaseException], ...]
+) -> tuple[threading.Thread, threading.Event]:
+    """Call ``op(n)`` in a daemon thread (no storm there) until the event is set."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                op(n)
+            except expected:
+                pass
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread, stop
+
 
 DESTROYED_TWICE: list[Resource] = []
 
@@ -151,16 +200,14 @@ def _op(case: str, pool: ObjectPool[Resource], rnd: random.Random, held: list[Re
                 pass
 
 
-def _other(pool: ObjectPool[Resource], stop: threading.Event) -> None:
+def _other(pool: ObjectPool[Resource]) -> Callable[[int], None]:
     rnd = random.Random(7)
-    while not stop.is_set():
-        try:  # (no timeout: a lost wake-up hangs it, and the join below sees it)
-            with pool.acquire(timeout=None):
-                time.sleep(rnd.choice((0, 0, 0, 0.0003)))
-        except PoolTimeout:
-            pass
-        except ValueError:
-            pass
+
+    def op(n: int) -> None:  # (no timeout: a lost wake-up hangs it, and the join sees it)
+        with pool.acquire(timeout=None):
+            time.sleep(rnd.choice((0, 0, 0, 0.0003)))
+
+    return op
 
 
 def main(case: str, seed: int, seconds: float = 0.6) -> None:
@@ -168,27 +215,14 @@ def main(case: str, seed: int, seconds: float = 0.6) -> None:
     factory = Factory()
     pool = _pool(case, factory, case in ("churn", "admin"))
     storm = Storm(seed)
-    stop = threading.Event()
-    other = threading.Thread(target=_other, args=(pool, stop), daemon=True)
-    other.start()
+    other, stop = alongside(_other(pool), (PoolTimeout, ValueError))
     held: list[Resource] = []
-    ops = errors = 0
-    end = time.monotonic() + seconds
-    storm.start()
-    try:
-        while time.monotonic() < end:
-            storm.armed = True
-            try:
-                ops += 1
-                _op(case, pool, rnd, held)
-            except Interrupt:
-                pass
-            except (PoolTimeout, ValueError, KeyError):
-                errors += 1
-            if pool._lock._is_owned():  # left held by this thread: the pool is stuck
-                break
-    finally:
-        storm.stop()
+    ops, _ = storm.run(
+        lambda n: _op(case, pool, rnd, held),
+        seconds,
+        (PoolTimeout, ValueError, KeyError),
+        stuck=pool._lock._is_owned,  # left held by this thread: the pool is stuck
+    )
     stop.set()
     other.join(5)
     lock_free = not pool._lock._is_owned() and pool._lock.acquire(timeout=2)

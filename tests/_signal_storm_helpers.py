@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import sys
-import threading
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ import redis
 from redispool import PoolError, RedisPool
 from redispool.helpers import Analytics, Cache, Lockout, RateLimiter
 
-from ._signal_storm import Interrupt, Storm
+from ._signal_storm import Storm, alongside
 
 _FILES = (
     "redispool/helpers/base.py",
@@ -70,35 +69,10 @@ def main(url: str, seed: int, seconds: float = 0.8) -> None:
     # The helpers use the pool as any code does: a lease's __exit__ entered from
     # their ``with`` is the window no Python code can close (see test_signals.py).
     storm = Storm(seed, files=_FILES, inside=tuple(f for f in _FILES if "/helpers/" not in f))
-    stop = threading.Event()
-
-    def other() -> None:
-        r = random.Random(seed + 1)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                _call(helpers, r, n)
-            except (redis.RedisError, PoolError):
-                pass
-
-    helper = threading.Thread(target=other, daemon=True)
-    helper.start()
-    ops = errors = 0
-    end = time.monotonic() + seconds
-    storm.start()
-    try:
-        while time.monotonic() < end:
-            storm.armed = True
-            ops += 1
-            try:
-                _call(helpers, rnd, ops)
-            except Interrupt:
-                pass
-            except (redis.RedisError, PoolError):
-                errors += 1
-    finally:
-        storm.stop()
+    r = random.Random(seed + 1)
+    expected = (redis.RedisError, PoolError)
+    helper, stop = alongside(lambda n: _call(helpers, r, n), expected)
+    ops, errors = storm.run(lambda n: _call(helpers, rnd, n), seconds, expected)
     stop.set()
     helper.join(10)
     out: dict[str, Any] = {

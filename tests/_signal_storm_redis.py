@@ -17,7 +17,6 @@ import gc
 import json
 import random
 import sys
-import threading
 import time
 from typing import Any
 
@@ -25,7 +24,7 @@ import redis
 
 from redispool import PoolError, RedisPool
 
-from ._signal_storm import Interrupt, Storm
+from ._signal_storm import Storm, alongside
 
 _FILES = (
     "redispool/pool.py",
@@ -72,37 +71,15 @@ def main(url: str, seed: int, seconds: float = 0.8) -> None:
     )
     storm = Storm(seed, files=_FILES)
     wrong: list[str] = []
-    stop = threading.Event()
-
-    def other() -> None:
-        r = random.Random(seed + 1)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                _block(pool, r, "other", n, wrong)
-            except (redis.RedisError, PoolError):
-                pass
-
-    helper = threading.Thread(target=other, daemon=True)
-    helper.start()
-    ops = errors = 0
-    end = time.monotonic() + seconds
-    storm.start()
-    try:
-        while time.monotonic() < end:
-            storm.armed = True
-            ops += 1
-            try:
-                _block(pool, rnd, "main", ops, wrong)
-            except Interrupt:
-                pass
-            except (redis.RedisError, PoolError):
-                errors += 1
-            if pool._pool._lock._is_owned():
-                break
-    finally:
-        storm.stop()
+    r = random.Random(seed + 1)
+    expected = (redis.RedisError, PoolError)
+    helper, stop = alongside(lambda n: _block(pool, r, "other", n, wrong), expected)
+    ops, errors = storm.run(
+        lambda n: _block(pool, rnd, "main", n, wrong),
+        seconds,
+        expected,
+        stuck=pool._pool._lock._is_owned,
+    )
     stop.set()
     helper.join(10)
     out: dict[str, Any] = {

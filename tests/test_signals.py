@@ -31,14 +31,15 @@ pytestmark = [
 ]
 
 
-def _storm(case: str, seed: int) -> dict[str, Any]:
+def _child(module: str, *args: object, timeout: float = 90) -> dict[str, Any]:
+    """Run ``python -m tests.<module> args...``; its last line, as JSON."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "tests._signal_storm", case, str(seed)],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+            [sys.executable, "-m", f"tests.{module}", *map(str, args)],
+            cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{case}: the pool hung (deadlocked) under the storm: {exc.stderr!r:.2000}")
+        pytest.fail(f"{module} {args}: hung (deadlocked) under the storm: {exc.stderr!r:.2000}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
@@ -47,7 +48,7 @@ def _storm(case: str, seed: int) -> dict[str, Any]:
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_signal_raising_anywhere_in_the_pool_loses_nothing(case: str, seed: int) -> None:
-    out = _storm(case, seed)
+    out = _child("_signal_storm", case, seed, timeout=60)
     where = out["where"]  # the storm did land in the pool's code, all over it
     if case == "queue":
         assert where.get("_wait", 0) >= 50, where
@@ -69,15 +70,7 @@ def test_a_signal_raising_in_redis_blocks_loses_nothing_and_misdelivers_nothing(
     """The same storm on a RedisPool against a real server, raising in redispool's
     code and in redis-py's command path (send, parse, connect), while blocks write
     and read back values of their own."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests._signal_storm_redis", redis_url, str(seed)],
-            cwd=ROOT, capture_output=True, text=True, timeout=90, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the pool hung under the storm: {exc.stderr!r:.2000}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _child("_signal_storm_redis", redis_url, seed)
     assert out["raised"] >= 100 and len(out["where"]) >= 10, out
     assert out["lock_free"] and out["other_done"], out
     assert out["wrong"] == [], out  # no reply read by another block
@@ -98,15 +91,7 @@ def test_a_signal_raising_in_the_helpers_leaves_nothing_stuck(redis_url: str, se
     lands, so this is a net for regressions: the helpers' own windows are each
     pinned exactly by test_async_windows.py. Before those fixes it lost a
     connection in 4 of 10 runs, but not every run.)"""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests._signal_storm_helpers", redis_url, str(seed)],
-            cwd=ROOT, capture_output=True, text=True, timeout=90, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"hung under the storm: {exc.stderr!r:.2000}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _child("_signal_storm_helpers", redis_url, seed)
     assert out["raised"] >= 100 and len(out["where"]) >= 20, out
     assert out["other_done"] and out["breakers_stuck"] == [] and out["flights_left"] == 0, out
     assert out["cache_flushed"] and out["flush_seconds"] < 1.0, out
