@@ -98,14 +98,20 @@ class Storm:
         seconds: float,
         expected: tuple[type[BaseException], ...],
         stuck: Callable[[], bool] = lambda: False,
+        min_raised: int = 150,
+        cap: float = 15.0,
     ) -> tuple[int, int]:
-        """Call ``op(n)`` in this thread for ``seconds`` under the storm, re-armed
-        before each call, until ``stuck()``; (calls, ``expected`` errors)."""
+        """Call ``op(n)`` in this thread under the storm, re-armed before each
+        call, for ``seconds`` and until it raised ``min_raised`` times (a slow
+        machine runs longer, up to ``cap`` seconds), or until ``stuck()``;
+        (calls, ``expected`` errors)."""
         ops = errors = 0
-        end = time.monotonic() + seconds
+        start = time.monotonic()
         self.start()
         try:
-            while time.monotonic() < end:
+            while (elapsed := time.monotonic() - start) < seconds or (
+                self.raised < min_raised and elapsed < cap
+            ):
                 self.armed = True
                 ops += 1
                 try:
