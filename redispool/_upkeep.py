@@ -19,6 +19,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._create import create_in_slot
 from ._poolparts import _INF, _SLOT, _Entry, _Ticket
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def refill_one(pool: ObjectPool[Any]) -> bool:
             pool._size += 1
             pool._creating += 1
             ticket.result = _SLOT
-        made = pool._create_in_slot(ticket, None, lend=False)
+        made = create_in_slot(pool, ticket, None, lend=False)
     except BaseException:
         pool._abandon(ticket)
         raise

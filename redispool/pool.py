@@ -16,6 +16,10 @@ How it works, in short:
   backoff and full jitter.
 * After ``os.fork()`` the child forgets (but never closes) what the parent had.
 
+This module has borrowing, waiting and returning; creates are in ``_create``,
+open/close/resize/drain/stats in ``_lifecycle``, upkeep in ``_upkeep`` and the
+leases and small parts in ``_poolparts``.
+
 Built on :mod:`threading` primitives looked up at call time, so gevent's
 monkey-patching makes it cooperative, even when the patch comes after the fork;
 under gevent a queued waiter sleeps on a lighter signal (``_greenwait``).
@@ -25,17 +29,15 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from itertools import islice, starmap
 from operator import attrgetter
 from typing import Any, Generic, TypeVar, cast
 
-from . import _poolparts, _upkeep
+from . import _create, _lifecycle, _poolparts, _upkeep
 from ._poolparts import (
     _GONE,
     _INF,
@@ -52,7 +54,6 @@ from ._poolparts import (
     _TunedLease,
 )
 from ._quietlog import OutageLog
-from .backoff import full_jitter
 from .errors import PoolClosed, PoolTimeout, TooManyWaiters
 from .stats import PoolStats
 
@@ -332,7 +333,7 @@ class ObjectPool(Generic[T]):
                 handed = self._obtain(ticket, start, deadline)
             held = ticket.result
             if held is _SLOT:
-                made = self._create_for(ticket, start, deadline, make_by)
+                made = _create.create_for(self, ticket, start, deadline, make_by)
                 if made is not None:
                     if self._leak_timeout:
                         made.stack = traceback.format_stack()[:-3]
@@ -359,7 +360,7 @@ class ObjectPool(Generic[T]):
                 self._creating += 1
                 ticket.result = _SLOT
                 return False
-            if self._size < self._max_size and self._failing_fast():
+            if self._size < self._max_size and _create.failing_fast(self):
                 self._timeouts += 1
                 raise self._timeout_exc(start, fail_fast=True)
             if self._max_waiting and len(self._waiters) >= self._max_waiting:
@@ -458,158 +459,7 @@ class ObjectPool(Generic[T]):
         if pending is not None:
             raise pending from None
 
-    def _create_for(
-        self, ticket: _Ticket, start: float, deadline: float, make_by: float | None
-    ) -> _Entry | None:
-        """Create an object for this borrower in the ticket's slot.
-
-        Returns None when the create failed (the slot is freed) but the caller
-        may keep waiting.
-        """
-        made = self._create_in_slot(ticket, make_by, lend=True)
-        if made is None:
-            raise self.closed_error(f"pool {self.name!r} is closed")
-        if isinstance(made, Exception):
-            with self._lock:
-                fail_fast = self._failing_fast()
-                if not fail_fast and time.monotonic() < deadline:
-                    return None
-                self._timeouts += 1
-                err = self._timeout_exc(start, fail_fast=fail_fast)
-            raise err from made
-        with self._lock:
-            self._note_wait(start)
-        return made
-
-    def _create_in_slot(
-        self, ticket: _Ticket, deadline: float | None, *, lend: bool
-    ) -> _Entry | Exception | None:
-        """Run the factory in the ticket's slot (counted in ``size`` and ``creating``).
-
-        Success: the new entry, lent to the ticket (``lend``) or else handed to
-        the oldest waiter or kept idle. An ``Exception``: the slot is freed, the
-        failure recorded, logged and returned. None: the pool was closed
-        meanwhile and the new object destroyed. Any other ``BaseException``
-        propagates with the slot still on the ticket.
-        """
-        t0 = time.monotonic()
-        epoch = self._epoch  # before connecting: a drain() meanwhile retires it
-        box: list[T] = []  # what _make returned: filled inside one C call, so that
-        try:  # a signal handler raising as _make returns cannot lose it
-            box.extend(starmap(self._make_one, ((deadline,),)))
-            made = box[0]
-            now = self._clock()
-            entry = _Entry(made, now, self._expiry(now), epoch)
-            took = time.monotonic() - t0
-            pending = _acquire_anyway(self._lock)  # from here the object is on the books
-        except BaseException as exc:
-            if self._lock._is_owned():  # a handler raised as _acquire_anyway returned
-                self._lock.release()
-            if box:
-                self._destroy_quietly(box[0])  # interrupted before it was on the books
-                raise
-            if not isinstance(exc, Exception):
-                raise
-            with self._lock:
-                ticket.result = None
-                self._size -= 1
-                self._creating -= 1
-                self._create_failed(exc)
-                streak = self._fail_streak
-            self._log_create_failure(exc, streak)
-            return exc
-        obj = made
-        closed = committed = False
-        streak = 0
-        try:
-            # Every call before the first change (see release()); interrupted
-            # before it, the new object is destroyed and the slot is the ticket's.
-            closed = self._closed
-            key = id(obj)
-            waiters = self._waiters
-            waiter = waiters[0] if waiters and not (closed or lend) else None
-            recheck = entry.recheck_at
-            if self._check is not None:
-                recheck = min(now + self._check_interval, entry.expires_at)
-            streak = self._fail_streak
-            last_error = None if streak else self._last_error
-            # -- no call or branch inside each group (see release()) --
-            if closed:
-                committed = True
-                self._creating -= 1
-                self._created += 1
-                self._create_total += took
-                self._fail_streak = 0
-                self._last_error = last_error
-                self._closing += 1
-                ticket.result = None
-            elif lend:
-                committed = True
-                self._creating -= 1
-                self._created += 1
-                self._create_total += took
-                self._fail_streak = 0
-                self._last_error = last_error
-                self._in_use[key] = entry
-                self._borrows += 1
-                ticket.result = entry
-            elif waiter is not None:  # nobody asked for it: to the oldest waiter
-                committed = True
-                self._creating -= 1
-                self._created += 1
-                self._create_total += took
-                self._fail_streak = 0
-                self._last_error = last_error
-                self._in_use[key] = entry
-                self._borrows += 1
-                del waiters[0]
-                waiter.result = entry
-                ticket.result = None
-                waiter.lock.release()  # the last step
-                self._note_wait(waiter.start)
-            else:  # or idle
-                committed = True
-                self._creating -= 1
-                self._created += 1
-                self._create_total += took
-                self._fail_streak = 0
-                self._last_error = last_error
-                entry.uses = 0
-                entry.recheck_at = recheck
-                ticket.result = None
-                self._idle.append(entry)  # the last step
-        except BaseException:
-            if not committed:
-                self._lock.release()
-                self._destroy_quietly(obj)
-            raise
-        finally:
-            if committed:
-                try:
-                    try:
-                        if streak:  # creates work again: waiters may have slots now
-                            self._capacity_freed()
-                    finally:
-                        self._lock.release()
-                finally:
-                    job = [entry] if closed else []
-                    while job:  # counted in closing: destroyed whatever happens
-                        try:
-                            self._destroy_entries(job, "closed")
-                        except BaseException as exc:
-                            pending = pending or exc
-        self._outage.succeeded()
-        if pending is not None:
-            raise pending
-        return None if closed else entry
-
-    def _make_one(self, deadline: float | None) -> T:
-        """``_make``, for the one-call hand-over in ``_create_in_slot`` (where a
-        ``StopIteration`` would read as "no item")."""
-        try:
-            return self._make(deadline)
-        except StopIteration as exc:
-            raise RuntimeError(f"the factory raised StopIteration: {exc!r}") from exc
+    # -- creating (see _create.py) -----------------------------------------
 
     def _make(self, deadline: float | None) -> T:
         """Call the factory. ``deadline`` (``time.monotonic()``): the borrower's own
@@ -619,48 +469,6 @@ class ObjectPool(Generic[T]):
         object unreferenced, for the garbage collector: no Python code can
         catch it there. The slot is freed all the same.)"""
         return self._factory()
-
-    def _expiry(self, now: float) -> float:
-        if not self._max_lifetime:
-            return _INF
-        jitter: float = self._lifetime_jitter * random.random()
-        return now + float(self._max_lifetime) * (1.0 - jitter)
-
-    def _create_failed(self, exc: BaseException) -> None:
-        """Bookkeeping of a failed create (lock held); fails the queue when
-        waiting has become pointless."""
-        self._create_errors += 1
-        self._fail_streak += 1
-        self._last_error = exc
-        self._next_retry = self._clock() + full_jitter(
-            self._fail_streak, self._backoff_base, self._backoff_cap
-        )
-        self._wake_upkeep()
-        if self._failing_fast():
-            self._fail_waiters()
-
-    def _failing_fast(self) -> bool:
-        """Creates keep failing and nothing borrowed can come back (lock held):
-        waiting would only sit out the timeout."""
-        return (
-            self._fail_streak >= self._fail_fast_after > 0 and not self._in_use and not self._idle
-        )
-
-    def _fail_waiters(self) -> None:
-        """Fail the whole queue at once with the last create error (lock held)."""
-        waiters = self._waiters
-        while waiters:  # (each one all or none: the error made first, the wake-up last)
-            err = self._timeout_exc(time.monotonic(), fail_fast=True)
-            waiter = waiters[0]
-            self._timeouts += 1
-            del waiters[0]
-            waiter.result = err
-            waiter.lock.release()
-
-    def _log_create_failure(self, exc: BaseException, streak: int) -> None:
-        """Logged as state changes: down (naming the OS error), still down every
-        30 s, up again (``_quietlog.OutageLog``); ``streak`` is in the stats."""
-        self._outage.failed(exc)
 
     def _timeout_exc(self, start: float, *, fail_fast: bool = False) -> PoolTimeout:
         waited = max(0.0, time.monotonic() - start)
@@ -939,7 +747,7 @@ class ObjectPool(Generic[T]):
     def _capacity_freed(self) -> None:
         """Hand free slots to the oldest waiters (lock held)."""
         if self._closed:  # (any a close() cut short left queued fail now)
-            self._close_waiters()
+            _lifecycle.close_waiters(self)
             return
         waiters = self._waiters
         while waiters and self._size < self._max_size and not self._fail_streak:
@@ -952,8 +760,8 @@ class ObjectPool(Generic[T]):
             self._note_wait(waiter.start)
         if self._size < self._min_size or (waiters and self._fail_streak):
             self._wake_upkeep()
-        if waiters and self._failing_fast():  # the last borrowed one just went
-            self._fail_waiters()
+        if waiters and _create.failing_fast(self):  # the last borrowed one just went
+            _create.fail_waiters(self)
 
     def _is_harmless(self, exc: BaseException, keep_on: KeepOn) -> bool:
         rule = keep_on if keep_on is not None else self._keep_on
@@ -998,185 +806,37 @@ class ObjectPool(Generic[T]):
         """
         return _upkeep.run_upkeep(self)
 
-    # -- lifecycle ---------------------------------------------------------
+    # -- lifecycle (see _lifecycle.py) -------------------------------------
 
     def open(self, wait: bool = False, timeout: float | None = None) -> None:
         """Start upkeep; with ``wait``, block until ``min_size`` objects are ready."""
-        _number("timeout", timeout, minimum=0, none_ok=True)
-        self._check_fork()
-        if self._closed:
-            raise self.closed_error(f"pool {self.name!r} is closed")
-        self._ensure_upkeep()
-        if not wait:
-            return
-        start = time.monotonic()
-        deadline = start + (timeout if timeout is not None else (self._timeout or _INF))
-        while True:
-            if not self._background:
-                self.run_upkeep()
-            with self._lock:
-                if self._closed:
-                    raise self.closed_error(f"pool {self.name!r} is closed")
-                if len(self._idle) + len(self._in_use) >= self._min_size:
-                    return
-                if time.monotonic() >= deadline:
-                    raise self._timeout_exc(start)
-            time.sleep(0.005)
+        _lifecycle.open_pool(self, wait, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Close: fail the waiters, destroy idle objects now and borrowed ones as
         they come back (waiting up to ``timeout`` seconds for them)."""
-        _number("timeout", timeout, minimum=0)
-        self._check_fork()
-        self._not_in_a_handler()
-        victims: list[_Entry] = []
-        try:
-            with self._lock:
-                if self._closed:
-                    return
-                taken, rest = list(self._idle), deque[_Entry]()
-                n = len(taken)
-                upkeep = self._upkeep
-                # -- no call from here to the end of the group (see release()) --
-                self._closed = True
-                self._epoch += 1
-                self._idle = rest
-                self._closing += n
-                victims = taken
-                self._close_waiters()
-                self._wake_upkeep()
-        finally:
-            pending: BaseException | None = None
-            while victims:  # counted in closing: destroyed whatever happens
-                try:
-                    self._destroy_entries(victims, "closed")
-                except BaseException as exc:
-                    pending = pending or exc
-            if pending is not None:
-                raise pending
-        deadline = time.monotonic() + timeout
-        while self._in_use and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if self._in_use:
-            log.warning(
-                "pool %r closed with %d %ss still borrowed; they are destroyed when returned",
-                self.name,
-                len(self._in_use),
-                self.noun,
-            )
-        if upkeep is not None and upkeep is not threading.current_thread() and upkeep.ident:
-            upkeep.join(max(0.0, min(1.0, deadline - time.monotonic())))
-
-    def _close_waiters(self) -> None:
-        """Fail every waiter: the pool is closed (lock held). (A loop of its own
-        frame: see _upkeep's module docstring.)"""
-        waiters = self._waiters
-        while waiters:  # (each hand-off all or none)
-            err = self.closed_error(f"pool {self.name!r} was closed")
-            waiter = waiters[0]
-            del waiters[0]
-            waiter.result = err
-            waiter.lock.release()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        _lifecycle.close_pool(self, timeout)
 
     def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change the bounds; extra idle objects go now, extra borrowed ones on release."""
-        self._check_fork()
-        self._not_in_a_handler()
-        victims: list[_Entry] = []
-        try:
-            with self._lock:
-                new_min, new_max = self._sizes(
-                    self._min_size if min_size is None else min_size,
-                    self._max_size if max_size is None else max_size,
-                )
-                idle = self._idle
-                n = max(0, min(len(idle), self._size - self._closing - new_max))
-                taken, rest = list(islice(idle, n)), deque(islice(idle, n, None))
-                bump = 1 if new_max < self._max_size else 0
-                # -- no call from here to the end of the group (see release()) --
-                self._epoch += bump
-                self._min_size, self._max_size = new_min, new_max
-                self._idle = rest  # (the least recently used go)
-                self._closing += n
-                victims = taken
-                self._capacity_freed()
-                self._wake_upkeep()
-        finally:
-            pending: BaseException | None = None
-            while victims:  # counted in closing: destroyed whatever happens
-                try:
-                    self._destroy_entries(victims, "resize")
-                except BaseException as exc:
-                    pending = pending or exc
-            if pending is not None:
-                raise pending
+        _lifecycle.resize_pool(self, min_size, max_size)
 
     def drain(self) -> None:
         """Replace every object: idle ones are destroyed now, borrowed ones when
         returned; new ones are made on demand (e.g. after a password rotation)."""
-        self._check_fork()
-        self._not_in_a_handler()
-        victims: list[_Entry] = []
-        try:
-            with self._lock:
-                taken, rest = list(self._idle), deque[_Entry]()
-                n = len(taken)
-                # -- no call from here to the end of the group (see release()) --
-                self._epoch += 1
-                self._drain_epoch = self._epoch
-                self._next_retry = 0.0  # e.g. new credentials: probe again at once
-                self._idle = rest
-                self._closing += n
-                victims = taken
-        finally:
-            pending: BaseException | None = None
-            while victims:  # counted in closing: destroyed whatever happens
-                try:
-                    self._destroy_entries(victims, "drain")
-                except BaseException as exc:
-                    pending = pending or exc
-            if pending is not None:
-                raise pending
-        self._wake_upkeep()
+        _lifecycle.drain_pool(self)
 
     def objects(self) -> list[T]:
         """A snapshot of the live objects, idle and borrowed (for inspection)."""
-        self._check_fork()
-        with self._lock:
-            return [*map(_obj_of, (*self._idle, *self._in_use.values()))]
+        return _lifecycle.live_objects(self)
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of the pool's numbers."""
-        self._check_fork()
-        with self._lock:
-            return PoolStats(
-                name=self.name,
-                size=self._size,
-                idle=len(self._idle),
-                in_use=len(self._in_use),
-                creating=self._creating,
-                closing=self._closing,
-                waiting=len(self._waiters),
-                min_size=self._min_size,
-                max_size=self._max_size,
-                borrows=self._borrows,
-                timeouts=self._timeouts,
-                created=self._created,
-                create_errors=self._create_errors,
-                destroyed=sum(self._destroyed.values()),
-                destroyed_by_reason=dict(self._destroyed),
-                wait_time_total=self._wait_total,
-                wait_time_max=self._wait_max,
-                create_time_total=self._create_total,
-                use_time_total=self._use_total,
-                consecutive_create_errors=self._fail_streak,
-                last_create_error=None if self._last_error is None else repr(self._last_error),
-                closed=self._closed,
-            )
+        return _lifecycle.pool_stats(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def __enter__(self) -> ObjectPool[T]:
         self.open()

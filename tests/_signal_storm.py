@@ -30,7 +30,9 @@ from redispool import ObjectPool, PoolTimeout
 from .helpers import Factory, Resource
 
 CASES = ("lease", "lease_error", "borrow", "queue", "tuned", "churn", "admin")
-_POOL_FILES = ("redispool/pool.py", "redispool/_poolparts.py", "redispool/_upkeep.py")
+_POOL_FILES = tuple(
+    f"redispool/{name}.py" for name in ("pool", "_poolparts", "_upkeep", "_create", "_lifecycle")
+)
 
 
 class Interrupt(BaseException):

@@ -22,7 +22,7 @@ import redis
 from redispool import PoolError, RedisPool
 from redispool.helpers import Analytics, Cache, Lockout, RateLimiter
 
-from ._signal_storm import Storm, alongside
+from ._signal_storm import _POOL_FILES, Storm, alongside
 
 _FILES = (
     "redispool/helpers/base.py",
@@ -33,8 +33,7 @@ _FILES = (
     "redispool/helpers/ratelimit.py",
     "redispool/helpers/lockout.py",
     "redispool/helpers/analytics.py",
-    "redispool/pool.py",
-    "redispool/_poolparts.py",
+    *_POOL_FILES,
     "redispool/redis_pool.py",
     "redispool/connection.py",
     "redis/client.py",

@@ -24,12 +24,10 @@ import redis
 
 from redispool import PoolError, RedisPool
 
-from ._signal_storm import Storm, alongside
+from ._signal_storm import _POOL_FILES, Storm, alongside
 
 _FILES = (
-    "redispool/pool.py",
-    "redispool/_poolparts.py",
-    "redispool/_upkeep.py",
+    *_POOL_FILES,
     "redispool/redis_pool.py",
     "redispool/connection.py",
     "redis/client.py",

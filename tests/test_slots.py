@@ -85,7 +85,10 @@ class Injected(BaseException):
     """Stands for Ctrl-C or any async exception: not an ``Exception``."""
 
 
-_TRACED = {str(ROOT / "redispool" / f) for f in ("pool.py", "_poolparts.py", "_upkeep.py")}
+_TRACED = {
+    str(ROOT / "redispool" / f"{name}.py")
+    for name in ("pool", "_poolparts", "_upkeep", "_create", "_lifecycle")
+}
 _TRACED_REDIS = str(ROOT / "redispool" / "redis_pool.py")
 # (and the leases' __enter__: connection() and client())
 _REDIS_FUNCS = {"_new_connection", "_make", "_ping", "_destroy_connection", "__enter__"}
