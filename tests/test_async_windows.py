@@ -106,6 +106,37 @@ def test_a_writer_submit_interrupted_after_its_put_does_not_stall_flush() -> Non
     assert writer.close(1.0)
 
 
+def test_a_writer_start_cut_short_after_the_thread_started_leaves_one_writer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A handler raising in ``start()``'s wait, once the thread is running: the
+    next submit starts a writer again, and only one of the two ever runs jobs
+    (two would run them out of order)."""
+    writer = BackgroundWriter(1000, name="cut-short-writer")
+    real_start = threading.Thread.start
+    cut = []
+
+    def start_then_raise(self: threading.Thread) -> None:
+        real_start(self)
+        if not cut:
+            cut.append(self)
+            raise Interrupt("in start()")
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_raise)
+    order: list[int] = []
+    with pytest.raises(Interrupt):
+        writer.submit(lambda: order.append(-1))  # (never queued)
+    for i in range(200):
+        assert writer.submit(lambda i=i: order.append(i))
+    assert writer.flush(5.0)
+    assert order == list(range(200))
+    cut[0].join(2.0)
+    assert not cut[0].is_alive()  # superseded: it ended without a job
+    writers = [t for t in threading.enumerate() if t.name == "cut-short-writer"]
+    assert writers == [writer._thread]
+    assert writer.close(2.0)
+
+
 def test_an_analytics_flush_thread_that_failed_to_start_is_started_next_time(
     monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:

@@ -56,8 +56,15 @@ class BackgroundWriter:
             with self._lock:
                 if self._thread is None:
                     thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                    thread.start()
                     self._thread = thread
+                    try:
+                        thread.start()
+                    except BaseException:
+                        # Cut short (a signal handler raising in start()'s wait):
+                        # the thread may run after all. It finds it was superseded
+                        # and ends, so one writer at most keeps the jobs in order.
+                        self._thread = None
+                        raise
 
     def submit(self, job: Job) -> bool:
         """Queue ``job``; False (and counted in ``dropped``) if full or closed."""
@@ -75,6 +82,9 @@ class BackgroundWriter:
         return True
 
     def _run(self) -> None:
+        with self._lock:  # (after _ensure_started has decided: see there)
+            if self._thread is not threading.current_thread():
+                return
         q = self._queue
         while True:
             job = q.get()
