@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from _lease_floor import FloorPool  # (bench/ is on the path under pytest)
 
 from redispool import ObjectPool
 
@@ -37,6 +38,18 @@ def test_objectpool_borrow_release(benchmark: Any, warm_pool: ObjectPool[object]
 
 def test_objectpool_acquire_with(benchmark: Any, warm_pool: ObjectPool[object]) -> None:
     acquire = warm_pool.acquire
+
+    def run() -> None:
+        with acquire():
+            pass
+
+    benchmark.group = "borrow+release"
+    benchmark(run)
+
+
+def test_lease_essential_steps_floor(benchmark: Any) -> None:
+    """``with acquire():`` with only its essential steps (``_lease_floor.py``)."""
+    acquire = FloorPool().acquire
 
     def run() -> None:
         with acquire():
