@@ -164,14 +164,27 @@ class ConnectionPool:
         return conn
 
     def release(self, connection: Connection) -> None:
-        if getattr(connection, "_rp_state", None) is None:  # not a pooled connection at all
-            log.debug("release of a foreign object %r ignored", type(connection).__name__)
-            return
+        # An exception (a signal handler raising) past the first line, before the
+        # connection is back: it goes back all the same, discarded (as the
+        # leases' __exit__; what it was lent as is read before anything can raise).
+        objects = self.redis_pool._pool
+        lent: Any = None
+        uses = 0
         try:
+            if getattr(connection, "_rp_state", None) is None:  # not a pooled connection
+                log.debug("release of a foreign object %r ignored", type(connection).__name__)
+                return
+            lent = objects._in_use.get(id(connection))
+            if lent is not None:
+                uses = lent.uses
             self.redis_pool._put(connection)
         except ValueError:
             # Like redis-py: a connection this pool does not own is ignored.
             log.debug("release of a connection not borrowed from %r ignored", self.redis_pool)
+        except BaseException:
+            if objects._lent_still(connection, lent, uses):
+                objects.release(connection, discard=True, reason="dirty")
+            raise
 
     def get_encoder(self) -> Any:
         return self._encoder

@@ -19,6 +19,7 @@ import pytest
 
 from redispool import RedisPool
 from redispool import redis_pool as redis_pool_mod
+from redispool.redis_adapter import ConnectionPool
 from redispool.helpers import CircuitBreaker
 from redispool.helpers._singleflight import SingleFlight
 from redispool.helpers._writer import BackgroundWriter
@@ -184,4 +185,28 @@ def test_a_lease_interrupted_while_restoring_its_timeout_gives_the_connection_ba
     assert s.in_use == 0 and s.size == 0  # discarded: its timeout is unknown
     with pool.client(wait=1) as r:  # and the one slot lends again
         assert r.ping()
+    pool.close()
+
+
+@pytest.mark.parametrize("where", ["release", "_put"])
+def test_a_drop_in_release_cut_short_gives_the_connection_back(redis_url: str, where: str) -> None:
+    """``pool.redis`` (and any ``redis.Redis(connection_pool=...)``) returns its
+    connection through the adapter's ``release``: an exception landing there or
+    at ``_put``'s first line, before the connection is back, gives it back."""
+    pool = RedisPool(redis_url, min_size=0, max_size=1, timeout=1.0)
+    r = pool.redis
+    r.set("window:k", "v")
+    if where == "release":
+        code = ConnectionPool.release.__code__
+        at = line_of(ConnectionPool.release, "self.redis_pool._put(connection)")
+    else:
+        code = RedisPool._put.__code__
+        at = code.co_firstlineno + 2  # (its first line of code, after the docstring)
+    with raise_at_line(code, lambda f: f.f_lineno == at) as fired:
+        with pytest.raises(Interrupt):
+            r.get("window:k")
+    assert fired == [at]
+    s = pool.stats()
+    assert s.in_use == 0 and s.size == s.idle, s  # discarded or back, not kept
+    assert r.get("window:k") == b"v"  # (max_size=1: a kept one would time this out)
     pool.close()
