@@ -153,11 +153,12 @@ class _FollowsMoves:
     pinning at its first command) that updates the slot table when its block
     ends with MOVED or CLUSTERDOWN."""
 
-    __slots__ = ("_lease", "_pool")
+    __slots__ = ("_lease", "_pins", "_pool")
 
     def __init__(self, pool: RedisClusterPool, lease: _ClientLease | SlotLease) -> None:
         self._pool = pool
         self._lease = lease
+        self._pins = isinstance(lease, SlotLease)
 
     def __enter__(self) -> redis.Redis:
         return self._lease.__enter__()
@@ -165,8 +166,32 @@ class _FollowsMoves:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        # An exception (a signal handler raising) at the first instruction of the
+        # lease's __exit__ (or of the node pool lease's, called from SlotLease's)
+        # is no code of theirs to catch, and nothing went back: the connection goes
+        # back here, discarded. (Which one, and what it was lent as, are read first.)
+        lease: Any = self._lease
+        inner: Any = None
+        objects: Any = None
+        lent: Any = None
+        uses = 0
         try:
-            self._lease.__exit__(et, ev, tb)
+            inner = lease._inner if self._pins else lease  # (None: never pinned)
+            if inner is not None:
+                conn = inner._conn
+                objects = inner._pool._pool
+                lent = objects._in_use.get(id(conn))
+                if lent is not None:
+                    uses = lent.uses
+            lease.__exit__(et, ev, tb)
+        except BaseException:
+            if self._pins:
+                lease._client = None  # (as its __exit__: the client cannot pin again)
+            if objects is not None and objects._lent_still(conn, lent, uses):
+                inner._pinned._conn = None  # (as its __exit__: a stale client raises)
+                inner._client.connection = None
+                objects.release(conn, discard=True, reason="dirty")
+            raise
         finally:
             if isinstance(ev, (MovedError, ClusterDownError)):
                 self._pool._slot_moved(ev)
@@ -287,17 +312,21 @@ class RedisClusterPool:
             live = {id(n.redis_connection.connection_pool) for n in nodes if n.redis_connection}
             with self._lock:
                 gone = [p for key, p in self._pools.items() if key not in live]
-                for pool in gone:
-                    del self._pools[id(pool)]
         for pool in gone:
             self._retire(pool)
 
     def _retire(self, pool: NodePool) -> None:
+        """Close a departed node's pool, then take it off the list and add its
+        numbers to the retired ones, in that order: cut short (a signal handler
+        raising), it stays listed, so the next refresh or ``close()`` finishes."""
         pool.redis_pool.close(timeout=0)  # idle connections now, borrowed ones on return
         stats = pool.redis_pool.stats()
+        key = id(pool)
         with self._lock:
-            for key in _COUNTERS:
-                self._retired[key] += getattr(stats, key)
+            if self._pools.get(key) is pool:  # (once: another thread may retire it too)
+                retired = {k: self._retired[k] + getattr(stats, k) for k in _COUNTERS}
+                del self._pools[key]  # (no call from here on: both or neither)
+                self._retired = retired
 
     # -- the client ------------------------------------------------------------
 

@@ -88,6 +88,8 @@ class SlotLease:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        # (Cut short at this line or the inner __exit__'s first, before the
+        # connection is back: RedisClusterPool.client()'s wrapper gives it back.)
         self._client = None
         inner, self._inner, self._pinned = self._inner, None, None
         if inner is not None:

@@ -154,24 +154,46 @@ class NodePool(ConnectionPool):
             raise
 
     def release(self, connection: Connection) -> None:
-        mark = getattr(connection, "_rp_held", None)
-        if mark is not None:
-            connection._rp_held = None  # type: ignore[attr-defined]
-            ident, held = mark
-            conns = held.get(self.node, [])
-            for i, conn in enumerate(conns):
-                if conn is connection:
-                    del conns[i]
-                    break
-            if not conns:
-                held.pop(self.node, None)
-                if not held and _HELD.get(ident) is held:
-                    del _HELD[ident]
-        super().release(connection)
+        # An exception (a signal handler raising) anywhere past the first line,
+        # before the connection is back: it goes back all the same, discarded, and
+        # off the held list. (What it was lent as is read before anything can raise.)
+        objects = self.redis_pool._pool
+        lent: Any = None
+        uses = 0
+        try:
+            lent = objects._in_use.get(id(connection))
+            if lent is not None:
+                uses = lent.uses
+            _unhold(connection, self.node)
+            super().release(connection)
+        except BaseException:
+            if objects._lent_still(connection, lent, uses):  # not back: still the caller's
+                _unhold(connection, self.node)
+                objects.release(connection, discard=True, reason="dirty")
+            raise
 
     def owns_connection(self, connection: Connection) -> bool:
         kwargs = self.connection_kwargs
         return bool(connection.host == kwargs["host"] and connection.port == kwargs["port"])
+
+
+def _unhold(connection: Any, node: str) -> None:
+    """Take ``connection`` off the held list of the thread that borrowed it (a
+    second call finishes a first one cut short: the mark goes last)."""
+    mark = getattr(connection, "_rp_held", None)
+    if mark is None:
+        return
+    ident, held = mark
+    conns = held.get(node, [])
+    for i, conn in enumerate(conns):
+        if conn is connection:
+            del conns[i]
+            break
+    if not conns:
+        held.pop(node, None)
+        if not held and _HELD.get(ident) is held:
+            del _HELD[ident]
+    connection._rp_held = None
 
 
 def _wait_error(exc: RedisPoolTimeout, node: str) -> Exception:

@@ -1,0 +1,183 @@
+"""A signal handler that raises (Ctrl-C, gunicorn's SIGQUIT, Celery's soft time
+limit) in the cluster pool's code: the storm of tests/_signal_storm_cluster.py
+against the shared cluster (in a subprocess: a deadlock cannot hang the run),
+and each window it found, pinned by an exception put exactly there."""
+
+from __future__ import annotations
+
+import inspect
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import CodeType, FrameType
+from typing import Any
+
+import pytest
+
+from redispool import PoolError, RedisClusterPool
+from redispool.cluster_client import SlotLease
+from redispool.cluster_nodes import _HELD, NodePool, _unhold
+from redispool.redis_pool import RedisPool, _ClientLease
+
+from ..test_signals import _child
+
+Make = Callable[..., RedisClusterPool]
+
+
+class Interrupt(BaseException):
+    """What the trace hook raises (as KeyboardInterrupt would)."""
+
+
+@contextmanager
+def raise_in(code: CodeType, when: Callable[[FrameType, str], bool]) -> Iterator[list[int]]:
+    """Raise ``Interrupt`` once, at the first event ("call": before the first
+    line; "line") in ``code`` for which ``when(frame, event)`` holds."""
+    fired: list[int] = []
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if not fired and when(frame, event):
+            fired.append(frame.f_lineno)
+            raise Interrupt(frame.f_lineno)
+        return local
+
+    def hook(frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+        return local(frame, event, arg)
+
+    sys.settrace(hook)
+    try:
+        yield fired
+    finally:
+        sys.settrace(None)
+
+
+def _borrowed(pool: RedisClusterPool) -> int:
+    return sum(p.stats().in_use for p in pool.node_pools().values())
+
+
+# -- the storm ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="3.10 also runs a handler as any Python function returns (see test_signals.py)",
+)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_signal_raising_in_cluster_operations_loses_nothing_and_misdelivers_nothing(
+    redis_cluster_url: str, seed: int
+) -> None:
+    """redis-py's routed commands, cluster pipelines and multi-key commands over
+    the node pools, pinned blocks with and without a key, a block ending with
+    MOVED, under the storm (raising in redispool's code and redis-py's, but for
+    redis-py's own windows: see the child's docstring), while a second thread
+    does the same. (Before the fixes below, every run left connections borrowed.)"""
+    out = _child("_signal_storm_cluster", redis_cluster_url, seed)
+    by_file = out["by_file"]  # it did land all over the pool's code, the cluster's too
+    assert out["raised"] >= 100 and len(out["where"]) >= 20, out
+    assert sum(n for name, n in by_file.items() if name.startswith("redispool/cluster")) >= 10
+    assert by_file.get("redispool/pool.py", 0) + by_file.get("redispool/redis_pool.py", 0) >= 5
+    assert out["other_done"] and all(out["locks_free"].values()), out
+    assert out["wrong"] == [] and out["errors"] == {} and out["other_errors"] == {}, out
+    assert out["held"] == 0, out  # no connection left marked as held by a thread
+    for node, s in out["stats"].items():
+        assert s == {**s, "in_use": 0, "creating": 0, "closing": 0, "waiting": 0}, (node, out)
+        assert s["size"] == s["idle"], (node, out)
+    assert out["stale"] == [], out  # every idle connection: db 0, no MULTI, no flags
+    assert set(out["lends"].values()) == {3}, out
+    assert out["server_connections"] == out["pool_size"], out  # no socket left behind
+
+
+# -- the windows it found ----------------------------------------------------------
+
+
+def _line_of(func: Callable[..., Any], text: str) -> int:
+    lines, first = inspect.getsourcelines(func)
+    return first + next(i for i, line in enumerate(lines) if text in line)
+
+
+@pytest.mark.parametrize(
+    "func, text",
+    [
+        (NodePool.release, "_unhold(connection, self.node)"),  # what it was lent as read
+        (NodePool.release, "super().release(connection)"),  # off the held list, not back
+        (_unhold, "connection._rp_held = None"),  # off the held list, still marked
+        (RedisPool._put, None),  # at the start of the return proper (None: its first line)
+    ],
+)
+def test_a_node_connection_release_cut_short_still_gives_it_back(
+    cluster_pool: Make, func: Callable[..., Any], text: str | None
+) -> None:
+    """An exception in ``NodePool.release`` past its first instruction (which no
+    code of its own can catch: redis-py's ``finally`` calls it): the connection
+    goes back all the same, discarded, and off the thread's held list (where it
+    would make the thread's later borrows of lower nodes not wait)."""
+    pool = cluster_pool(max_size=1)
+    r = pool.redis
+    assert r.set("k", "v")
+    line = None if text is None else _line_of(func, text)
+
+    def when(frame: FrameType, event: str) -> bool:
+        if line is None:
+            return event == "call"
+        return event == "line" and frame.f_lineno == line
+
+    with raise_in(func.__code__, when) as fired:
+        with pytest.raises(Interrupt):
+            r.get("k")
+    assert fired, "the window was not reached"
+    assert _borrowed(pool) == 0
+    assert threading.get_ident() not in _HELD
+    assert r.get("k") == b"v"  # max_size=1: the node's one connection lends again
+
+
+@pytest.mark.parametrize(
+    "keyed, func",
+    [(True, _ClientLease.__exit__), (False, _ClientLease.__exit__), (False, SlotLease.__exit__)],
+)
+def test_a_pinned_block_whose_lease_exit_is_cut_short_at_its_start_gives_back(
+    cluster_pool: Make, keyed: bool, func: Callable[..., Any]
+) -> None:
+    """``client(key)`` and ``client()`` wrap a node pool's lease (``client()``
+    through a ``SlotLease``): an exception at the first instruction of a wrapped
+    ``__exit__`` is no code of its own to catch; the wrapper gives the
+    connection back, discarded, and the client refuses to run after the block."""
+    pool = cluster_pool(max_size=1)
+    assert pool.redis.set("k", "v")
+    with raise_in(func.__code__, lambda frame, event: event == "call") as fired:
+        with pytest.raises(Interrupt):
+            with pool.client("k" if keyed else None) as c:
+                assert c.get("k") == b"v"
+    assert fired, "the window was not reached"
+    assert _borrowed(pool) == 0
+    with pytest.raises(PoolError):
+        c.get("k")  # a stale client does not touch the connection that went back
+    with pool.client("k") as c:  # max_size=1: the node's one connection lends again
+        assert c.get("k") == b"v"
+
+
+def test_a_departed_node_pool_whose_retirement_is_cut_short_is_closed_next_time(
+    cluster_pool: Make,
+) -> None:
+    """A node pool no longer in the topology is closed, then taken off the list
+    and counted: cut short before the close, it stays listed, so the next
+    refresh closes it (it used to be dropped from the list first: left open for
+    good, its connections and upkeep thread with it)."""
+    pool = cluster_pool(max_size=2)
+    assert pool.redis.set("k", "v")
+    host, port = next(iter(pool.node_pools())).rsplit(":", 1)
+    departed = pool._new_node_pool(host=host, port=int(port))  # (in no topology)
+    departed.redis_pool._put(departed.redis_pool._get())  # one connection made
+    retired, made = pool._retired["created"], departed.redis_pool.stats().created
+    line = _line_of(RedisClusterPool._retire, "pool.redis_pool.close(timeout=0)")
+    with raise_in(RedisClusterPool._retire.__code__, lambda f, e: f.f_lineno == line) as fired:
+        with pytest.raises(Interrupt):
+            pool._close_departed()
+    assert fired == [line] and not departed.redis_pool.closed
+    pool._close_departed()  # (as the next refresh does)
+    assert departed.redis_pool.closed and departed not in pool._pools.values()
+    pool._close_departed()
+    assert made == 1 and pool._retired["created"] == retired + made  # counted once
