@@ -15,14 +15,18 @@ JSON line.
 
 from __future__ import annotations
 
+import ast
 import dis
+import inspect
 import json
 import random
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
+from types import CodeType, FrameType
 from typing import Any
 
 from redispool import ObjectPool, PoolTimeout
@@ -57,20 +61,70 @@ def _entered_from_outside(frame: Any, files: tuple[str, ...] = _POOL_FILES) -> b
     return caller is None or not caller.f_code.co_filename.replace("\\", "/").endswith(files)
 
 
+# code -> (lines, condition): a window of redis-py's own, left out (see _in_window)
+Windows = dict[CodeType, tuple[set[int], Callable[[FrameType], bool]]]
+
+
+def lines_of(node: ast.AST, first: int) -> set[int]:
+    """The source lines of ``node``, parsed from a function starting at ``first``."""
+    return set(range(first + node.lineno - 1, first + (node.end_lineno or node.lineno)))
+
+
+def execute_command_window() -> Windows:
+    """redis-py's ``Redis._execute_command``, from ``pool.get_connection()``'s
+    return to the ``try`` whose ``finally`` gives the connection back (when it
+    came from the pool): an exception there loses it, whatever the pool does.
+    (Found by parsing the source, so it follows redis-py's changes.)"""
+    import redis.client
+
+    execute = redis.client.Redis._execute_command
+    source, first = inspect.getsourcelines(execute)
+    body = ast.parse(textwrap.dedent("".join(source))).body[0]
+    assert isinstance(body, ast.FunctionDef)
+    got = next(
+        i
+        for i, s in enumerate(body.body)
+        if isinstance(s, ast.Assign) and "get_connection" in ast.unparse(s)
+    )
+    tried = next(i for i, s in enumerate(body.body) if i > got and isinstance(s, ast.Try))
+    start = first + (body.body[got].end_lineno or 0)  # the line after the borrow
+    lines = set(range(start, first + body.body[tried].lineno))  # to the try
+    return {execute.__code__: (lines, lambda frame: frame.f_locals["self"].connection is None)}
+
+
 class Storm:
     def __init__(
-        self, seed: int, files: tuple[str, ...] = _POOL_FILES, inside: tuple[str, ...] = ()
+        self,
+        seed: int,
+        files: tuple[str, ...] = _POOL_FILES,
+        inside: tuple[str, ...] = (),
+        windows: Windows | None = None,
     ) -> None:
         self.files = files  # where it raises
         self.inside = inside or files  # whose calls into the pool are the pool's own
+        self.windows = windows or {}  # where it does not (redis-py's own windows)
+        self.skipped = 0
         self.rnd = random.Random(seed)
         self.raised = 0
         self.on = False
         self.armed = True
         self.where: dict[str, int] = {}
 
+    def _in_window(self, frame: FrameType | None) -> bool:
+        """Is ``frame`` or a caller of it at a line of a window?"""
+        windows = self.windows
+        while frame is not None:
+            window = windows.get(frame.f_code)
+            if window is not None and frame.f_lineno in window[0] and window[1](frame):
+                return True
+            frame = frame.f_back
+        return False
+
     def handler(self, signum: int, frame: Any) -> None:
         if not self.on or not self.armed or frame is None:
+            return
+        if self.windows and self._in_window(frame):
+            self.skipped += 1
             return
         name = frame.f_code.co_filename.replace("\\", "/")
         if (
@@ -102,17 +156,18 @@ class Storm:
         stuck: Callable[[], bool] = lambda: False,
         min_raised: int = 150,
         cap: float = 15.0,
+        enough: Callable[[], bool] = lambda: True,
     ) -> tuple[int, int]:
         """Call ``op(n)`` in this thread under the storm, re-armed before each
-        call, for ``seconds`` and until it raised ``min_raised`` times (a slow
-        machine runs longer, up to ``cap`` seconds), or until ``stuck()``;
-        (calls, ``expected`` errors)."""
+        call, for ``seconds`` and until it raised ``min_raised`` times and
+        ``enough()`` holds (a slow machine runs longer, up to ``cap`` seconds),
+        or until ``stuck()``; (calls, ``expected`` errors)."""
         ops = errors = 0
         start = time.monotonic()
         self.start()
         try:
             while (elapsed := time.monotonic() - start) < seconds or (
-                self.raised < min_raised and elapsed < cap
+                (self.raised < min_raised or not enough()) and elapsed < cap
             ):
                 self.armed = True
                 ops += 1

@@ -34,8 +34,6 @@ import random
 import sys
 import textwrap
 import time
-from collections.abc import Callable
-from types import CodeType, FrameType
 from typing import Any
 
 import redis
@@ -45,7 +43,15 @@ from redis.exceptions import RedisClusterException
 
 from redispool import PoolError, RedisClusterPool, cluster_nodes
 
-from ._signal_storm import _POOL_FILES, Interrupt, Storm, alongside
+from ._signal_storm import (
+    _POOL_FILES,
+    Interrupt,
+    Storm,
+    Windows,
+    alongside,
+    execute_command_window,
+    lines_of,
+)
 
 _OWN = ("redis_pool", "redis_adapter", "connection", "cluster", "cluster_nodes", "cluster_client")
 _REDISPOOL = (*_POOL_FILES, *(f"redispool/{name}.py" for name in _OWN))
@@ -58,11 +64,7 @@ NAME = "cstorm"  # the client name of the pool's connections (CLIENT LIST)
 EXPECTED = (redis.RedisError, RedisClusterException, PoolError)
 
 
-def _lines(node: ast.AST, first: int) -> set[int]:
-    return set(range(first + node.lineno - 1, first + (node.end_lineno or node.lineno)))
-
-
-def _redis_py_windows() -> dict[CodeType, tuple[set[int], Callable[[FrameType], bool]]]:
+def _redis_py_windows() -> Windows:
     """code -> (lines, condition): an exception raised while a frame of that
     code is at one of those lines (or in anything called from there) loses a
     connection, in redis-py's code:
@@ -78,7 +80,7 @@ def _redis_py_windows() -> dict[CodeType, tuple[set[int], Callable[[FrameType], 
       refresh's CLUSTER SLOTS): from ``pool.get_connection()``'s return to the
       ``try`` whose ``finally`` gives it back, when it came from the pool.
     """
-    windows: dict[CodeType, tuple[set[int], Callable[[FrameType], bool]]] = {}
+    windows: Windows = {}
 
     send = redis.cluster.PipelineStrategy._send_cluster_commands
     source, first = inspect.getsourcelines(send)
@@ -90,30 +92,18 @@ def _redis_py_windows() -> dict[CodeType, tuple[set[int], Callable[[FrameType], 
             and isinstance(node.value, ast.Call)
             and getattr(node.value.func, "id", None) == "NodeCommands"
         ):
-            lines |= _lines(node, first)
+            lines |= lines_of(node, first)
         elif isinstance(node, ast.Try):
             if len(node.body) == 1 and "get_connection" in ast.unparse(node.body[0]):
                 for handler in node.handlers:  # the release loop before nodes = {}
-                    lines |= _lines(handler, first)
+                    lines |= lines_of(handler, first)
             for stmt in node.finalbody:
                 if "release" in ast.unparse(stmt):
-                    lines |= _lines(stmt, first)
+                    lines |= lines_of(stmt, first)
     assert len(lines) >= 10, f"redis-py's pipeline changed: {sorted(lines)}"
     windows[send.__code__] = (lines, lambda frame: True)
 
-    execute = redis.client.Redis._execute_command
-    source, first = inspect.getsourcelines(execute)
-    body = ast.parse(textwrap.dedent("".join(source))).body[0]
-    assert isinstance(body, ast.FunctionDef)
-    got = next(
-        i
-        for i, s in enumerate(body.body)
-        if isinstance(s, ast.Assign) and "get_connection" in ast.unparse(s)
-    )
-    tried = next(i for i, s in enumerate(body.body) if i > got and isinstance(s, ast.Try))
-    start = first + (body.body[got].end_lineno or 0)  # the line after the borrow
-    lines = set(range(start, first + body.body[tried].lineno))  # to the try
-    windows[execute.__code__] = (lines, lambda frame: frame.f_locals["self"].connection is None)
+    windows.update(execute_command_window())
     return windows
 
 
@@ -128,27 +118,13 @@ class ClusterStorm(Storm):
     with ``trace``, the stack of the last signal is kept (to find a window)."""
 
     def __init__(self, seed: int, trace: bool = False) -> None:
-        super().__init__(seed, files=_FILES, inside=_INSIDE)
-        self.windows = _redis_py_windows()
-        self.skipped = 0
+        super().__init__(seed, files=_FILES, inside=_INSIDE, windows=_redis_py_windows())
         self.by_file: dict[str, int] = {}
         self.trace = trace
         self.last_stack: list[tuple[str, int, str]] = []
 
-    def _in_window(self, frame: FrameType | None) -> bool:
-        windows = self.windows
-        while frame is not None:
-            window = windows.get(frame.f_code)
-            if window is not None and frame.f_lineno in window[0] and window[1](frame):
-                return True
-            frame = frame.f_back
-        return False
-
     def handler(self, signum: int, frame: Any) -> None:
         if not self.on or not self.armed or frame is None:
-            return
-        if self._in_window(frame):
-            self.skipped += 1
             return
         if frame.f_code.co_name in _IO and self.rnd.random() < 0.8:
             return
@@ -295,7 +271,13 @@ def main(url: str, seed: int, seconds: float = 1.5) -> None:
         # the pool's here: the storm is still on)
         return any(p.redis_pool._pool._lock._is_owned() for p in list(pool._pools.values()))
 
-    ops, _ = storm.run(mine, seconds, (), stuck=stuck)
+    def enough() -> bool:  # (the test's floors, with a margin: a busy machine runs longer)
+        by_file = storm.by_file
+        in_cluster = sum(n for f, n in by_file.items() if f.startswith("redispool/cluster"))
+        in_pool = by_file.get("redispool/pool.py", 0) + by_file.get("redispool/redis_pool.py", 0)
+        return in_cluster >= 15 and in_pool >= 8 and len(storm.where) >= 25
+
+    ops, _ = storm.run(mine, seconds, (), stuck=stuck, enough=enough)
     stop.set()
     helper.join(10)
     out: dict[str, Any] = {

@@ -19,11 +19,11 @@ import pytest
 
 from redispool import RedisPool
 from redispool import redis_pool as redis_pool_mod
-from redispool.redis_adapter import ConnectionPool
 from redispool.helpers import CircuitBreaker
 from redispool.helpers._singleflight import SingleFlight
 from redispool.helpers._writer import BackgroundWriter
 from redispool.helpers.analytics import Analytics
+from redispool.redis_adapter import ConnectionPool
 
 from .helpers import FakeClock
 
