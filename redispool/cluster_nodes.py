@@ -10,11 +10,14 @@ recovery needs, and ordered waiting across nodes), the connection class
 * A multi-node pipeline never waits for a node while holding a connection of
   a node ordered after it, so two pipelines cannot wait for each other; a busy
   node pool does not make a pipeline refresh the topology.
+* A connection given back twice within one cluster command (redis-py's retry
+  loop keeps the last one: see ``one_return_per_borrow``) goes back once.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import threading
@@ -30,11 +33,14 @@ from .connection import pooled_class
 from .redis_adapter import ConnectionPool
 from .redis_errors import RedisPoolClosed, RedisPoolTimeout, RedisTooManyWaiters
 
+log = logging.getLogger("redispool.cluster")
+
 __all__ = [
     "ClusterPoolTimeout",
     "ClusterTooManyWaiters",
     "NodePool",
     "cluster_connection_class",
+    "one_return_per_borrow",
     "skip_when_busy",
 ]
 
@@ -98,6 +104,39 @@ def skip_when_busy(initialize: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+# Per thread (greenlet), while a RedisCluster command runs in it: the ids of
+# the connections it gave back and has not borrowed again. redis-py's
+# ``RedisCluster._execute_command`` (8.1.0) keeps the last connection in a
+# variable across its retries (MOVED, ASK, TRYAGAIN); when the next try fails
+# before it gets one (a busy node pool's timeout, a node it cannot reach), its
+# ``finally`` gives that connection back again, though another thread may hold
+# it by then: back on the idle stack, it would be lent to a third while the
+# second still uses it, and each could read the other's replies. (Also noted
+# upstream, in review of redis/redis-py#4083.)
+_RETURNED: dict[int, set[int]] = {}
+os.register_at_fork(after_in_child=_RETURNED.clear)
+
+
+def one_return_per_borrow(execute: Callable[..., Any]) -> Callable[..., Any]:
+    """``RedisCluster._execute_command`` during which ``NodePool.release``
+    ignores a second return of a connection not borrowed again since."""
+
+    @functools.wraps(execute)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        ident = threading.get_ident()
+        outer = _RETURNED.get(ident)
+        try:
+            _RETURNED[ident] = set()
+            return execute(*args, **kwargs)
+        finally:
+            if outer is None:
+                _RETURNED.pop(ident, None)
+            else:  # (a command inside a command: a topology refresh's)
+                _RETURNED[ident] = outer
+
+    return guarded
+
+
 # -- node pools --------------------------------------------------------------
 
 
@@ -146,6 +185,9 @@ class NodePool(ConnectionPool):
                 held = _HELD[ident] = {}
             held.setdefault(self.node, []).append(conn)
             conn._rp_held = (ident, held)
+            returned = _RETURNED.get(ident)
+            if returned:
+                returned.discard(id(conn))  # borrowed again: its next return is real
             return conn  # type: ignore[no-any-return]
         except BaseException:
             if held is not None:
@@ -161,11 +203,17 @@ class NodePool(ConnectionPool):
         lent: Any = None
         uses = 0
         try:
+            returned = _RETURNED.get(threading.get_ident())
+            if returned is not None and id(connection) in returned:
+                log.debug("%s: a second return of a connection ignored", self.node)
+                return  # (redis-py's retry loop: see one_return_per_borrow)
             lent = objects._in_use.get(id(connection))
             if lent is not None:
                 uses = lent.uses
             _unhold(connection, self.node)
             super().release(connection)
+            if returned is not None:
+                returned.add(id(connection))
         except BaseException:
             if objects._lent_still(connection, lent, uses):  # not back: still the caller's
                 _unhold(connection, self.node)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import pytest
 import redis
@@ -20,6 +21,7 @@ from redis.exceptions import (
     MovedError,
     RedisClusterException,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -350,3 +352,51 @@ def test_a_node_connection_interrupted_on_its_way_to_redis_py_is_given_back(
     assert pool.stats().in_use == 0
     assert threading.get_ident() not in _HELD
     assert r.get("k") == b"v"  # max_size=1: the node's one connection lends again
+
+
+def test_redis_pys_retry_giving_a_connection_back_twice_does_not_lend_it_twice(
+    cluster_pool: Callable[..., RedisClusterPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster command keeps its last connection across retries: a
+    TRYAGAIN, then a retry that times out waiting for the node (another thread
+    was handed the connection meanwhile), and its ``finally`` gives that
+    connection back again. It must stay the other thread's, not go idle to be
+    lent to a third (two callers on one socket read each other's replies)."""
+    pool = cluster_pool(max_size=1, timeout=0.3)
+    r = pool.redis
+    r.set("k", "v")
+    node_redis = r.get_redis_connection(r.get_node_from_key("k"))
+    node_pool = pool.node_pools()[pool.node_of("k")]
+    held, done = [], threading.Event()
+
+    def other() -> None:  # queues for the node's one connection, then holds it
+        conn = node_redis.connection_pool.get_connection()
+        held.append(conn)
+        done.wait(5)
+        node_redis.connection_pool.release(conn)
+
+    real = redis.Redis.parse_response
+    tried: list[threading.Thread] = []
+
+    def try_again_once(self: redis.Redis, connection: Any, command: str, **kw: Any) -> Any:
+        if threading.current_thread() is threading.main_thread() and not tried:
+            tried.append(threading.Thread(target=other, daemon=True))
+            tried[0].start()
+            while node_pool.stats().waiting < 1:  # it waits behind this command
+                time.sleep(0.001)
+            real(self, connection, command, **kw)  # (the reply, read)
+            raise TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot")
+        return real(self, connection, command, **kw)
+
+    monkeypatch.setattr(redis.Redis, "parse_response", try_again_once)
+    with pytest.raises(ClusterPoolTimeout):
+        r.get("k")  # TRYAGAIN: the connection goes to the waiter; the retry times out
+    monkeypatch.undo()
+    assert len(held) == 1
+    s = node_pool.stats()
+    assert s.in_use == 1 and s.idle == 0, s  # still the other thread's, not idle
+    with pytest.raises(RedisPoolTimeout):
+        node_pool._get(0.05)  # nobody else gets it while it is held
+    done.set()
+    tried[0].join(5)
+    assert r.get("k") == b"v"
