@@ -81,6 +81,14 @@ class _AskingMixin:
             self._rp_state &= ~_ASKING_SENT  # the fast path skips _rp_note for GET, SET, ...
         super().send_command(*args, **kwargs)  # type: ignore[misc]
 
+    def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        returned = _RETURNED.get(threading.get_ident())
+        if returned and id(self) in returned:
+            # redis-py's retry loop, on a connection it already gave back (another
+            # thread's by now: see one_return_per_borrow): not its to close
+            return
+        super().disconnect(*args, **kwargs)  # type: ignore[misc]
+
 
 @functools.cache
 def cluster_connection_class(base: type[Connection]) -> type[Connection]:

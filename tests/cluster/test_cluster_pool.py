@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+from unittest.mock import Mock
 
 import pytest
 import redis
@@ -32,7 +33,7 @@ from redispool import (
     RedisClusterPoolStats,
     RedisPoolTimeout,
 )
-from redispool.cluster_nodes import _wait_error
+from redispool.cluster_nodes import NodePool, _wait_error
 from redispool.testing import RedisClusterServer
 
 Make = Callable[..., RedisClusterPool]
@@ -354,23 +355,27 @@ def test_a_node_connection_interrupted_on_its_way_to_redis_py_is_given_back(
     assert r.get("k") == b"v"  # max_size=1: the node's one connection lends again
 
 
+@pytest.mark.parametrize("retry", ["times_out", "cannot_connect"])
 def test_redis_pys_retry_giving_a_connection_back_twice_does_not_lend_it_twice(
-    cluster_pool: Callable[..., RedisClusterPool], monkeypatch: pytest.MonkeyPatch
+    cluster_pool: Callable[..., RedisClusterPool], monkeypatch: pytest.MonkeyPatch, retry: str
 ) -> None:
     """redis-py's cluster command keeps its last connection across retries: a
-    TRYAGAIN, then a retry that times out waiting for the node (another thread
-    was handed the connection meanwhile), and its ``finally`` gives that
-    connection back again. It must stay the other thread's, not go idle to be
-    lent to a third (two callers on one socket read each other's replies)."""
+    TRYAGAIN, then a retry that fails before it gets a connection (it times out
+    waiting for the node, whose connection another thread was handed meanwhile;
+    or the node cannot be reached), and its ``finally`` gives that connection
+    back again (after closing it, for a connection error). It must stay the
+    other thread's, open, not go idle to be lent to a third (two callers on one
+    socket read each other's replies)."""
     pool = cluster_pool(max_size=1, timeout=0.3)
     r = pool.redis
     r.set("k", "v")
     node_redis = r.get_redis_connection(r.get_node_from_key("k"))
     node_pool = pool.node_pools()[pool.node_of("k")]
-    held, done = [], threading.Event()
+    held, socks, done = [], [], threading.Event()
 
     def other() -> None:  # queues for the node's one connection, then holds it
         conn = node_redis.connection_pool.get_connection()
+        socks.append(conn._sock)
         held.append(conn)
         done.wait(5)
         node_redis.connection_pool.release(conn)
@@ -389,10 +394,31 @@ def test_redis_pys_retry_giving_a_connection_back_twice_does_not_lend_it_twice(
         return real(self, connection, command, **kw)
 
     monkeypatch.setattr(redis.Redis, "parse_response", try_again_once)
-    with pytest.raises(ClusterPoolTimeout):
-        r.get("k")  # TRYAGAIN: the connection goes to the waiter; the retry times out
+    expected: type[Exception] = ClusterPoolTimeout
+    if retry == "cannot_connect":
+        expected = RedisConnectionError
+        real_get = NodePool.get_connection
+
+        def unreachable(self: NodePool, *args: Any, **kw: Any) -> Any:
+            if threading.current_thread() is threading.main_thread() and tried:
+                deadline = time.monotonic() + 2
+                while not held and time.monotonic() < deadline:  # the other has it
+                    time.sleep(0.001)
+                raise RedisConnectionError("Error 111 connecting: Connection refused.")
+            return real_get(self, *args, **kw)
+
+        monkeypatch.setattr(NodePool, "get_connection", unreachable)
+        monkeypatch.setattr(r.nodes_manager, "initialize", Mock())  # (no refresh)
+    with pytest.raises(expected):
+        r.get("k")  # TRYAGAIN: the connection goes to the waiter; the retry fails
     monkeypatch.undo()
+    deadline = time.monotonic() + 2
+    while not held and time.monotonic() < deadline:  # (woken by the hand-off)
+        time.sleep(0.001)
     assert len(held) == 1
+    assert held[0]._sock is socks[0] is not None  # not closed under the other thread
+    held[0].send_command("PING")
+    assert held[0].read_response() == b"PONG"
     s = node_pool.stats()
     assert s.in_use == 1 and s.idle == 0, s  # still the other thread's, not idle
     with pytest.raises(RedisPoolTimeout):
