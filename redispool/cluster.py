@@ -40,6 +40,7 @@ from .cluster_nodes import (
     ClusterTooManyWaiters,
     NodePool,
     cluster_connection_class,
+    guarded_pipelines,
     one_return_per_borrow,
     skip_when_busy,
 )
@@ -372,6 +373,7 @@ class RedisClusterPool:
             manager = cluster.nodes_manager
             manager.initialize = skip_when_busy(manager.initialize)  # type: ignore[method-assign]
             cluster._execute_command = one_return_per_borrow(cluster._execute_command)  # type: ignore[method-assign]
+            cluster.pipeline = guarded_pipelines(cluster.pipeline)  # type: ignore[method-assign]
             with self._lock:
                 closed = self._closed
                 if not closed:

@@ -40,6 +40,7 @@ __all__ = [
     "ClusterTooManyWaiters",
     "NodePool",
     "cluster_connection_class",
+    "guarded_pipelines",
     "one_return_per_borrow",
     "skip_when_busy",
 ]
@@ -82,11 +83,15 @@ class _AskingMixin:
         super().send_command(*args, **kwargs)  # type: ignore[misc]
 
     def disconnect(self, *args: Any, **kwargs: Any) -> None:
-        returned = _RETURNED.get(threading.get_ident())
+        ident = threading.get_ident()
+        returned = _RETURNED.get(ident)
         if returned and id(self) in returned:
-            # redis-py's retry loop, on a connection it already gave back (another
-            # thread's by now: see one_return_per_borrow): not its to close
-            return
+            mark = getattr(self, "_rp_held", None)
+            if mark is not None and mark[0] != ident:
+                # redis-py's retry loop, on a connection it already gave back and
+                # another thread now holds (see one_return_per_borrow): not its to
+                # close. (An idle one is closed: the pool may be destroying it.)
+                return
         super().disconnect(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -126,7 +131,8 @@ os.register_at_fork(after_in_child=_RETURNED.clear)
 
 
 def one_return_per_borrow(execute: Callable[..., Any]) -> Callable[..., Any]:
-    """``RedisCluster._execute_command`` during which ``NodePool.release``
+    """``RedisCluster._execute_command`` (a cluster's, or a cluster pipeline's
+    for the commands it runs one by one) during which ``NodePool.release``
     ignores a second return of a connection not borrowed again since."""
 
     @functools.wraps(execute)
@@ -141,6 +147,19 @@ def one_return_per_borrow(execute: Callable[..., Any]) -> Callable[..., Any]:
                 _RETURNED.pop(ident, None)
             else:  # (a command inside a command: a topology refresh's)
                 _RETURNED[ident] = outer
+
+    return guarded
+
+
+def guarded_pipelines(pipeline: Callable[..., Any]) -> Callable[..., Any]:
+    """``RedisCluster.pipeline`` whose pipelines' own ``_execute_command`` (their
+    one-by-one fallback) is guarded too (``one_return_per_borrow``)."""
+
+    @functools.wraps(pipeline)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        pipe = pipeline(*args, **kwargs)
+        pipe._execute_command = one_return_per_borrow(pipe._execute_command)
+        return pipe
 
     return guarded
 
@@ -200,6 +219,9 @@ class NodePool(ConnectionPool):
         except BaseException:
             if held is not None:
                 conn._rp_held = (ident, held)  # release() takes it off the list if on it
+            returned = _RETURNED.get(ident)
+            if returned:
+                returned.discard(id(conn))  # (borrowed again: this return is real)
             self.release(conn)
             raise
 
@@ -223,9 +245,13 @@ class NodePool(ConnectionPool):
             if returned is not None:
                 returned.add(id(connection))
         except BaseException:
-            if objects._lent_still(connection, lent, uses):  # not back: still the caller's
-                _unhold(connection, self.node)
-                objects.release(connection, discard=True, reason="dirty")
+            returned = _RETURNED.get(threading.get_ident())
+            if returned is None or id(connection) not in returned:  # (not one ignored)
+                if objects._lent_still(connection, lent, uses):  # not back: still the caller's
+                    _unhold(connection, self.node)
+                    objects.release(connection, discard=True, reason="dirty")
+                if returned is not None:
+                    returned.add(id(connection))  # back, either way
             raise
 
     def owns_connection(self, connection: Connection) -> bool:

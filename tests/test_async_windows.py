@@ -110,31 +110,34 @@ def test_a_writer_submit_interrupted_after_its_put_does_not_stall_flush() -> Non
 def test_a_writer_start_cut_short_after_the_thread_started_leaves_one_writer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A handler raising in ``start()``'s wait, once the thread is running: the
-    next submit starts a writer again, and only one of the two ever runs jobs
-    (two would run them out of order)."""
+    """A handler raising in ``start()``'s wait, once the thread is running: a
+    job another thread queued meanwhile still runs (the started thread takes
+    over), and only one writer ever runs jobs (two would run them out of order)."""
     writer = BackgroundWriter(1000, name="cut-short-writer")
     real_start = threading.Thread.start
     cut = []
+    order: list[int] = []
 
     def start_then_raise(self: threading.Thread) -> None:
         real_start(self)
         if not cut:
             cut.append(self)
+            other = threading.Thread(target=lambda: writer.submit(lambda: order.append(-1)))
+            real_start(other)  # queued behind the thread being started
+            other.join(2)
             raise Interrupt("in start()")
 
     monkeypatch.setattr(threading.Thread, "start", start_then_raise)
-    order: list[int] = []
     with pytest.raises(Interrupt):
-        writer.submit(lambda: order.append(-1))  # (never queued)
+        writer.submit(lambda: order.append(-2))  # (never queued)
+    monkeypatch.undo()
+    assert writer.flush(2.0) and order == [-1]  # no later submit needed
     for i in range(200):
         assert writer.submit(lambda i=i: order.append(i))
     assert writer.flush(5.0)
-    assert order == list(range(200))
-    cut[0].join(2.0)
-    assert not cut[0].is_alive()  # superseded: it ended without a job
+    assert order == [-1, *range(200)]
     writers = [t for t in threading.enumerate() if t.name == "cut-short-writer"]
-    assert writers == [writer._thread]
+    assert writers == [writer._thread] == cut  # the started one took over
     assert writer.close(2.0)
 
 

@@ -61,8 +61,9 @@ class BackgroundWriter:
                         thread.start()
                     except BaseException:
                         # Cut short (a signal handler raising in start()'s wait):
-                        # the thread may run after all. It finds it was superseded
-                        # and ends, so one writer at most keeps the jobs in order.
+                        # the thread may run after all. It takes over if no other
+                        # writer started meanwhile, else it ends: one writer at
+                        # most, so the jobs keep their order.
                         self._thread = None
                         raise
 
@@ -83,7 +84,10 @@ class BackgroundWriter:
 
     def _run(self) -> None:
         with self._lock:  # (after _ensure_started has decided: see there)
-            if self._thread is not threading.current_thread():
+            me = threading.current_thread()
+            if self._thread is None:  # its start() was cut short: it takes over
+                self._thread = me
+            elif self._thread is not me:  # another writer started meanwhile
                 return
         q = self._queue
         while True:

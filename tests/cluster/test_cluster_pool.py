@@ -33,7 +33,7 @@ from redispool import (
     RedisClusterPoolStats,
     RedisPoolTimeout,
 )
-from redispool.cluster_nodes import NodePool, _wait_error
+from redispool.cluster_nodes import _RETURNED, NodePool, _wait_error
 from redispool.testing import RedisClusterServer
 
 Make = Callable[..., RedisClusterPool]
@@ -355,9 +355,15 @@ def test_a_node_connection_interrupted_on_its_way_to_redis_py_is_given_back(
     assert r.get("k") == b"v"  # max_size=1: the node's one connection lends again
 
 
-@pytest.mark.parametrize("retry", ["times_out", "cannot_connect"])
+@pytest.mark.parametrize(
+    "retry, via",
+    [("times_out", "command"), ("cannot_connect", "command"), ("times_out", "pipeline")],
+)
 def test_redis_pys_retry_giving_a_connection_back_twice_does_not_lend_it_twice(
-    cluster_pool: Callable[..., RedisClusterPool], monkeypatch: pytest.MonkeyPatch, retry: str
+    cluster_pool: Callable[..., RedisClusterPool],
+    monkeypatch: pytest.MonkeyPatch,
+    retry: str,
+    via: str,
 ) -> None:
     """redis-py's cluster command keeps its last connection across retries: a
     TRYAGAIN, then a retry that fails before it gets a connection (it times out
@@ -365,7 +371,8 @@ def test_redis_pys_retry_giving_a_connection_back_twice_does_not_lend_it_twice(
     or the node cannot be reached), and its ``finally`` gives that connection
     back again (after closing it, for a connection error). It must stay the
     other thread's, open, not go idle to be lent to a third (two callers on one
-    socket read each other's replies)."""
+    socket read each other's replies). A cluster pipeline runs its commands
+    one by one the same way (``via="pipeline"``: its own ``_execute_command``)."""
     pool = cluster_pool(max_size=1, timeout=0.3)
     r = pool.redis
     r.set("k", "v")
@@ -409,8 +416,11 @@ def test_redis_pys_retry_giving_a_connection_back_twice_does_not_lend_it_twice(
 
         monkeypatch.setattr(NodePool, "get_connection", unreachable)
         monkeypatch.setattr(r.nodes_manager, "initialize", Mock())  # (no refresh)
-    with pytest.raises(expected):
-        r.get("k")  # TRYAGAIN: the connection goes to the waiter; the retry fails
+    with pytest.raises(expected):  # TRYAGAIN: the connection goes to the waiter; the retry fails
+        if via == "pipeline":
+            r.pipeline().parent_execute_command("GET", "k")  # (its one-by-one path)
+        else:
+            r.get("k")
     monkeypatch.undo()
     deadline = time.monotonic() + 2
     while not held and time.monotonic() < deadline:  # (woken by the hand-off)
@@ -426,3 +436,21 @@ def test_redis_pys_retry_giving_a_connection_back_twice_does_not_lend_it_twice(
     done.set()
     tried[0].join(5)
     assert r.get("k") == b"v"
+
+
+def test_the_double_return_guard_lets_a_command_close_an_idle_connection(
+    cluster_pool: Callable[..., RedisClusterPool],
+) -> None:
+    """A connection the running command gave back is left open only while
+    another thread holds it: idle, it is closed when asked (the pool destroying
+    it, redis-py dropping a node's idle connections)."""
+    pool = cluster_pool(max_size=1)
+    pool.redis.set("k", "v")
+    (conn,) = pool.node_pools()[pool.node_of("k")]._pool.objects()  # idle, given back
+    ident = threading.get_ident()
+    _RETURNED[ident] = {id(conn)}  # (as inside the command that gave it back)
+    try:
+        conn.disconnect()
+    finally:
+        _RETURNED.pop(ident, None)
+    assert conn._sock is None

@@ -9,12 +9,15 @@ import inspect
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import CodeType, FrameType
 from typing import Any
 
 import pytest
+import redis
+from redis.exceptions import TryAgainError
 
 from redispool import PoolError, RedisClusterPool
 from redispool.cluster_client import SlotLease
@@ -181,3 +184,99 @@ def test_a_departed_node_pool_whose_retirement_is_cut_short_is_closed_next_time(
     assert departed.redis_pool.closed and departed not in pool._pools.values()
     pool._close_departed()
     assert made == 1 and pool._retired["created"] == retired + made  # counted once
+
+
+# -- the double-return guard under an interrupt (see test_cluster_pool.py) ---------
+
+
+def _try_again_once(tried: list[bool]) -> Callable[..., Any]:
+    """``redis.Redis.parse_response`` that answers TRYAGAIN once (after reading
+    the reply): redis-py's cluster command then retries on the same node."""
+    real = redis.Redis.parse_response
+
+    def parse(self: redis.Redis, connection: Any, command: str, **kw: Any) -> Any:
+        out = real(self, connection, command, **kw)
+        if not tried:
+            tried.append(True)
+            raise TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot")
+        return out
+
+    return parse
+
+
+def test_an_interrupted_reborrow_of_a_connection_the_command_gave_back_gives_it_back(
+    cluster_pool: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a TRYAGAIN the retry borrows the connection it just gave back; an
+    exception before that borrow is recorded must not make its return read as
+    redis-py's ignored second one (it stayed borrowed for good)."""
+    pool = cluster_pool(max_size=1, timeout=0.3)
+    r = pool.redis
+    assert r.set("k", "v")
+    tried: list[bool] = []
+    monkeypatch.setattr(redis.Redis, "parse_response", _try_again_once(tried))
+    line = _line_of(NodePool.get_connection, "returned = _RETURNED.get(ident)")
+
+    def when(frame: FrameType, event: str) -> bool:
+        return bool(tried) and event == "line" and frame.f_lineno == line
+
+    with raise_in(NodePool.get_connection.__code__, when) as fired:
+        with pytest.raises(Interrupt):
+            r.get("k")
+    monkeypatch.undo()
+    assert fired == [line]
+    assert _borrowed(pool) == 0 and threading.get_ident() not in _HELD
+    assert r.get("k") == b"v"
+
+
+def test_an_interrupted_ignored_second_return_leaves_the_holder_its_connection(
+    cluster_pool: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's second return of a connection another thread now holds is
+    ignored; an exception landing in it (before the guard decides) must not
+    take that thread's connection off the pool's books."""
+    pool = cluster_pool(max_size=1, timeout=0.3)
+    r = pool.redis
+    assert r.set("k", "v")
+    node_pool = pool.node_pools()[pool.node_of("k")]
+    node_redis = r.get_redis_connection(r.get_node_from_key("k"))
+    held, done = [], threading.Event()
+
+    def other() -> None:  # queues for the node's one connection, then holds it
+        conn = node_redis.connection_pool.get_connection()
+        held.append(conn)
+        done.wait(5)
+        node_redis.connection_pool.release(conn)
+
+    real = redis.Redis.parse_response
+    tried: list[threading.Thread] = []
+
+    def parse(self: redis.Redis, connection: Any, command: str, **kw: Any) -> Any:
+        if threading.current_thread() is threading.main_thread() and not tried:
+            tried.append(threading.Thread(target=other, daemon=True))
+            tried[0].start()
+            while node_pool.stats().waiting < 1:
+                time.sleep(0.001)
+            real(self, connection, command, **kw)
+            raise TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot")
+        return real(self, connection, command, **kw)
+
+    monkeypatch.setattr(redis.Redis, "parse_response", parse)
+    line = _line_of(NodePool.release, "returned = _RETURNED.get(threading.get_ident())")
+    seen: list[int] = []
+
+    def when(frame: FrameType, event: str) -> bool:  # at the second return's guard
+        if event == "line" and frame.f_lineno == line:
+            seen.append(line)
+        return len(seen) == 2
+
+    with raise_in(NodePool.release.__code__, when) as fired:
+        with pytest.raises(Interrupt):
+            r.get("k")
+    monkeypatch.undo()
+    assert fired == [line] and len(held) == 1
+    s = node_pool.stats()
+    assert s.in_use == 1 and id(held[0]) in node_pool._pool._in_use, s  # still theirs
+    done.set()
+    tried[0].join(5)
+    assert node_pool.stats().in_use == 0 and r.get("k") == b"v"
