@@ -113,20 +113,65 @@ def _check_keep_on(keep_on: Any) -> KeepOn:
 
 
 def _new_lock() -> Any:
-    """The pool's lock. Reentrant only so that its holder can be told: a signal
-    handler (Ctrl-C, SIGQUIT, a soft time limit) may raise just after
-    ``acquire()`` returned, before any ``try``, and the handler then sees
-    ``_is_owned()``. The pool never takes it twice (nor may a signal handler use
-    the pool: its admin calls raise ``RuntimeError`` there)."""
+    """The pool's lock. Its holder can be told (``_is_owned``): a signal handler
+    (Ctrl-C, SIGQUIT, a soft time limit) may raise just after ``acquire()``
+    returned, before any ``try``, and the handler then sees that it holds it.
+    The pool never takes it twice (nor may a signal handler use the pool: its
+    admin calls raise ``RuntimeError`` there)."""
     thread_mod = sys.modules.get("gevent.thread")
     if thread_mod is not None and threading.Lock is thread_mod.LockType:
-        # The native one under gevent too: gevent's RLock is Python, and a handler
-        # could land between its steps. A native lock never blocks greenlets here:
-        # no code of the pool yields while holding it, so no greenlet waits for it.
-        from gevent.monkey import get_original
-
-        return get_original("_thread", "RLock")()
+        return _GreenLock()
     return threading.RLock()
+
+
+class _GreenLock:
+    """The pool's lock under gevent. Other greenlets wait for it cooperatively:
+    the pool's own code never yields while holding it, but a finalizer the
+    garbage collector runs there may (a close that yields), and a native lock,
+    owned by the thread, would let another greenlet of it in. gevent's RLock
+    is Python, with windows between taking the lock and recording its holder;
+    here the holder is known without one (see ``_is_owned``)."""
+
+    __slots__ = ("_owner", "_sem")
+
+    def __init__(self) -> None:
+        global _getcurrent
+        from gevent import getcurrent
+        from gevent.lock import Semaphore  # (compiled: one C call to take it)
+
+        _getcurrent = getcurrent
+        self._sem = Semaphore(1)
+        self._owner: Any = None
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        got: bool = self._sem.acquire(blocking, timeout)
+        if got:
+            self._owner = _getcurrent()
+        return got
+
+    def release(self) -> None:
+        self._owner = None
+        self._sem.release()
+
+    def _is_owned(self) -> bool:
+        owner = self._owner
+        if owner is not None:
+            return owner is _getcurrent()
+        # Taken with no holder recorded: only the greenlet running this can be
+        # between acquire()'s two steps (nothing yields there), interrupted.
+        return bool(self._sem.locked())
+
+    def locked(self) -> bool:
+        return bool(self._sem.locked())
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+_getcurrent: Any = None  # greenlet.getcurrent, once a _GreenLock is made
 
 
 def _acquire_anyway(lock: Any) -> BaseException | None:

@@ -366,9 +366,85 @@ def fork_deadline(url: str, seed: int) -> dict[str, Any]:
     return {"child_status": status, **(json.loads(data) if data else {})}
 
 
+def yield_under_lock(url: str, seed: int) -> dict[str, Any]:
+    """Something run inside the pool's bookkeeping yields (a finalizer the
+    garbage collector runs there, whose close yields; here the pool's clock):
+    no other greenlet may enter the bookkeeping meanwhile. Greenlets borrow and
+    return one object in turns; the lock itself is also asked directly."""
+    import gevent
+
+    from redispool import ObjectPool, PoolTimeout
+
+    yields = [0]
+
+    def clock() -> float:
+        yields[0] += 1
+        gevent.sleep(0)  # (inside the lock: borrow and release read the clock there)
+        return time.monotonic()
+
+    made: list[object] = []
+    pool: Any = ObjectPool(lambda: made.append(object()) or made[-1], max_size=1,
+                           timeout=0.5, clock=clock, background=False)  # fmt: skip
+    holders: dict[int, int] = {}  # id(obj) -> greenlets holding it now
+    errors: list[str] = []
+    double = [0]
+
+    def worker(i: int) -> None:
+        for _ in range(20):
+            try:
+                obj = pool.borrow()
+            except PoolTimeout:
+                continue
+            except Exception as exc:  # an error from inside the pool's bookkeeping
+                errors.append(repr(exc))
+                continue
+            holders[id(obj)] = holders.get(id(obj), 0) + 1
+            double[0] += holders[id(obj)] > 1
+            gevent.sleep(0)
+            holders[id(obj)] -= 1
+            try:
+                pool.release(obj)
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    gevent.joinall([gevent.spawn(worker, i) for i in range(4)], timeout=20)
+    lock = pool._lock
+    inside: list[str] = []
+
+    def hold() -> None:
+        lock.acquire()
+        inside.append("a in")
+        gevent.sleep(0.01)  # yields holding it
+        inside.append("a out")
+        lock.release()
+
+    def other() -> None:
+        lock.acquire()
+        inside.append("b in")
+        lock.release()
+
+    gevent.joinall([gevent.spawn(hold), gevent.spawn(other)], timeout=5)
+    s = pool.stats()
+    try:
+        pool.release(pool.borrow(1.0))
+        works: Any = True
+    except Exception as exc:
+        works = repr(exc)
+    return {"yields": yields[0], "errors": errors[:5], "double": double[0], "made": len(made),
+            "stats": {k: getattr(s, k) for k in _COUNTS}, "borrow_works": works,
+            "inside": inside, "lock": type(lock).__name__}  # fmt: skip
+
+
 CASES = {
     f.__name__: f
-    for f in (first_borrow_kill, timeout_in_destroy, kill_at_each_yield, random_ops, fork_deadline)
+    for f in (
+        first_borrow_kill,
+        timeout_in_destroy,
+        kill_at_each_yield,
+        random_ops,
+        fork_deadline,
+        yield_under_lock,
+    )
 }
 
 

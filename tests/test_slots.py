@@ -238,6 +238,18 @@ def test_random_borrows_timeouts_and_kills_under_gevent_settle(redis_url: str) -
     assert bad == [], f"{len(bad)} of {len(result['pools'])} pools lost a slot: {bad[:3]}"
 
 
+def test_a_yield_inside_the_pools_bookkeeping_lets_no_other_greenlet_in(redis_url: str) -> None:
+    """A finalizer the garbage collector runs inside the pool's bookkeeping may
+    yield (its close does): other greenlets must wait for the pool's lock, not
+    enter. (It was a native lock, owned by the thread: the random_ops oracle
+    once saw "cannot release un-acquired lock" from a greenlet let in.)"""
+    result = _gevent_case("yield_under_lock", redis_url)
+    assert result["inside"] == ["a in", "a out", "b in"], result  # b waited for a
+    assert result["yields"] > 50 and result["errors"] == [] and result["double"] == 0, result
+    assert result["borrow_works"] is True and result["made"] == 1, result
+    assert _settled(result["stats"]), result
+
+
 # -- item 6: fork, then gevent: one greenlet's wait is not another's timeout ----
 
 
