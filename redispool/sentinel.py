@@ -112,6 +112,7 @@ class SentinelService:
         kwargs["protocol"] = 2  # flat replies, and plain pub/sub for the listener
         self._sentinel_kwargs = kwargs
         self._clients = [redis.Redis(host=h, port=p, **kwargs) for h, p in self.sentinels]
+        self._spare: list[list[Connection]] = [[] for _ in self.sentinels]  # see _command
         self._lock = threading.Lock()
         self.generation = 0
         self.address: Address | None = None  # the primary last found or announced
@@ -156,6 +157,11 @@ class SentinelService:
         with self._lock:
             if self._listener is not listener:
                 return
+            if listener is not None:
+                # Not alive may be not started yet (another thread is between
+                # this lock and its start()): stopped, it ends as soon as it
+                # starts, and only the new one runs.
+                listener.stop()
             listener = self._listener = SwitchListener(self)
         # Started outside the lock: under gevent, start() yields to other greenlets.
         listener.start()
@@ -169,15 +175,45 @@ class SentinelService:
         self._settled = threading.Event()
         self._settled.set()
         self._listener = None
+        self._spare = [[] for _ in self.sentinels]  # the parent's sockets
 
     def sentinel_name(self, index: int) -> str:
         host, port = self.sentinels[index]
         return f"{host}:{port}"
 
     def listener_connection(self, index: int) -> Connection:
-        """A new connection to sentinel ``index`` (the caller connects it)."""
-        conn: Any = self._clients[index].connection_pool.make_connection()
-        return conn  # type: ignore[no-any-return]
+        """A new connection to sentinel ``index`` (the caller connects it). Not
+        the client pool's ``make_connection()``: that counts every connection
+        it ever made against its ``max_connections`` (100 in redis-py 8) and
+        uncounts only those returned to it, which these never are."""
+        pool = self._clients[index].connection_pool
+        conn: Connection = pool.connection_class(**pool.connection_kwargs)
+        return conn
+
+    def _command(self, index: int, *args: Any) -> Any:
+        """Send ``args`` to sentinel ``index``; its reply.
+
+        Not through redis-py's client and pool: an exception landing between
+        their steps (a signal handler raising at a call) can leave a connection
+        borrowed from that pool for good, or back in it with its reply still
+        owed, for the next query to read. Here a connection is off the spare
+        list while in use and back on it only after a whole exchange; one
+        dropped on the way is unreferenced, closed by the garbage collector."""
+        spare = self._spare[index]
+        try:
+            conn = spare.pop()
+        except IndexError:
+            conn = self.listener_connection(index)
+        try:
+            if conn._sock is not None and _stale(conn):
+                conn.disconnect()  # closed by the sentinel (a restart): connect anew
+            conn.send_command(*args)
+            reply = conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        spare.append(conn)
+        return reply
 
     # -- discovery --------------------------------------------------------
 
@@ -187,9 +223,7 @@ class SentinelService:
 
     def _ask_primary(self, index: int) -> tuple[Address, int, bool]:
         """Sentinel ``index``'s view: (address, config epoch, usable)."""
-        state = _pairs(
-            self._clients[index].execute_command("SENTINEL", "MASTER", self.service_name)
-        )
+        state = _pairs(self._command(index, "SENTINEL", "MASTER", self.service_name))
         flags = set(state.get("flags", "").split(","))
         usable = "master" in flags and not flags & {"s_down", "o_down"}
         return (state["ip"], int(state["port"])), int(state.get("config-epoch", 0)), usable
@@ -231,9 +265,7 @@ class SentinelService:
                 return
             name = self.sentinel_name(index)
             try:
-                reply = self._clients[index].execute_command(
-                    "SENTINEL", "REPLICAS", self.service_name
-                )
+                reply = self._command(index, "SENTINEL", "REPLICAS", self.service_name)
                 found = []
                 for item in reply:
                     state = _pairs(item)
@@ -364,8 +396,8 @@ class SentinelService:
         sentinel that has not heard of the switch yet cannot send them back)."""
         if address == self.address:
             return
-        self._settled.clear()
         try:
+            self._settled.clear()  # (inside: cut short after it, it is set again)
             if self._move(address, f"+switch-master from {source}"):
                 self.newest_primary()
         finally:
@@ -374,24 +406,38 @@ class SentinelService:
     def _move(self, address: Address | None, why: str) -> bool:
         """A new generation for ``address`` (None: unknown), and drain the pool of
         connections to the old one; False if ``address`` is the current one."""
-        with self._lock:
-            if address is not None and address == self.address:
-                return False
-            old, self.address = self.address, address
-            self.generation += 1
-            self.switches += 1
-        log.warning(
-            "sentinel service %r: primary %s -> %s (%s); draining %s pool",
-            self.service_name,
-            _show(old),
-            _show(address),
-            why,
-            self.role,
-        )
-        pool = self.pool
-        if pool is not None and not pool.closed and old is not None:
-            pool.drain()
+        old: Address | None = None
+        try:
+            with self._lock:
+                if address is not None and address == self.address:
+                    return False
+                old, self.address = self.address, address
+                self.generation += 1
+                self.switches += 1
+            log.warning(
+                "sentinel service %r: primary %s -> %s (%s); draining %s pool",
+                self.service_name,
+                _show(old),
+                _show(address),
+                why,
+                self.role,
+            )
+        finally:
+            # Once the generation moved, the pool is drained even if an exception
+            # (a signal handler raising at a call) cuts this short: else its idle
+            # connections of the old generation would each fail a borrower.
+            if old is not None:
+                try:
+                    self._drain()
+                except BaseException:
+                    self._drain()  # once more if that cut the first short, then raise
+                    raise
         return True
+
+    def _drain(self) -> None:
+        pool = self.pool
+        if pool is not None and not pool.closed:
+            pool.drain()
 
     def resync(self) -> None:
         """After (re)subscribing: catch a switch missed while not listening."""
@@ -410,6 +456,12 @@ class SentinelService:
         listener = self._listener
         if listener is not None:
             listener.stop()
+        for spare in self._spare:
+            while spare:
+                try:
+                    spare.pop().disconnect()
+                except Exception:  # pragma: no cover - closing is best effort
+                    pass
         for client in self._clients:
             try:
                 client.close()
@@ -471,6 +523,14 @@ class _SentinelManaged:
                 f"{address[0]}:{address[1]} answered READONLY: it is no longer the primary "
                 f"of {service.service_name!r}; connection closed, asking Sentinel again"
             ) from None
+
+
+def _stale(conn: Connection) -> bool:
+    """Has a kept sentinel connection been closed (or sent bytes nobody asked for)?"""
+    try:
+        return bool(conn.can_read(timeout=0))
+    except (RedisError, OSError):
+        return True
 
 
 def _past(deadline: float | None, errors: list[str]) -> bool:
