@@ -341,13 +341,18 @@ class SentinelService:
                 if problem is not None:
                     errors.append(f"{address[0]}:{address[1]} (from sentinel {source}): {problem}")
                     continue
-                if generation != self.generation:  # a switch while connecting: ask again
+                # Tagged with the generation it was found in, checked in one step
+                # with taking it: a switch after that (the listener's) makes it
+                # old; a switch before, and this connection asks again.
+                if expected == "master":
+                    found = self.found_primary(address, since=generation)
+                else:
+                    found = generation if generation == self.generation else None
+                if found is None:  # a switch while connecting: ask again
                     conn.disconnect()
                     errors.append(f"{address[0]}:{address[1]}: the primary changed meanwhile")
                     break
-                if expected == "master":
-                    self.found_primary(address)
-                conn._rp_sgen = self.generation
+                conn._rp_sgen = found
                 return
             else:
                 break
@@ -375,16 +380,19 @@ class SentinelService:
 
     # -- changes ----------------------------------------------------------
 
-    def found_primary(self, address: Address) -> None:
+    def found_primary(self, address: Address, since: int | None = None) -> int | None:
         """A new connection reached the primary at ``address``: the first one
-        sets the address; another address means a switch the listener missed."""
+        sets the address; another address means a switch the listener missed.
+        The generation it belongs to, or None if one switch or more came after
+        generation ``since`` (the connection is then stale: ask again)."""
         with self._lock:
+            if since is not None and since != self.generation:
+                return None
             if self.address is None:
                 self.address = address
-                return
             if self.address == address:
-                return
-        self.switch(address, why="a new connection found it there")
+                return self.generation
+        return self._move(address, "a new connection found it there", since=since)
 
     def switch(self, address: Address | None, *, why: str) -> None:
         """The primary is (or may be) elsewhere now: new generation, drain."""
@@ -398,22 +406,26 @@ class SentinelService:
             return
         try:
             self._settled.clear()  # (inside: cut short after it, it is set again)
-            if self._move(address, f"+switch-master from {source}"):
+            if self._move(address, f"+switch-master from {source}") is not None:
                 self.newest_primary()
         finally:
             self._settled.set()
 
-    def _move(self, address: Address | None, why: str) -> bool:
+    def _move(self, address: Address | None, why: str, since: int | None = None) -> int | None:
         """A new generation for ``address`` (None: unknown), and drain the pool of
-        connections to the old one; False if ``address`` is the current one."""
+        connections to the old one; that generation, or None if ``address`` is
+        the current one (or the generation is no longer ``since``)."""
         old: Address | None = None
         try:
             with self._lock:
                 if address is not None and address == self.address:
-                    return False
+                    return None
+                if since is not None and since != self.generation:
+                    return None
                 old, self.address = self.address, address
                 self.generation += 1
                 self.switches += 1
+                generation = self.generation
             log.warning(
                 "sentinel service %r: primary %s -> %s (%s); draining %s pool",
                 self.service_name,
@@ -432,7 +444,7 @@ class SentinelService:
                 except BaseException:
                     self._drain()  # once more if that cut the first short, then raise
                     raise
-        return True
+        return generation
 
     def _drain(self) -> None:
         pool = self.pool

@@ -217,3 +217,39 @@ def test_an_announcement_cut_short_after_clearing_settled_sets_it_again(sentinel
         assert fired == ["clear"] and service._settled.is_set()
     finally:
         pool.close()
+
+
+def test_a_switch_while_a_connection_commits_sends_it_to_ask_again(sentinel_setup, monkeypatch):
+    """The listener switches to a new primary just as a new connection, made to
+    the old one, is being committed: the connection must ask the sentinels
+    again (and follow the new primary), not switch the service back to the old
+    one (it did: the check of the generation and the commit were two steps)."""
+    from redispool.testing import RedisServer
+
+    setup = sentinel_setup
+    pool = RedisPool.sentinel(setup.addresses, setup.service, min_size=0, max_size=2)
+    service: SentinelService = pool._sentinel  # type: ignore[attr-defined]
+    with RedisServer() as other:  # a primary of its own: ROLE is master
+        new = ("127.0.0.1", other.port)
+        view = [next(iter(service.primaries([])))[0]]  # what "the sentinels" say: the old one
+
+        def candidates(errors: list[str], deadline: float | None = None) -> Any:
+            yield view[0], "master", "s0"
+
+        monkeypatch.setattr(service, "candidates", candidates)
+
+        def listener_switches() -> None:  # as +switch-master would, mid-commit
+            view[0] = new
+            service.switch(new, why="test: +switch-master")
+
+        line = line_of(SentinelService.connect, 'if expected == "master":')
+        try:
+            with act_at_line(SentinelService.connect.__code__, line, listener_switches) as done:
+                with pool.client() as r:
+                    r.set("k", "v")
+            assert done == [line]
+            assert service.address == new  # not switched back to the old primary
+            with pool.client() as r:
+                assert r.get("k") == b"v"  # written to the new primary
+        finally:
+            pool.close()
