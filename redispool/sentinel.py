@@ -416,6 +416,7 @@ class SentinelService:
         connections to the old one; that generation, or None if ``address`` is
         the current one (or the generation is no longer ``since``)."""
         old: Address | None = None
+        moved = False
         try:
             with self._lock:
                 if address is not None and address == self.address:
@@ -426,6 +427,7 @@ class SentinelService:
                 self.generation += 1
                 self.switches += 1
                 generation = self.generation
+                moved = True  # (no call since the bump: both or neither)
             log.warning(
                 "sentinel service %r: primary %s -> %s (%s); draining %s pool",
                 self.service_name,
@@ -437,8 +439,10 @@ class SentinelService:
         finally:
             # Once the generation moved, the pool is drained even if an exception
             # (a signal handler raising at a call) cuts this short: else its idle
-            # connections of the old generation would each fail a borrower.
-            if old is not None:
+            # connections of the old generation would each fail a borrower. (Also
+            # from no known address: a replica pool's first switch, or after
+            # READONLY: its connections are of the old generation all the same.)
+            if moved:
                 try:
                     self._drain()
                 except BaseException:

@@ -253,3 +253,23 @@ def test_a_switch_while_a_connection_commits_sends_it_to_ask_again(sentinel_setu
                 assert r.get("k") == b"v"  # written to the new primary
         finally:
             pool.close()
+
+
+def test_a_replica_pools_first_switch_drains_it(sentinel_setup):
+    """A replica pool knows no primary address until a switch names one: its
+    first switch drains it all the same (its idle connections are of the old
+    generation, and each failed its next borrower's first command)."""
+    setup = sentinel_setup
+    pool = RedisPool.sentinel(setup.addresses, setup.service, role="replica", min_size=0)
+    service: SentinelService = pool._sentinel  # type: ignore[attr-defined]
+    try:
+        with pool.client() as a, pool.client() as b:  # two idle connections
+            a.ping()
+            b.ping()
+        assert pool.stats().idle == 2 and service.address is None
+        service.switch(("127.0.0.1", 1), why="test: +switch-master")
+        assert pool.stats().idle == 0  # drained
+        with pool.client() as r:
+            assert r.ping()  # a new connection, of the new generation
+    finally:
+        pool.close()
