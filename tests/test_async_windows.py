@@ -33,25 +33,39 @@ class Interrupt(BaseException):
 
 
 @contextmanager
-def raise_at_line(code: CodeType, when: Callable[[FrameType], bool]) -> Iterator[list[int]]:
-    """Raise ``Interrupt`` once, at the first line event in ``code`` for which
-    ``when(frame)`` holds; yields a list that gets the line number."""
+def at_event(
+    code: CodeType, when: Callable[[FrameType, str], bool], act: Callable[[FrameType], object]
+) -> Iterator[list[int]]:
+    """Run ``act(frame)`` once, at the first trace event in ``code`` ("call":
+    before its first line; "line"; "return") for which ``when(frame, event)``
+    holds (``act`` is not traced; what it raises lands in ``code`` there);
+    yields a list that gets the line number."""
     fired: list[int] = []
 
     def local(frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "line" and not fired and when(frame):
+        if not fired and when(frame, event):
             fired.append(frame.f_lineno)
-            raise Interrupt(frame.f_lineno)
+            act(frame)
         return local
 
     def hook(frame: FrameType, event: str, arg: Any) -> Any:
-        return local if frame.f_code is code else None
+        return local(frame, event, arg) if frame.f_code is code else None
 
     sys.settrace(hook)
     try:
         yield fired
     finally:
         sys.settrace(None)
+
+
+def interrupt(frame: FrameType) -> None:
+    raise Interrupt(frame.f_lineno)
+
+
+def raise_at_line(code: CodeType, when: Callable[[FrameType], bool]) -> Any:
+    """Raise ``Interrupt`` once, at the first line event in ``code`` for which
+    ``when(frame)`` holds; yields a list that gets the line number."""
+    return at_event(code, lambda frame, event: event == "line" and when(frame), interrupt)
 
 
 def line_of(func: Callable[..., Any], text: str) -> int:

@@ -21,7 +21,8 @@ from ._signal_storm import CASES
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [
+# (shared by every signal-storm test, here and in tests/cluster and tests/sentinel)
+STORM_MARKS = [
     pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer"),
     pytest.mark.skipif(
         sys.version_info < (3, 11),
@@ -29,6 +30,7 @@ pytestmark = [
         "returns, in the caller: a borrow that returns an object can lose it there",
     ),
 ]
+pytestmark = STORM_MARKS
 
 
 def _child(module: str, *args: object, timeout: float = 90) -> dict[str, Any]:

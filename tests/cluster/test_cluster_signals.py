@@ -5,13 +5,9 @@ and each window it found, pinned by an exception put exactly there."""
 
 from __future__ import annotations
 
-import inspect
-import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
@@ -24,37 +20,16 @@ from redispool.cluster_client import SlotLease
 from redispool.cluster_nodes import _HELD, NodePool, _unhold
 from redispool.redis_pool import RedisPool, _ClientLease
 
-from ..test_signals import _child
+from ..test_async_windows import Interrupt, at_event, interrupt, line_of
+from ..test_signals import STORM_MARKS, _child
 
 Make = Callable[..., RedisClusterPool]
 
 
-class Interrupt(BaseException):
-    """What the trace hook raises (as KeyboardInterrupt would)."""
-
-
-@contextmanager
-def raise_in(code: CodeType, when: Callable[[FrameType, str], bool]) -> Iterator[list[int]]:
+def raise_in(code: CodeType, when: Callable[[FrameType, str], bool]) -> Any:
     """Raise ``Interrupt`` once, at the first event ("call": before the first
     line; "line") in ``code`` for which ``when(frame, event)`` holds."""
-    fired: list[int] = []
-
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        if not fired and when(frame, event):
-            fired.append(frame.f_lineno)
-            raise Interrupt(frame.f_lineno)
-        return local
-
-    def hook(frame: FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code is not code:
-            return None
-        return local(frame, event, arg)
-
-    sys.settrace(hook)
-    try:
-        yield fired
-    finally:
-        sys.settrace(None)
+    return at_event(code, when, interrupt)
 
 
 def _borrowed(pool: RedisClusterPool) -> int:
@@ -64,12 +39,9 @@ def _borrowed(pool: RedisClusterPool) -> int:
 # -- the storm ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
-@pytest.mark.skipif(
-    sys.version_info < (3, 11),
-    reason="3.10 also runs a handler as any Python function returns (see test_signals.py)",
-)
 @pytest.mark.parametrize("seed", [1, 2, 3])
+@STORM_MARKS[0]
+@STORM_MARKS[1]
 def test_a_signal_raising_in_cluster_operations_loses_nothing_and_misdelivers_nothing(
     redis_cluster_url: str, seed: int
 ) -> None:
@@ -97,11 +69,6 @@ def test_a_signal_raising_in_cluster_operations_loses_nothing_and_misdelivers_no
 # -- the windows it found ----------------------------------------------------------
 
 
-def _line_of(func: Callable[..., Any], text: str) -> int:
-    lines, first = inspect.getsourcelines(func)
-    return first + next(i for i, line in enumerate(lines) if text in line)
-
-
 @pytest.mark.parametrize(
     "func, text",
     [
@@ -121,7 +88,7 @@ def test_a_node_connection_release_cut_short_still_gives_it_back(
     pool = cluster_pool(max_size=1)
     r = pool.redis
     assert r.set("k", "v")
-    line = None if text is None else _line_of(func, text)
+    line = None if text is None else line_of(func, text)
 
     def when(frame: FrameType, event: str) -> bool:
         if line is None:
@@ -175,7 +142,7 @@ def test_a_departed_node_pool_whose_retirement_is_cut_short_is_closed_next_time(
     departed = pool._new_node_pool(host=host, port=int(port))  # (in no topology)
     departed.redis_pool._put(departed.redis_pool._get())  # one connection made
     retired, made = pool._retired["created"], departed.redis_pool.stats().created
-    line = _line_of(RedisClusterPool._retire, "pool.redis_pool.close(timeout=0)")
+    line = line_of(RedisClusterPool._retire, "pool.redis_pool.close(timeout=0)")
     with raise_in(RedisClusterPool._retire.__code__, lambda f, e: f.f_lineno == line) as fired:
         with pytest.raises(Interrupt):
             pool._close_departed()
@@ -215,7 +182,7 @@ def test_an_interrupted_reborrow_of_a_connection_the_command_gave_back_gives_it_
     assert r.set("k", "v")
     tried: list[bool] = []
     monkeypatch.setattr(redis.Redis, "parse_response", _try_again_once(tried))
-    line = _line_of(NodePool.get_connection, "returned = _RETURNED.get(ident)")
+    line = line_of(NodePool.get_connection, "returned = _RETURNED.get(ident)")
 
     def when(frame: FrameType, event: str) -> bool:
         return bool(tried) and event == "line" and frame.f_lineno == line
@@ -262,7 +229,7 @@ def test_an_interrupted_ignored_second_return_leaves_the_holder_its_connection(
         return real(self, connection, command, **kw)
 
     monkeypatch.setattr(redis.Redis, "parse_response", parse)
-    line = _line_of(NodePool.release, "returned = _RETURNED.get(threading.get_ident())")
+    line = line_of(NodePool.release, "returned = _RETURNED.get(threading.get_ident())")
     seen: list[int] = []
 
     def when(frame: FrameType, event: str) -> bool:  # at the second return's guard

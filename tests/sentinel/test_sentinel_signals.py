@@ -10,21 +10,11 @@ test_sentinel_windows.py."""
 
 from __future__ import annotations
 
-import signal
-import sys
-
 import pytest
 
-from ..test_signals import _child
+from ..test_signals import STORM_MARKS, _child
 
-pytestmark = [
-    pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer"),
-    pytest.mark.skipif(
-        sys.version_info < (3, 11),
-        reason="3.10 (past its end of life) also runs a handler as any Python function "
-        "returns, in the caller: a borrow that returns an object can lose it there",
-    ),
-]
+pytestmark = STORM_MARKS
 
 
 @pytest.mark.parametrize(("seed", "failover"), [(1, False), (2, False), (3, True)])

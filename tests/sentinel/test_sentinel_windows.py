@@ -22,7 +22,7 @@ from redispool import RedisPool
 from redispool._sentinel_watch import _drop, _Link, _subscribe
 from redispool.sentinel import SentinelService
 
-from ..test_async_windows import Interrupt, line_of, raise_at_line
+from ..test_async_windows import Interrupt, at_event, interrupt, line_of, raise_at_line
 
 
 @contextmanager
@@ -52,26 +52,14 @@ def raise_at_event(count: int, files: tuple[str, ...]) -> Iterator[list[str]]:
         sys.settrace(None)
 
 
-@contextmanager
-def act_at_line(code: CodeType, line: int, action: Callable[[], object]) -> Iterator[list[int]]:
+def act_at_line(code: CodeType, line: int, action: Callable[[], object]) -> Any:
     """Run ``action()`` once, just before ``line`` of ``code`` runs (as another
     thread could, there)."""
-    done: list[int] = []
 
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "line" and not done and frame.f_lineno == line:
-            done.append(line)
-            action()  # (not traced: the hook is off while it runs)
-        return local
+    def at_line(frame: FrameType, event: str) -> bool:
+        return event == "line" and frame.f_lineno == line
 
-    def hook(frame: FrameType, event: str, arg: Any) -> Any:
-        return local if frame.f_code is code else None
-
-    sys.settrace(hook)
-    try:
-        yield done
-    finally:
-        sys.settrace(None)
+    return at_event(code, at_line, lambda frame: action())
 
 
 def test_a_sentinel_query_cut_short_at_any_line_keeps_nothing_open_nor_owed(sentinel_setup):
@@ -194,27 +182,17 @@ def test_an_announcement_cut_short_after_clearing_settled_sets_it_again(sentinel
     setup = sentinel_setup
     pool = RedisPool.sentinel(setup.addresses, setup.service, min_size=0, max_size=2)
     service: SentinelService = pool._sentinel  # type: ignore[attr-defined]
-    fired: list[str] = []
 
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "return" and not fired:  # Event.clear() has done its work
-            fired.append("clear")
-            raise Interrupt("after clear()")
-        return local
-
-    def hook(frame: FrameType, event: str, arg: Any) -> Any:
+    def after_clear(frame: FrameType, event: str) -> bool:  # Event.clear() did its work
         caller = frame.f_back
-        ours = caller is not None and caller.f_code is SentinelService.announced.__code__
-        return local if ours and frame.f_code is threading.Event.clear.__code__ else None
+        return event == "return" and caller is not None and caller.f_code is announce
 
+    announce = SentinelService.announced.__code__
     try:
-        sys.settrace(hook)
-        try:
+        with at_event(threading.Event.clear.__code__, after_clear, interrupt) as fired:
             with pytest.raises(Interrupt):
                 service.announced(("127.0.0.1", 1), "test")
-        finally:
-            sys.settrace(None)
-        assert fired == ["clear"] and service._settled.is_set()
+        assert len(fired) == 1 and service._settled.is_set()
     finally:
         pool.close()
 
