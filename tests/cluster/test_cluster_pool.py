@@ -22,7 +22,6 @@ from redis.exceptions import (
     MovedError,
     RedisClusterException,
     ResponseError,
-    TryAgainError,
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,6 +34,8 @@ from redispool import (
 )
 from redispool.cluster_nodes import _RETURNED, NodePool, _wait_error
 from redispool.testing import RedisClusterServer
+
+from ._tryagain import TryAgainToAWaiter
 
 Make = Callable[..., RedisClusterPool]
 
@@ -376,41 +377,16 @@ def test_redis_pys_retry_giving_a_connection_back_twice_does_not_lend_it_twice(
     pool = cluster_pool(max_size=1, timeout=0.3)
     r = pool.redis
     r.set("k", "v")
-    node_redis = r.get_redis_connection(r.get_node_from_key("k"))
-    node_pool = pool.node_pools()[pool.node_of("k")]
-    held, socks, done = [], [], threading.Event()
-
-    def other() -> None:  # queues for the node's one connection, then holds it
-        conn = node_redis.connection_pool.get_connection()
-        socks.append(conn._sock)
-        held.append(conn)
-        done.wait(5)
-        node_redis.connection_pool.release(conn)
-
-    real = redis.Redis.parse_response
-    tried: list[threading.Thread] = []
-
-    def try_again_once(self: redis.Redis, connection: Any, command: str, **kw: Any) -> Any:
-        if threading.current_thread() is threading.main_thread() and not tried:
-            tried.append(threading.Thread(target=other, daemon=True))
-            tried[0].start()
-            while node_pool.stats().waiting < 1:  # it waits behind this command
-                time.sleep(0.001)
-            real(self, connection, command, **kw)  # (the reply, read)
-            raise TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot")
-        return real(self, connection, command, **kw)
-
-    monkeypatch.setattr(redis.Redis, "parse_response", try_again_once)
+    waiter = TryAgainToAWaiter(pool, "k")
+    waiter.install(monkeypatch)
     expected: type[Exception] = ClusterPoolTimeout
     if retry == "cannot_connect":
         expected = RedisConnectionError
         real_get = NodePool.get_connection
 
         def unreachable(self: NodePool, *args: Any, **kw: Any) -> Any:
-            if threading.current_thread() is threading.main_thread() and tried:
-                deadline = time.monotonic() + 2
-                while not held and time.monotonic() < deadline:  # the other has it
-                    time.sleep(0.001)
+            if threading.current_thread() is threading.main_thread() and waiter.tried:
+                waiter.wait_held()  # the other has it
                 raise RedisConnectionError("Error 111 connecting: Connection refused.")
             return real_get(self, *args, **kw)
 
@@ -422,19 +398,17 @@ def test_redis_pys_retry_giving_a_connection_back_twice_does_not_lend_it_twice(
         else:
             r.get("k")
     monkeypatch.undo()
-    deadline = time.monotonic() + 2
-    while not held and time.monotonic() < deadline:  # (woken by the hand-off)
-        time.sleep(0.001)
+    waiter.wait_held()
+    held, node_pool = waiter.held, waiter.node_pool
     assert len(held) == 1
-    assert held[0]._sock is socks[0] is not None  # not closed under the other thread
+    assert held[0]._sock is waiter.socks[0] is not None  # not closed under the other thread
     held[0].send_command("PING")
     assert held[0].read_response() == b"PONG"
     s = node_pool.stats()
     assert s.in_use == 1 and s.idle == 0, s  # still the other thread's, not idle
     with pytest.raises(RedisPoolTimeout):
         node_pool._get(0.05)  # nobody else gets it while it is held
-    done.set()
-    tried[0].join(5)
+    waiter.finish()
     assert r.get("k") == b"v"
 
 

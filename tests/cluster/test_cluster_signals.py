@@ -6,7 +6,6 @@ and each window it found, pinned by an exception put exactly there."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
@@ -22,6 +21,7 @@ from redispool.redis_pool import RedisPool, _ClientLease
 
 from ..test_async_windows import Interrupt, at_event, interrupt, line_of
 from ..test_signals import STORM_MARKS, _child
+from ._tryagain import TryAgainToAWaiter
 
 Make = Callable[..., RedisClusterPool]
 
@@ -205,30 +205,8 @@ def test_an_interrupted_ignored_second_return_leaves_the_holder_its_connection(
     pool = cluster_pool(max_size=1, timeout=0.3)
     r = pool.redis
     assert r.set("k", "v")
-    node_pool = pool.node_pools()[pool.node_of("k")]
-    node_redis = r.get_redis_connection(r.get_node_from_key("k"))
-    held, done = [], threading.Event()
-
-    def other() -> None:  # queues for the node's one connection, then holds it
-        conn = node_redis.connection_pool.get_connection()
-        held.append(conn)
-        done.wait(5)
-        node_redis.connection_pool.release(conn)
-
-    real = redis.Redis.parse_response
-    tried: list[threading.Thread] = []
-
-    def parse(self: redis.Redis, connection: Any, command: str, **kw: Any) -> Any:
-        if threading.current_thread() is threading.main_thread() and not tried:
-            tried.append(threading.Thread(target=other, daemon=True))
-            tried[0].start()
-            while node_pool.stats().waiting < 1:
-                time.sleep(0.001)
-            real(self, connection, command, **kw)
-            raise TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot")
-        return real(self, connection, command, **kw)
-
-    monkeypatch.setattr(redis.Redis, "parse_response", parse)
+    waiter = TryAgainToAWaiter(pool, "k")
+    waiter.install(monkeypatch)
     line = line_of(NodePool.release, "returned = _RETURNED.get(threading.get_ident())")
     seen: list[int] = []
 
@@ -241,9 +219,9 @@ def test_an_interrupted_ignored_second_return_leaves_the_holder_its_connection(
         with pytest.raises(Interrupt):
             r.get("k")
     monkeypatch.undo()
+    held, node_pool = waiter.held, waiter.node_pool
     assert fired == [line] and len(held) == 1
     s = node_pool.stats()
     assert s.in_use == 1 and id(held[0]) in node_pool._pool._in_use, s  # still theirs
-    done.set()
-    tried[0].join(5)
+    waiter.finish()
     assert node_pool.stats().in_use == 0 and r.get("k") == b"v"
