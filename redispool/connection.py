@@ -35,6 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._packer import signal_safe
 from ._sockio import LARGE_WRITE, kernel_timeouts, set_kernel_timeout
 from .dns import DNSCache
 
@@ -123,6 +124,10 @@ class _PooledMixin:
         self._rp_base = self._rp_sent - value
 
     # -- sending: count, and note what the command will do to the session
+
+    def _construct_command_packer(self, packer: Any) -> Any:
+        # hiredis's own packer crashes the process if a signal handler raises in it
+        return signal_safe(super()._construct_command_packer(packer))  # type: ignore[misc]
 
     def _rp_note(self, args: Any) -> None:
         """Remember a stateful command (the last one counted) until its reply."""

@@ -1,0 +1,12 @@
+"""The test suite. Its processes (pytest's and the children the tests start as
+``python -m tests.<module>``) hide hiredis, so that they test redis-py's own
+parser, what a plain install gets, even where hiredis is installed (the test
+extra installs it); ``REDISPOOL_TEST_HIREDIS=1`` runs them on hiredis instead, as
+``test_hiredis.py`` does for its children. Servers the tests start (gunicorn, the
+demo) use whatever is installed."""
+
+import os
+import sys
+
+if os.environ.get("REDISPOOL_TEST_HIREDIS") != "1" and "redis" not in sys.modules:
+    sys.modules["hiredis"] = None  # type: ignore[assignment]  # import fails: not there

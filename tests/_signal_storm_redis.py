@@ -92,6 +92,7 @@ def main(url: str, seed: int, seconds: float = 0.8) -> None:
         "ops": ops, "errors": errors, "raised": storm.raised, "where": storm.where,
         "wrong": wrong[:5], "other_done": not helper.is_alive(),
         "lock_free": not pool._pool._lock._is_owned(),
+        "parser": type(pool._pool.objects()[0]._parser).__name__,
     }  # fmt: skip
     s = pool.stats()
     keys = ("size", "idle", "in_use", "creating", "closing", "waiting")
