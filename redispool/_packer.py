@@ -45,10 +45,11 @@ class _SafeHiredisPacker:
             args = (*cmd.split(), *args[1:])
         if not _PLAIN.issuperset(map(type, args)):
             # hiredis takes exactly int and any float (PyLong_CheckExact,
-            # PyFloat_Check) and writes their repr() in UTF-8
+            # PyFloat_Check: the real type, not a proxy's __class__) and writes
+            # their repr() in UTF-8
             args = tuple(
                 repr(a).encode()
-                if a.__class__ is int or isinstance(a, float)
+                if (t := type(a)) is int or issubclass(t, float)
                 else bytes(a)
                 if isinstance(a, (bytearray, memoryview))
                 else a

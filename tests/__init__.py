@@ -7,6 +7,11 @@ demo) use whatever is installed."""
 
 import os
 import sys
+import warnings
 
-if os.environ.get("REDISPOOL_TEST_HIREDIS") != "1" and "redis" not in sys.modules:
-    sys.modules["hiredis"] = None  # type: ignore[assignment]  # import fails: not there
+if os.environ.get("REDISPOOL_TEST_HIREDIS") != "1":
+    if "redis" in sys.modules:  # e.g. bench/conftest.py ran first
+        if getattr(sys.modules.get("redis.utils"), "HIREDIS_AVAILABLE", False):
+            warnings.warn("redis was imported before the tests: they run on hiredis", stacklevel=1)
+    else:
+        sys.modules["hiredis"] = None  # type: ignore[assignment]  # import fails: not there

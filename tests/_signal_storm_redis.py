@@ -32,6 +32,7 @@ _FILES = (
     "redispool/redis_pool.py",
     "redispool/redis_adapter.py",
     "redispool/connection.py",
+    "redispool/_packer.py",
     "redis/client.py",
     "redis/connection.py",
 )
@@ -93,6 +94,7 @@ def main(url: str, seed: int, seconds: float = 0.8) -> None:
         "wrong": wrong[:5], "other_done": not helper.is_alive(),
         "lock_free": not pool._pool._lock._is_owned(),
         "parser": type(pool._pool.objects()[0]._parser).__name__,
+        "hiredis": redis.utils.HIREDIS_AVAILABLE,
     }  # fmt: skip
     s = pool.stats()
     keys = ("size", "idle", "in_use", "creating", "closing", "waiting")

@@ -88,6 +88,8 @@ def test_a_signal_raising_in_redis_blocks_loses_nothing_and_misdelivers_nothing(
     parser and packer (which crashed the process before redispool/_packer.py)."""
     out = _child("_signal_storm_redis", redis_url, seed, hiredis=hiredis)
     on_hiredis = hiredis or os.environ.get("REDISPOOL_TEST_HIREDIS") == "1"
+    if on_hiredis and not out["hiredis"]:
+        pytest.skip("this redis-py does not use the installed hiredis (too old for it)")
     assert (out["parser"] == "_HiredisParser") == on_hiredis, out
     assert out["raised"] >= 100 and len(out["where"]) >= 10, out
     assert out["lock_free"] and out["other_done"], out
