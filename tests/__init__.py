@@ -1,9 +1,10 @@
-"""The test suite. Its processes (pytest's and the children the tests start as
-``python -m tests.<module>``) hide hiredis, so that they test redis-py's own
-parser, what a plain install gets, even where hiredis is installed (the test
-extra installs it); ``REDISPOOL_TEST_HIREDIS=1`` runs them on hiredis instead, as
-``test_hiredis.py`` does for its children. Servers the tests start (gunicorn, the
-demo) use whatever is installed."""
+"""The test suite. Its processes (pytest's, and the children that import this
+package: ``python -m tests.<module>``, the gevent slot cases) hide hiredis, so
+they test redis-py's own parser, what a plain install gets, even where hiredis is
+installed (the test extra installs it); ``REDISPOOL_TEST_HIREDIS=1`` runs them on
+hiredis instead, as ``test_hiredis.py`` does for its children. The other children
+(``python -c`` scripts, gunicorn, the demo) use whatever is installed: hiredis
+in CI, so both parsers run there."""
 
 import os
 import sys
