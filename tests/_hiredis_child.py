@@ -55,8 +55,12 @@ def main(url: str) -> None:
     pool = RedisPool(url, max_size=2, timeout=2)
     with pool.connection() as conn:
         parser, packer = type(conn._parser).__name__, conn._command_packer
-    out: dict[str, Any] = {"hiredis": redis.utils.HIREDIS_AVAILABLE, "parser": parser}
+    out: dict[str, Any] = {"hiredis": redis.utils.HIREDIS_AVAILABLE, "parser": parser, "huge": None}
     out["wrong"] = _same_bytes(packer)
+    try:  # past Python's int-to-str limit: hiredis's own packer crashes here too
+        packer.pack("SET", "k", 10**5000)
+    except ValueError as exc:
+        out["huge"] = type(exc).__name__
 
     def pack(n: int) -> None:  # packing alone: where hiredis's packer crashes
         for i in range(50):

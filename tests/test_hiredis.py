@@ -21,5 +21,6 @@ def test_a_raising_signal_handler_in_hiredis_packing_raises_instead_of_crashing(
         pytest.skip("this redis-py does not use the installed hiredis (too old for it)")
     assert out["parser"] == "_HiredisParser", out  # hiredis in use
     assert out["wrong"] == [], out  # the same bytes as hiredis's packer
+    assert out["huge"] == "ValueError", out  # an int of 5,000 digits: an error, no crash
     assert out["raised"] >= 20 and out["packed"] >= 10_000 and out["sent"] >= 100, out
     assert out["after"] == "12345", out  # and the pool still works
