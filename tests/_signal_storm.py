@@ -129,6 +129,7 @@ class Storm:
         self.raised = 0
         self.on = False
         self.armed = True
+        self.busy = False
         self.where: dict[str, int] = {}
 
     def _in_window(self, frame: FrameType | None) -> bool:
@@ -142,8 +143,18 @@ class Storm:
         return False
 
     def handler(self, signum: int, frame: Any) -> None:
-        if not self.on or not self.armed or frame is None:
+        if not self.on or not self.armed or frame is None or self.busy:
             return
+        # Not within itself: a signal due while it walks the stack would run it
+        # again inside, and with a short interval and a slow walk (3.13 makes a
+        # frame object of each) the nesting grew until RecursionError.
+        self.busy = True
+        try:
+            self._maybe_raise(frame)
+        finally:
+            self.busy = False
+
+    def _maybe_raise(self, frame: FrameType) -> None:
         if self.windows and self._in_window(frame):
             self.skipped += 1
             return
