@@ -3,11 +3,13 @@ request's intended send time (no coordinated omission)."""
 
 from __future__ import annotations
 
+import gc
 import select
 import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -207,14 +209,23 @@ def test_an_error_while_sending_ends_the_run(
     monkeypatch.setattr(openloop._Generator, "submit", failing)
     raised: list[BaseException] = []
 
+    unclosed: list[warnings.WarningMessage] = []
+
     def run() -> None:
-        try:
-            run_open_loop("127.0.0.1", port, [http_request("GET", "/")], 100, 1.0, precise=precise)
-        except BaseException as exc:
-            raised.append(exc)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", ResourceWarning)
+            try:
+                run_open_loop(
+                    "127.0.0.1", port, [http_request("GET", "/")], 100, 1.0, precise=precise
+                )
+            except BaseException as exc:
+                raised.append(exc)
+            gc.collect()  # a socket left open warns when collected
+        unclosed.extend(w for w in seen if issubclass(w.category, ResourceWarning))
 
     thread = threading.Thread(target=run, daemon=True)  # (a hang must not hang the suite)
     thread.start()
     thread.join(20)
     assert not thread.is_alive(), "the run hung after the error"
     assert len(raised) == 1 and isinstance(raised[0], RuntimeError), raised
+    assert unclosed == [], [str(w.message) for w in unclosed]  # its connections closed

@@ -257,6 +257,16 @@ class _Generator:
             self.loop.remove_reader(ticker.fd)
 
     async def run(self) -> LoadResult:
+        try:
+            await self._run()
+        finally:  # an error too closes the connections (not left to the collector)
+            for conn in list(self.conns):
+                if conn.transport is not None:
+                    conn.transport.close()
+            await asyncio.sleep(0)
+        return self.result
+
+    async def _run(self) -> None:
         start = self.loop.time() + 0.05
         total = int(self.rate * self.duration)
         interval = 1.0 / self.rate
@@ -279,11 +289,6 @@ class _Generator:
         while (self.inflight or self.backlog) and self.loop.time() < end:
             await asyncio.sleep(0.01)
         self.result.unfinished = self.inflight + len(self.backlog)
-        for conn in list(self.conns):
-            if conn.transport is not None:
-                conn.transport.close()
-        await asyncio.sleep(0)
-        return self.result
 
 
 def run_open_loop(
