@@ -784,7 +784,7 @@ class ObjectPool(Generic[T]):
             self._upkeep_claimed = True
         try:
             _upkeep.start_upkeep(self)  # yields under gevent: a kill may land here
-        except BaseException:
+        except BaseException as exc:
             # Let the next borrow try again; should the thread run after all, it
             # sees it was superseded (the pool's wake event is not its own) and ends.
             pending = _acquire_anyway(self._lock)
@@ -793,7 +793,11 @@ class ObjectPool(Generic[T]):
             self._lock.release()
             if pending is not None:
                 raise pending from None
-            raise
+            if not isinstance(exc, RuntimeError):
+                raise
+            # No thread to be had (at interpreter shutdown, where 3.12 refuses new
+            # ones, as in an atexit flush; or at the OS's limit): the borrow goes on.
+            log.debug("pool %r: upkeep thread not started: %r", self.name, exc)
 
     def _wake_upkeep(self) -> None:
         if self._wake is not None:

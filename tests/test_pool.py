@@ -702,3 +702,31 @@ def test_waiter_whose_handed_object_fails_its_check_keeps_its_place() -> None:
     a.join()
     b.join()
     assert order == ["A(oldest)", "B"]
+
+
+def test_a_borrow_goes_on_when_the_upkeep_thread_cannot_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At interpreter shutdown (an atexit flush) Python 3.12 refuses new threads;
+    the first borrow there failed with that RuntimeError. The upkeep thread is
+    background work: the borrow goes on, and a later one that creates starts it."""
+    start = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:
+        if self.name.startswith("redispool-upkeep"):
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    factory = Factory()
+    pool = ObjectPool(factory, max_size=2, background=True, name="p")
+    try:
+        with pool.acquire(timeout=1) as obj:  # raised RuntimeError before
+            assert obj is factory.made[0]
+        assert pool._upkeep is None and not pool._upkeep_claimed
+        monkeypatch.setattr(threading.Thread, "start", start)
+        with pool.acquire(timeout=1), pool.acquire(timeout=1):  # the second one: a create
+            pass
+        assert pool._upkeep is not None and pool._upkeep.is_alive()  # started this time
+    finally:
+        pool.close()
