@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.connection import HiredisRespSerializer  # redis-py 5.0 and later
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import DataError
 
 _pack_command: Any

@@ -1,5 +1,5 @@
 """Run by test_hiredis.py in a fresh interpreter, where hiredis is importable (the
-suite's own process hides it; see conftest.py).
+suite's own process hides it; see tests/__init__.py).
 
 ``python -m tests._hiredis_child URL``: checks that the pool's connections use
 hiredis, that their packer writes the same bytes as hiredis's own, then packs and
