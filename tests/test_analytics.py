@@ -442,6 +442,36 @@ def test_pool_close_flushes_the_buffer_first(redis_url: str, admin: redis.Redis)
     assert a.stats()["errors"] == 0 and a.stats()["buffered"] == 0
 
 
+def test_a_write_goes_straight_to_redis_when_no_flush_thread_can_start(
+    pool: RedisPool, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At interpreter shutdown Python 3.12 refuses new threads: a first buffered
+    write in an atexit hook raised that RuntimeError (after buffering it, where
+    nothing would flush it). It is written at once instead."""
+    start = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:
+        if self.name.startswith("redispool-analytics-flush"):
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    a = Analytics(pool, namespace="nt", buffered=True, flush_interval=60, clock=FakeClock(0))
+    try:
+        assert a.incr("x", 3) == 3  # written, not buffered
+        assert a.add_unique("u", "m1") is True
+        assert admin.get("nt:c:{x}:0") == b"3" and admin.pfcount("nt:u:{u}:0") == 1
+        st = a.stats()
+        assert st["buffered"] == 0 and (st["increments"], st["unique_adds"]) == (1, 1)
+        monkeypatch.setattr(threading.Thread, "start", start)
+        assert a.incr("x", 2) is None  # buffered: the thread started this time
+        assert a._thread is not None and a._thread.is_alive()
+        a.flush()
+        assert admin.get("nt:c:{x}:0") == b"5"
+    finally:
+        a.close()
+
+
 _EXIT_CHILD = """
 import atexit, sys
 from redispool import RedisPool
@@ -451,6 +481,9 @@ pool = RedisPool(sys.argv[1], min_size=0, max_size=2)
 stats = Analytics(pool, namespace="exit", buffered=True, flush_interval=60, clock=lambda: 0.0)
 atexit.register(pool.close)  # registered last, so it runs first (LIFO)
 stats.incr("shutdown", 5)
+late = Analytics(pool, namespace="exit", buffered=True, flush_interval=60, clock=lambda: 0.0)
+# A first write in an exit hook: 3.12+ starts no flush thread there.
+atexit.register(lambda: late.incr("hook", 2))
 """
 
 
@@ -463,6 +496,8 @@ def test_buffer_reaches_redis_whatever_the_exit_hook_order(
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert admin.get("exit:c:{shutdown}:0") == b"5", out.stderr[-2000:]
+    assert admin.get("exit:c:{hook}:0") == b"2", out.stderr[-2000:]
+    assert b"Exception ignored" not in out.stderr, out.stderr[-2000:]  # 3.12: RuntimeError
 
 
 def test_close_hooks_run_once_weakly_and_a_failing_one_is_logged(

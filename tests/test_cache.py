@@ -101,6 +101,32 @@ def test_get_with_fallback_writes_back_and_then_hits(make_cache: Callable[..., C
     assert (s["hits"], s["misses"], s["loader_calls"], s["fallbacks"]) == (1, 1, 1, 0)
 
 
+def test_write_back_runs_in_the_caller_when_no_writer_thread_can_start(
+    make_cache: Callable[..., Cache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At interpreter shutdown (an atexit hook) Python 3.12 refuses new threads:
+    the first write-back raised that RuntimeError to ``get_with_fallback``'s
+    caller, after the loader had run. It is written by the caller instead."""
+    start = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:
+        if self.name.startswith("redispool-cache"):
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    cache = make_cache()
+    loads: list[int] = []
+    assert cache.get_with_fallback("k", lambda: loads.append(1) or "v") == "v"
+    assert cache.get_with_fallback("k", lambda: loads.append(1) or "w") == "v"  # written
+    assert len(loads) == 1 and cache.stats()["dropped_writes"] == 0
+    assert cache._writer._thread is None
+    monkeypatch.setattr(threading.Thread, "start", start)
+    assert cache.get_with_fallback("k2", lambda: "x") == "x"  # the thread, this time
+    assert cache.flush(2) and cache.get("k2") == "x"
+    assert cache._writer._thread is not None and cache._writer._thread.is_alive()
+
+
 def test_keys_are_hashed_never_raw(make_cache: Callable[..., Cache], admin: redis.Redis) -> None:
     cache = make_cache(namespace="web")
     cache.set("alice@example.com\r\nFLUSHALL", 1)

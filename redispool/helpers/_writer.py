@@ -1,7 +1,8 @@
 """A small bounded background writer: callers hand it jobs and never wait.
 
 One daemon thread per process, started on the first job (again in a forked
-child), stopped by ``close()``. It uses ``threading`` and ``queue``, so under
+child), stopped by ``close()``; where Python starts no thread (interpreter
+shutdown), the caller runs the job. It uses ``threading`` and ``queue``, so under
 gevent's monkey-patching it is a greenlet and cooperative.
 """
 
@@ -41,7 +42,8 @@ class BackgroundWriter:
         self._pending = 0  # submitted, not yet run (queue.Queue's own count is
         self._idle = threading.Condition()  # not there under gevent's patching)
 
-    def _ensure_started(self) -> None:
+    def _ensure_started(self) -> bool:
+        """Start the thread if needed; False if Python refuses a new thread."""
         pid = os.getpid()
         if self._pid != pid:
             # A new process (or the first job): nothing of the parent's is usable,
@@ -59,6 +61,12 @@ class BackgroundWriter:
                     self._thread = thread
                     try:
                         thread.start()
+                    except RuntimeError:
+                        # No new thread: interpreter shutdown (3.12+ refuses one
+                        # there, e.g. in an atexit hook) or the OS's thread limit.
+                        # Nothing started, nothing queued: the caller runs the job.
+                        self._thread = None
+                        return False
                     except BaseException:
                         # Cut short (a signal handler raising in start()'s wait):
                         # the thread may run after all. It takes over if no other
@@ -66,13 +74,22 @@ class BackgroundWriter:
                         # most, so the jobs keep their order.
                         self._thread = None
                         raise
+        return True
 
     def submit(self, job: Job) -> bool:
-        """Queue ``job``; False (and counted in ``dropped``) if full or closed."""
+        """Queue ``job``; False (and counted in ``dropped``) if full or closed.
+        When no thread can be started (at interpreter shutdown), the job runs
+        here, now."""
         if self._closed:
             self.dropped += 1
             return False
-        self._ensure_started()
+        if not self._ensure_started():
+            try:
+                job()
+            except Exception:  # as on the thread: a job's failure is logged
+                log.exception("%s: background job failed", self.name)
+            self.done += 1
+            return True
         with self._idle:
             try:
                 self._queue.put_nowait(job)

@@ -306,13 +306,6 @@ class Analytics(HelperBase):
         with self._lock:
             if self._closed:
                 return False
-            if isinstance(value, int):
-                self.increments += 1
-            else:
-                self.unique_adds += 1
-            self._merge(key, value)
-            self._pending += weight
-            wake = self._pending >= self.flush_items and not self._wake.is_set()
             if self._thread is None:
                 thread = threading.Thread(
                     target=_flusher,
@@ -320,8 +313,22 @@ class Analytics(HelperBase):
                     name=f"redispool-analytics-flush[{self.namespace}]",
                     daemon=True,
                 )
-                thread.start()  # (one that failed to start is not kept: tried again)
+                try:
+                    thread.start()
+                except RuntimeError:
+                    # No new thread (interpreter shutdown on 3.12+, e.g. an atexit
+                    # hook after ours; the OS's thread limit): nothing would
+                    # flush this write, so it goes straight to Redis. Tried again
+                    # next time.
+                    return False
                 self._thread = thread
+            if isinstance(value, int):
+                self.increments += 1
+            else:
+                self.unique_adds += 1
+            self._merge(key, value)
+            self._pending += weight
+            wake = self._pending >= self.flush_items and not self._wake.is_set()
         if wake:
             self._wake.set()
         return True
