@@ -293,6 +293,8 @@ class RedisClusterServer(contextlib.AbstractContextManager["RedisClusterServer"]
 
     def _replicate(self, node: RedisServer, primary_id: str, timeout: float) -> None:
         """``CLUSTER REPLICATE`` once ``node`` has heard of the primary."""
+        from redis.exceptions import ResponseError
+
         with node.client() as c:
 
             def knows() -> bool:
@@ -300,7 +302,23 @@ class RedisClusterServer(contextlib.AbstractContextManager["RedisClusterServer"]
                 return any(n["node_id"] == primary_id for n in view.values())
 
             self._wait(knows, f"node {node.port} to learn of {primary_id}", timeout)
-            c.execute_command("CLUSTER REPLICATE", primary_id)
+
+            def replicated() -> bool:
+                try:
+                    c.execute_command("CLUSTER REPLICATE", primary_id)
+                    return True
+                except ResponseError as exc:
+                    if "must be empty" not in str(exc):
+                        raise
+                # Seen once (a removed replica): keys, or slots in its own view.
+                # It serves none of the cluster's slots, and as a replica its
+                # data is replaced by its primary's: drop keys, wait out slots.
+                view = c.execute_command("CLUSTER NODES")
+                if not any("myself" in n["flags"] and n["slots"] for n in view.values()):
+                    c.flushall()
+                return False
+
+            self._wait(replicated, f"node {node.port} to replicate {primary_id}", timeout)
 
     def _primary_short_of_replicas(self) -> RedisServer:
         counts = {p.port: 0 for p in self.primaries()}

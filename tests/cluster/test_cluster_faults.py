@@ -266,6 +266,23 @@ def test_node_leaving_has_its_pool_closed(
         pool.close()
 
 
+def test_restore_takes_back_a_removed_node_that_holds_keys(
+    redis_cluster: RedisClusterServer,
+) -> None:
+    """The fixture's own repair: a removed node with keys (seen once after the test
+    above, cause unknown) refused ``CLUSTER REPLICATE`` ("must be empty"), which
+    left the shared cluster short of a replica for every later test."""
+    leaving = redis_cluster.replicas()[0]
+    redis_cluster.forget(leaving)
+    with leaving.client() as c:
+        c.execute_command("DEBUG", "POPULATE", "3", "stray")  # no slot check
+        assert c.dbsize() == 3
+    redis_cluster.restore()
+    assert redis_cluster.is_ready()
+    with leaving.client() as c:
+        assert c.info("replication")["role"] == "slave"
+
+
 def test_kill9_of_a_primary_errors_briefly_then_recovers(
     restored: RedisClusterServer, redis_cluster_url: str
 ) -> None:
