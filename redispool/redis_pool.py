@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ._closehooks import CloseHooks
+from ._dropin import DropInRedis
 from ._poolparts import _number
 from .config import env_options, parse_redis_url, redact_url, sentinel_env
 from .connection import TIMEOUT_SET, is_alive, pooled_class, set_io_timeout
@@ -504,7 +505,7 @@ class RedisPool:
     def redis(self) -> redis.Redis:
         """A ``redis.Redis`` whose every command borrows from the pool and returns."""
         if self._redis is None:
-            self._redis = redis.Redis(connection_pool=self._adapter)  # type: ignore[arg-type]
+            self._redis = DropInRedis(self)
         return self._redis
 
     def as_redis_pool(self) -> ConnectionPool:

@@ -25,8 +25,7 @@ each pool still lends its max_size; the locks free; the service's primary what
 the sentinels say; exactly one listener thread per service; the services' own
 sentinel connections clean and none left open beyond those kept; all gone once
 the pools close. One JSON line. Left out, as in ``_signal_storm_redis.py``:
-redis-py's own window in ``_execute_command`` and the first instruction of a
-function redis-py's client calls (``execute_command_window``, ``inside``).
+the first instruction of a function redis-py's client calls (``inside``).
 """
 
 from __future__ import annotations
@@ -46,12 +45,13 @@ from redispool import PoolError, RedisPool
 from redispool.connection import is_alive
 from redispool.sentinel import SentinelService
 
-from ._signal_storm import _POOL_FILES, Interrupt, Storm, alongside, execute_command_window
+from ._signal_storm import _POOL_FILES, Interrupt, Storm, alongside
 
 _FILES = (
     *_POOL_FILES,
     "redispool/redis_pool.py",
     "redispool/redis_adapter.py",
+    "redispool/_dropin.py",
     "redispool/connection.py",
     "redispool/sentinel.py",
     "redispool/_sentinel_watch.py",
@@ -69,10 +69,10 @@ class _Storm(Storm):
     def __init__(self, seed: int) -> None:
         # As in _signal_storm_redis.py: redis-py's client calls the adapter's
         # release() in a finally (an exception at its first instruction is no
-        # code of ours to catch), and redis-py's own window in _execute_command
-        # (a command of the drop-in pool.redis) is left out.
+        # code of ours to catch). The drop-in pool.redis borrows around
+        # redis-py's own window in _execute_command, so that is not left out.
         inside = tuple(f for f in _FILES if f != "redis/client.py")
-        super().__init__(seed, files=_FILES, inside=inside, windows=execute_command_window())
+        super().__init__(seed, files=_FILES, inside=inside)
         self.by_file: dict[str, int] = {}
         self.sentinel: dict[str, int] = {}
 

@@ -7,6 +7,7 @@ leader, a counted job, a thread that never started, a borrowed connection."""
 from __future__ import annotations
 
 import inspect
+import linecache
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ from types import CodeType, FrameType
 from typing import Any
 
 import pytest
+import redis
 
 from redispool import RedisPool
 from redispool import redis_pool as redis_pool_mod
@@ -25,6 +27,7 @@ from redispool.helpers._writer import BackgroundWriter
 from redispool.helpers.analytics import Analytics
 from redispool.redis_adapter import ConnectionPool
 
+from ._signal_storm import execute_command_window
 from .helpers import FakeClock
 
 
@@ -206,13 +209,18 @@ def test_a_lease_interrupted_while_restoring_its_timeout_gives_the_connection_ba
     pool.close()
 
 
-@pytest.mark.parametrize("where", ["release", "_put"])
-def test_a_drop_in_release_cut_short_gives_the_connection_back(redis_url: str, where: str) -> None:
-    """``pool.redis`` (and any ``redis.Redis(connection_pool=...)``) returns its
-    connection through the adapter's ``release``: an exception landing there or
-    at ``_put``'s first line, before the connection is back, gives it back."""
+@pytest.mark.parametrize(
+    "where, client", [("release", "own"), ("_put", "own"), ("_put", "pool.redis")]
+)
+def test_a_drop_in_release_cut_short_gives_the_connection_back(
+    redis_url: str, where: str, client: str
+) -> None:
+    """A ``redis.Redis(connection_pool=pool.as_redis_pool())`` returns its
+    connection through the adapter's ``release``, ``pool.redis`` through its
+    own inline return: an exception landing there or at ``_put``'s first line,
+    before the connection is back, gives it back."""
     pool = RedisPool(redis_url, min_size=0, max_size=1, timeout=1.0)
-    r = pool.redis
+    r = pool.redis if client == "pool.redis" else redis.Redis(connection_pool=pool.as_redis_pool())
     r.set("window:k", "v")
     if where == "release":
         code = ConnectionPool.release.__code__
@@ -227,4 +235,25 @@ def test_a_drop_in_release_cut_short_gives_the_connection_back(redis_url: str, w
     s = pool.stats()
     assert s.in_use == 0 and s.size == s.idle, s  # discarded or back, not kept
     assert r.get("window:k") == b"v"  # (max_size=1: a kept one would time this out)
+    pool.close()
+
+
+def test_a_drop_in_command_interrupted_in_redis_pys_borrow_window_gives_it_back(
+    redis_url: str,
+) -> None:
+    """redis-py's ``_execute_command`` borrows before the ``try`` that gives the
+    connection back: an exception landing in between (at its next line) kept it
+    for good, and with ``max_size=1`` every later command timed out.
+    ``pool.redis`` borrows around that path."""
+    pool = RedisPool(redis_url, min_size=0, max_size=1, timeout=0.5)
+    ((code, (lines, _)),) = execute_command_window().items()
+    source = linecache.getlines(code.co_filename)
+    at = min(n for n in lines if source[n - 1].strip()[:1] not in ("", "#"))  # after the borrow
+    with raise_at_line(code, lambda f: f.f_lineno == at) as fired:
+        with pytest.raises(Interrupt):
+            pool.redis.set("window:b", "v")
+    assert fired == [at]
+    s = pool.stats()
+    assert s.in_use == 0 and s.size == s.idle, s
+    assert pool.redis.set("window:b", "w") and pool.redis.get("window:b") == b"w"
     pool.close()

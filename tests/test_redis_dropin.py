@@ -102,6 +102,17 @@ def test_close_of_a_client_does_not_close_the_pool(pool: RedisPool) -> None:
         assert pool.redis.get("k") == b"1"
 
 
+def test_single_connection_client_of_a_drop_in(pool: RedisPool, client: redis.Redis) -> None:
+    """redis-py's ``client()``: one connection held until ``close()``."""
+    with through(pool, min_commands=2):
+        single = client.client()
+        single.set("one", 1)
+        assert pool.stats().in_use == 1  # held between commands
+        assert single.get("one") == b"1"
+        single.close()
+    assert isinstance(pool.redis, redis.Redis)  # (a subclass: see redispool/_dropin.py)
+
+
 def test_pipelines(pool: RedisPool, client: redis.Redis) -> None:
     with through(pool, min_commands=6):
         with client.pipeline() as pipe:  # MULTI/EXEC
