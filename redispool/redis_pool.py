@@ -503,7 +503,8 @@ class RedisPool:
 
     @property
     def redis(self) -> redis.Redis:
-        """A ``redis.Redis`` whose every command borrows from the pool and returns."""
+        """A ``redis.Redis`` whose every command borrows from the pool and returns
+        (with no window where an exception keeps the connection: ``_dropin``)."""
         if self._redis is None:
             self._redis = DropInRedis(self)
         return self._redis
