@@ -84,6 +84,9 @@ def close_pool(pool: ObjectPool[T], timeout: float = 5.0) -> None:
             raise pending
     deadline = time.monotonic() + timeout
     while pool._in_use and time.monotonic() < deadline:
+        if pool._abandoned:  # (leases dropped without their __exit__)
+            pool._reclaim()
+            continue
         time.sleep(0.005)
     if pool._in_use:
         log.warning(

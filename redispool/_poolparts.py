@@ -52,6 +52,16 @@ class _Entry:
         self.leak_logged = False
 
 
+class _Abandoned:
+    """An object whose lease was dropped without its ``__exit__`` (see
+    ``_Lease.__del__``), queued for ``ObjectPool._reclaim``; compared by identity."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+
 class _Ticket:
     """What one borrow holds, written under the pool's lock by whoever hands it
     something: None (nothing yet), ``_SLOT`` (a reserved slot), an ``_Entry``
@@ -237,6 +247,7 @@ class _Lease(Generic[T]):
             self.obj = obj = pool._borrow_slow(ticket, None).obj
             return obj  # type: ignore[no-any-return]
         except BaseException:
+            self.obj = _NOTHING  # not entered (see __del__)
             if lock._is_owned():  # a handler raised as the acquire returned
                 lock.release()
             pool._give_back(ticket, entry)
@@ -250,6 +261,7 @@ class _Lease(Generic[T]):
     ) -> None:
         pool = self._pool
         obj = self.obj
+        self.obj = _NOTHING  # exited (no call before: see __del__)
         lock = pool._lock
         lent: Any = None  # its entry, once read (a hand-off keeps it in _in_use)
         uses = 0
@@ -307,6 +319,19 @@ class _Lease(Generic[T]):
                 pool.release(obj, discard=ev is not None)
             raise
 
+    def __del__(self) -> None:
+        # Entered and never exited: an exception at ``__exit__``'s first
+        # instruction (a signal handler raising there: Ctrl-C, a soft time
+        # limit), before any code of the pool's can catch it. The object is
+        # destroyed by the pool at its next slow borrow, upkeep or close (not
+        # here: a finalizer may run inside any code, the pool's included).
+        try:
+            obj = getattr(self, "obj", _NOTHING)
+            if obj is not _NOTHING:
+                self._pool._abandoned.append(_Abandoned(obj))
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
 
 _NOTHING: Any = object()
 
@@ -332,6 +357,7 @@ class _TunedLease(_Lease[T]):
             return obj  # type: ignore[no-any-return]
         except BaseException:  # after the borrow, before the block: give it back
             if obj is not _NOTHING:
+                self.obj = _NOTHING
                 self._pool.release(obj)
             raise
 
@@ -349,7 +375,9 @@ class _MethodLease(_TunedLease[T]):
         tb: TracebackType | None,
     ) -> None:
         pool = self._pool
+        obj = self.obj
+        self.obj = _NOTHING  # exited (see _Lease.__del__)
         if ev is None:
-            pool.release(self.obj)
+            pool.release(obj)
         else:
-            pool.release(self.obj, discard=not pool._is_harmless(ev, self._keep_on))
+            pool.release(obj, discard=not pool._is_harmless(ev, self._keep_on))

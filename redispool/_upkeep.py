@@ -49,6 +49,8 @@ def run_upkeep(pool: ObjectPool[Any]) -> float:
     """
     pool._check_fork()
     pool._not_in_a_handler()
+    if pool._abandoned:
+        pool._reclaim()
     now = pool._clock()
     report_leaks(pool, now)
     by_reason: dict[str, list[_Entry]] = {}

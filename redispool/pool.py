@@ -43,6 +43,7 @@ from ._poolparts import (
     _INF,
     _SLOT,
     KeepOn,
+    _Abandoned,
     _acquire_anyway,
     _check_keep_on,
     _Entry,
@@ -173,6 +174,7 @@ class ObjectPool(Generic[T]):
         self._idle: deque[_Entry] = deque()  # LIFO at the right; the left is least recent
         self._in_use: dict[int, _Entry] = {}
         self._waiters: deque[_Ticket] = deque()
+        self._abandoned: deque[_Abandoned] = deque()  # see _reclaim
         self._size = 0  # idle + in use + creating + closing
         self._epoch = 0  # bumped by close, shrink and drain: returns take the slow path
         self._drain_epoch = 0  # objects from before this epoch retire on return
@@ -314,6 +316,8 @@ class ObjectPool(Generic[T]):
         """
         if ticket.result is None:
             self._check_fork()
+        if self._abandoned:
+            self._reclaim()
         # Only a caller's own timeout bounds the factory (see _make); 0 means "do
         # not queue", not "connect in no time": the factory's own timeouts apply.
         make_by = None
@@ -342,6 +346,28 @@ class ObjectPool(Generic[T]):
             # it turns the slot into a new object instead of queueing again.
             elif self._vet(ticket, cast(_Entry, held), keep_slot=handed):
                 return cast(_Entry, held)
+
+    def _reclaim(self) -> None:
+        """Destroy the objects of leases dropped without their ``__exit__`` (see
+        ``_Lease.__del__``): their blocks may have left them in any state. Run
+        before a borrow queues or creates, by upkeep, and by ``close()``."""
+        abandoned = self._abandoned
+        while abandoned:
+            try:
+                item = abandoned[0]
+            except IndexError:  # (another thread took the last one)
+                return
+            # Released, then taken off the queue: cut short in between, the next
+            # call releases it again, a no-op (it is not lent any more, and the
+            # queue keeps its id from being reused).
+            try:
+                self.release(item.obj, discard=True, reason="dirty")
+            except ValueError:  # not lent: given back by hand (see _Lease.__del__)
+                log.debug("pool %r: abandoned %r was not lent", self.name, item.obj)
+            try:
+                abandoned.remove(item)
+            except ValueError:
+                pass
 
     def _obtain(self, ticket: _Ticket, start: float, deadline: float) -> bool:
         """Put an idle object or a new slot on the ticket, or queue for one.

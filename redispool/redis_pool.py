@@ -31,7 +31,7 @@ from redis.retry import Retry
 
 from ._closehooks import CloseHooks
 from ._dropin import DropInRedis
-from ._poolparts import _number
+from ._poolparts import _Abandoned, _number
 from .config import env_options, parse_redis_url, redact_url, sentinel_env
 from .connection import TIMEOUT_SET, is_alive, pooled_class, set_io_timeout
 from .dns import DNSCache
@@ -587,6 +587,7 @@ def _check_lease(timeout: float | None, wait: float | None) -> None:
 
 class _ConnectionLease:
     __slots__ = ("_conn", "_pool", "_timeout", "_wait")
+    _conn: Connection | None  # None once exited (see __del__)
 
     def __init__(self, pool: RedisPool, timeout: float | None, wait: float | None) -> None:
         self._pool = pool
@@ -602,6 +603,7 @@ class _ConnectionLease:
             return conn
         except BaseException:  # (Ctrl-C too) never keep a connection nobody will return
             if conn is not None:
+                self._conn = None
                 self._pool._put(conn)
             raise
 
@@ -609,7 +611,9 @@ class _ConnectionLease:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         # (as _ClientLease.__exit__)
-        pool, conn = self._pool, self._conn
+        pool = self._pool
+        conn: Any = self._conn
+        self._conn = None  # exited (no call before: see __del__)
         objects = pool._pool
         lent: Any = None
         uses = 0
@@ -623,9 +627,19 @@ class _ConnectionLease:
                 objects.release(conn, discard=True, reason="dirty")
             raise
 
+    def __del__(self) -> None:
+        # Entered, never exited: see _Lease.__del__ (discarded by the pool later).
+        try:
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                self._pool._pool._abandoned.append(_Abandoned(conn))
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
 
 class _ClientLease:
     __slots__ = ("_client", "_conn", "_pinned", "_pool", "_timeout", "_wait")
+    _conn: Connection | None  # None once exited (see __del__)
 
     def __init__(self, pool: RedisPool, timeout: float | None, wait: float | None) -> None:
         self._pool = pool
@@ -649,6 +663,7 @@ class _ClientLease:
             return client
         except BaseException:  # (Ctrl-C too) never keep a connection nobody will return
             if conn is not None:
+                self._conn = None
                 pool._put(conn)
             raise
 
@@ -661,7 +676,9 @@ class _ClientLease:
         # a function's first line included) cuts it short before the connection is
         # back, it goes back all the same, discarded. (Inline: a helper's own first
         # line would be a window again.)
-        pool, conn = self._pool, self._conn
+        pool = self._pool
+        conn: Any = self._conn
+        self._conn = None  # exited (no call before: see __del__)
         objects = pool._pool
         lent: Any = None
         uses = 0
@@ -674,3 +691,15 @@ class _ClientLease:
             if objects._lent_still(conn, lent, uses):
                 objects.release(conn, discard=True, reason="dirty")
             raise
+
+    def __del__(self) -> None:
+        # Entered, never exited: see _Lease.__del__. A client kept past the
+        # block now refuses, as after __exit__; the pool discards the connection.
+        try:
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                self._pinned._conn = None
+                self._client.connection = None
+                self._pool._pool._abandoned.append(_Abandoned(conn))
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass

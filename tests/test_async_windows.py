@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from redispool import RedisPool
+from redispool import PoolError, RedisPool
 from redispool import redis_pool as redis_pool_mod
 from redispool.helpers import CircuitBreaker
 from redispool.helpers._singleflight import SingleFlight
@@ -256,4 +256,30 @@ def test_a_drop_in_command_interrupted_in_redis_pys_borrow_window_gives_it_back(
     s = pool.stats()
     assert s.in_use == 0 and s.size == s.idle, s
     assert pool.redis.set("window:b", "w") and pool.redis.get("window:b") == b"w"
+    pool.close()
+
+
+@pytest.mark.parametrize("how", ["connection", "client"])
+def test_a_redis_lease_cut_short_at_its_exits_first_instruction_is_reclaimed(
+    redis_url: str, how: str
+) -> None:
+    """``with pool.client()`` whose ``__exit__`` is interrupted at its first
+    instruction (no code of ours runs to catch it): the connection was kept for
+    good. Once the lease is gone, the pool discards it before the next borrow
+    waits, and a client kept past the block refuses."""
+    pool = RedisPool(redis_url, min_size=0, max_size=1, timeout=0.5)
+    lease = getattr(pool, how)()
+    with at_event(type(lease).__exit__.__code__, lambda f, e: e == "call", interrupt) as fired:
+        with pytest.raises(Interrupt):
+            with lease as kept:
+                pass
+    assert fired
+    del lease
+    if how == "client":
+        with pytest.raises(PoolError, match="block has ended"):
+            kept.ping()
+    with pool.client(wait=0.5) as r:  # the one slot: a RedisPoolTimeout before
+        assert r.ping()
+    s = pool.stats()
+    assert s.in_use == 0 and s.destroyed_by_reason == {"dirty": 1}, s
     pool.close()

@@ -5,6 +5,7 @@ step of a lease (nothing lost)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sys
@@ -301,6 +302,68 @@ def test_an_exception_at_any_step_of_a_lease_loses_nothing(
                 failures.append((situation, n, stats))
     assert fired >= 60
     assert failures == [], f"{len(failures)} trials lost something: {failures[:5]}"
+
+
+class Interrupt(BaseException):
+    """As KeyboardInterrupt, raised by a trace hook."""
+
+
+@pytest.mark.parametrize(
+    ("cls", "tuned"), [(ObjectPool, False), (ObjectPool, True), (_CountsCalls, False)]
+)
+def test_a_lease_cut_short_at_its_exits_first_instruction_is_reclaimed(
+    cls: type[ObjectPool[Resource]], tuned: bool
+) -> None:
+    """An exception at ``__exit__``'s first instruction (a signal handler raising
+    there) leaves no code of the pool's to catch it: the slot stayed lent for
+    good. Once the lease is gone, the pool destroys its object (its block may
+    have left it in any state) before the next borrow queues or creates."""
+    factory = Factory()
+    pool = cls(factory, destroy=Factory.destroy, max_size=1, timeout=0.5, background=False)
+    lease = pool.acquire(1.0) if tuned else pool.acquire()
+    code = type(lease).__exit__.__code__
+
+    def hook(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is code and event == "call":
+            sys.settrace(None)
+            raise Interrupt
+        return None
+
+    try:
+        with pytest.raises(Interrupt):
+            with lease as first:
+                sys.settrace(hook)
+    finally:
+        sys.settrace(None)
+    assert pool.stats().in_use == 1  # (nothing has run yet)
+    del lease
+    with pool.acquire() as second:  # the one slot: a PoolTimeout before
+        assert second is not first and first.destroyed
+    s = pool.stats()
+    assert s.in_use == 0 and s.size == 1 and s.destroyed_by_reason == {"dirty": 1}, s
+    pool.close()
+
+
+def test_a_lease_that_exited_or_never_entered_is_not_reclaimed() -> None:
+    """Only a lease entered and not exited is: one exited, one whose enter
+    failed, one never entered leave the pool's objects alone when collected."""
+    pool = ObjectPool(Factory(), destroy=Factory.destroy, max_size=2, background=False)
+    with pool.acquire() as a:
+        pass
+    pool.acquire()  # never entered
+    failing = Factory()
+    failing.fail_always = True
+    bad = ObjectPool(failing, max_size=1, timeout=0.1, background=False)
+    with pytest.raises(PoolTimeout):
+        with bad.acquire(0.1):
+            pass
+    gc.collect()
+    assert not pool._abandoned and not bad._abandoned
+    with pool.acquire() as b:
+        assert b is a and not a.destroyed
+    assert pool.stats().destroyed_by_reason == {}
+    pool.close()
+    bad.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
