@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..errors import PoolTimeout
+
 if TYPE_CHECKING:
     import redis
 
@@ -73,8 +75,9 @@ def server_details(r: redis.Redis) -> dict[str, Any]:
 
 def _probe(
     pool: RedisPool | RedisClusterPool, timeout: float, details: bool
-) -> tuple[float | None, str | None, dict[str, Any]]:
-    """(PING round trip in ms or None, error class name, server details)."""
+) -> tuple[float | None, str | None, dict[str, Any], bool]:
+    """(PING round trip in ms or None, error class name, server details, busy:
+    no PING because every connection stayed busy, not because Redis failed)."""
     t0 = time.perf_counter()
     server: dict[str, Any] = {}
     try:
@@ -83,9 +86,12 @@ def _probe(
             rtt = round((time.perf_counter() - t0) * 1000, 3)
             if details:
                 server = server_details(r)
-    except Exception as exc:  # any failure means "down" here
-        return None, type(exc).__name__, server
-    return rtt, None, server
+    except Exception as exc:  # any other failure means "down" here
+        # A wait timeout without a cause: the pool is saturated (as the helpers
+        # judge it), Redis is answering the callers who hold its connections.
+        busy = isinstance(exc, PoolTimeout) and exc.__cause__ is None
+        return None, type(exc).__name__, server, busy
+    return rtt, None, server, False
 
 
 def pool_health(
@@ -96,8 +102,9 @@ def pool_health(
     ping_timeout: float = 1.0,
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body). ``status`` is ``up``, ``degraded`` (answers, but
-    callers wait, time out or connections fail to open) or ``down`` (no PING:
-    503). ``detail``: ``status`` (only that), ``basic`` (+ pool occupancy) or
+    callers wait, time out or connections fail to open; also when no
+    connection came free for the PING in ``ping_timeout``) or ``down`` (no PING
+    for another reason: 503). ``detail``: ``status`` (only that), ``basic`` (+ pool occupancy) or
     ``full`` (+ counters and wait times). ``show_details`` adds the pool's
     name and address and a ``server`` section (version, mode,
     ``connected_clients``, ``maxclients``: one more round trip). Connection
@@ -116,11 +123,11 @@ def pool_health(
     if not isinstance(show_details, bool):
         raise TypeError(f"show_details must be True or False, got {show_details!r}")
     _socket_timeout("ping_timeout", ping_timeout, none_ok=False)
-    rtt, error, server = _probe(pool, ping_timeout, show_details and detail != "status")
+    rtt, error, server, busy = _probe(pool, ping_timeout, show_details and detail != "status")
     stats = pool.stats()
-    if rtt is None:
+    if rtt is None and not busy:
         status = "down"
-    elif any(
+    elif busy or any(
         s.waiting or s.consecutive_create_errors or s.in_use >= s.max_size
         for s in [stats, *getattr(stats, "nodes", {}).values()]  # a cluster: any node
     ):
