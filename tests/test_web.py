@@ -18,7 +18,7 @@ from redispool.helpers.ratelimit import RateLimiter
 from redispool.web.flask import RedisPoolExtension, current_pool
 from redispool.web.health import pool_health
 from redispool.web.metrics import render_metrics
-from redispool.web.wsgi import RateLimitMiddleware, Rule, api_key, routed_path
+from redispool.web.wsgi import RateLimitMiddleware, Rule, api_key, client_ip, routed_path
 
 
 def make_app(url: str, **config: Any) -> Flask:
@@ -178,6 +178,30 @@ def test_wsgi_rotating_unverified_api_keys_are_limited_by_client_ip(redis_url: s
         for i in range(5)
     ]
     assert other == ["200"] * 3 + ["429"] * 2
+    pool.close()
+
+
+def test_wsgi_ipv6_client_is_its_64(redis_url: str) -> None:
+    """One IPv6 host sends from any address of its /64: a bucket per address
+    would be a bucket per request."""
+    pool = RedisPool(redis_url, min_size=0, max_size=2)
+    rl = RateLimiter(pool, "2/minute", algorithm="fixed")
+    app = RateLimitMiddleware(_hello, [Rule("/login", rl)])
+    rotating = [f"2001:db8:0:1::{i:x}" for i in range(1, 5)] + ["2001:db8:0:1:ffff::9"]
+    statuses = [_wsgi_call(app, "/login", REMOTE_ADDR=a)[0][:3] for a in rotating]
+    assert statuses == ["200", "200", "429", "429", "429"]
+    assert _wsgi_call(app, "/login", REMOTE_ADDR="2001:db8:0:2::1")[0][:3] == "200"  # another
+    # an IPv4-mapped address is that IPv4 client
+    mapped = ["192.0.2.7", "::ffff:192.0.2.7", "192.0.2.7"]
+    assert [_wsgi_call(app, "/login", REMOTE_ADDR=a)[0][:3] for a in mapped] == [
+        "200",
+        "200",
+        "429",
+    ]
+    assert client_ip({"REMOTE_ADDR": "2001:db8::1"}) == "2001:db8::/64"
+    assert client_ip({"REMOTE_ADDR": "fe80::1%eth0"}) == "fe80::/64"
+    assert client_ip({"REMOTE_ADDR": "203.0.113.9"}) == "203.0.113.9"
+    assert client_ip({}) == "unknown" and client_ip({"REMOTE_ADDR": "x:y"}) == "x:y"
     pool.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -20,10 +21,27 @@ KeyFunc = Callable[[Environ], "str | tuple[str, ...] | None"]
 (a tuple), or None to fall back to the middleware's ``key``."""
 
 
+IPV6_PREFIX = 64  # the smallest block any IPv6 host is given: one client
+
+
 def client_ip(environ: Environ) -> str:
-    """The peer address (``REMOTE_ADDR``). Behind a proxy, use werkzeug's
-    ``ProxyFix`` (or equivalent) so that this is the real client."""
-    return str(environ.get("REMOTE_ADDR") or "unknown")
+    """The peer address (``REMOTE_ADDR``) as a rate-limit key. Behind a proxy,
+    use werkzeug's ``ProxyFix`` (or equivalent) so that this is the real client.
+
+    An IPv6 client is its ``/64`` network (``2001:db8::/64``): every host gets a
+    whole /64 and may send from any of its 2**64 addresses, so keying by the
+    full address gave an attacker a fresh bucket per request. An IPv4-mapped
+    address (``::ffff:192.0.2.1``) is the IPv4 client."""
+    addr = str(environ.get("REMOTE_ADDR") or "unknown")
+    if ":" not in addr:
+        return addr
+    try:
+        ip = ipaddress.IPv6Address(addr.split("%", 1)[0])  # without a zone (fe80::1%eth0)
+    except ValueError:
+        return addr
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
 
 
 def api_key(header: str = "X-API-Key", *, verify: Callable[[str], bool] | None = None) -> KeyFunc:
