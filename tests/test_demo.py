@@ -176,6 +176,23 @@ def test_login_is_rate_limited_before_the_body_is_read(
     assert len(parsed) == 2  # the three refused requests were not parsed
 
 
+def test_login_rate_limit_keys_an_ipv6_client_by_its_64(
+    make_app: MakeApp, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host sends from any address of its /64: one bucket, not one per address."""
+    monkeypatch.setenv("DEMO_LOGIN_LIMIT", "2/hour")
+    client = make_app(redis_url).test_client()
+    statuses = [
+        client.post(
+            "/api/auth/login",
+            json={"username": "bob", "password": "wrong"},
+            environ_base={"REMOTE_ADDR": f"2001:db8:7:7::{i + 1:x}"},
+        ).status_code
+        for i in range(4)
+    ]
+    assert statuses == [401, 401, 429, 429]
+
+
 def test_wrong_password_is_401_with_exact_ratelimit_headers(
     make_app: MakeApp, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

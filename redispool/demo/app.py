@@ -39,6 +39,7 @@ from ..helpers.lockout import Lockout
 from ..helpers.ratelimit import RateLimiter
 from ..redis_pool import RedisPool
 from ..web.flask import RedisPoolExtension
+from ..web.wsgi import client_ip
 from .modes import MODES, PerRequestRedis, RedisPyBlockingPool
 
 __all__ = ["create_app"]
@@ -263,7 +264,7 @@ def create_app(redis_url: str | None = None, *, per_request: bool | None = None)
     @app.post("/api/auth/login")
     def login() -> Any:
         svc: _Services = g.services
-        ip = request.remote_addr or "unknown"
+        ip = client_ip(request.environ)  # an IPv6 client is its /64
         limit = svc.login_limit.hit(ip)  # before the body is read: a refusal costs nothing
         if not limit.allowed:
             return _error(429, "rate_limited", "too many login attempts", limit.headers())
