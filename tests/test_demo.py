@@ -476,3 +476,16 @@ def test_depth_check_ignores_brackets_inside_strings() -> None:
     assert not _too_deep(shallow, 32)
     assert _too_deep(b'{"x": ' + b"[" * 33 + b"]" * 33 + b"}", 32)
     assert not _too_deep(b'{"x": ' + b"[" * 31 + b"]" * 31 + b"}", 32)
+
+
+def test_locked_retry_after_rounds_up() -> None:
+    """A lock with 10.2 s left: ``Retry-After: 10`` would bring the retry back
+    while still locked (another 423)."""
+    from redispool.demo.app import _locked
+
+    app = Flask(__name__)
+    with app.app_context():
+        for left, expected in ((10.2, "11"), (10.0, "10"), (59.999, "60"), (0.01, "1")):
+            resp = _locked(left, {"Retry-After": "99"})
+            assert resp.status_code == 423 and resp.headers["Retry-After"] == expected
+            assert f"try again in {expected} s" in resp.get_json()["message"]

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import time
 import weakref
@@ -356,7 +357,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 def _locked(retry_after: float, headers: dict[str, str]) -> Any:
-    wait = max(1, round(retry_after))
+    wait = max(1, math.ceil(retry_after))  # rounded down, a retry would come too early
     return _error(
         423,
         "locked",
