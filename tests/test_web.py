@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
 from redispool import RedisPool
-from redispool.helpers.ratelimit import RateLimiter
+from redispool.helpers.ratelimit import RateLimiter, RateLimitResult
 from redispool.web.flask import RedisPoolExtension, current_pool
 from redispool.web.health import pool_health
 from redispool.web.metrics import render_metrics
@@ -203,6 +203,17 @@ def test_wsgi_ipv6_client_is_its_64(redis_url: str) -> None:
     assert client_ip({"REMOTE_ADDR": "203.0.113.9"}) == "203.0.113.9"
     assert client_ip({}) == "unknown" and client_ip({"REMOTE_ADDR": "x:y"}) == "x:y"
     pool.close()
+
+
+def test_wsgi_429_body_retry_after_agrees_with_the_header() -> None:
+    class Refusing(RateLimiter):
+        def hit(self, key: Any, cost: int = 1) -> RateLimitResult:
+            return RateLimitResult(False, 5, 0, 10.2, 10.2, 60.0)
+
+    app = RateLimitMiddleware(_hello, default=Refusing.__new__(Refusing))
+    status, headers, body = _wsgi_call(app, "/x")
+    assert status.startswith("429") and headers["Retry-After"] == "11"
+    assert json.loads(body)["retry_after"] == 11  # not 10: that retry would be refused
 
 
 LOGIN_PATHS = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -224,7 +225,7 @@ class RateLimitMiddleware:
                 {
                     "error": "rate_limited",
                     "message": "Too many requests; retry later.",
-                    "retry_after": max(1, round(result.retry_after))
+                    "retry_after": max(1, math.ceil(result.retry_after))  # as Retry-After
                     if result.retry_after >= 0
                     else None,
                 }
