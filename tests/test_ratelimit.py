@@ -283,3 +283,20 @@ def test_every_script_declares_every_key_it_touches(
         for op in (lambda: rl.hit("k"), lambda: rl.peek("k"), lambda: rl.hit("k", cost=5)):
             assert check(op) == []
         assert check(lambda: [rl.hit("k") for _ in range(3)]) == []
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_limiters_with_other_limits_keep_their_own_state(pool: Any, algorithm: str) -> None:
+    """A login limit and an API limit keyed by the same client IP, both in the
+    default namespace: an API request in between must not reset (fixed,
+    sliding: the other period's window) or use up (GCRA) the login limit."""
+    api = RateLimiter(pool, "1000/day", algorithm=algorithm)
+    login = RateLimiter(pool, "5/hour", algorithm=algorithm)
+    who = f"203.0.113.50-{algorithm}"
+    allowed = []
+    for _ in range(8):
+        assert api.hit(who).allowed
+        allowed.append(login.hit(who).allowed)
+    assert allowed == [True] * 5 + [False] * 3
+    assert api.peek(who).remaining == 992
+    assert api.key_for(who) != login.key_for(who)

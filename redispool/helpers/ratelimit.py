@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .base import (
+    MAX_IDENTITY,
     MAX_SECONDS,
     CircuitBreaker,
     HelperBase,
     HelperUnavailable,
     RedisScript,
+    _identity_bytes,
     check_secret,
     default_secret,
 )
@@ -281,7 +283,21 @@ class RateLimiter(HelperBase):
         self.allowed = self.denied = self.failed_open = self.failed_closed = 0
 
     def key_for(self, key: Any) -> str:
-        return _hashed_key(self.namespace, self.algorithm[0], key, self._secret, "key")
+        """``namespace:{<digest>}:<algorithm>``, the digest of the limit, the
+        period and ``key``: limiters with other limits on the same key (a login
+        limit and an API limit, both by client IP, in the default namespace)
+        never share, or reset, each other's state."""
+        _identity_bytes(key, "key")  # the caller's key: its own errors and size limit
+        parts = key if isinstance(key, tuple) else (key,)
+        policy = f"{self.limit}/{self.period!r}"
+        return _hashed_key(
+            self.namespace,
+            self.algorithm[0],
+            (policy, *parts),
+            self._secret,
+            "key",
+            limit=MAX_IDENTITY + len(policy),
+        )
 
     def hit(self, key: Any, cost: int = 1) -> RateLimitResult:
         """Count ``cost`` against ``key`` if allowed; one round trip."""
