@@ -42,6 +42,7 @@ def test_extension_pool_health_and_metrics_move_with_requests(redis_url: str) ->
         assert client.get("/incr").json == {"n": i + 1}
     resp = client.get("/api/health/redis")
     assert resp.status_code == 200
+    assert resp.headers["Cache-Control"] == "no-store"  # as Django's view
     body = resp.json
     assert body["status"] == "up" and body["ping_ms"] > 0
     for key in ("active", "idle", "size", "max_size", "waiting", "total_commands", "timeouts"):
@@ -62,6 +63,7 @@ def test_health_is_503_when_redis_is_down_and_hides_passwords(redis_server_facto
     t0 = time.monotonic()
     resp = client.get("/api/health/redis")
     assert resp.status_code == 503 and resp.json["status"] == "down"
+    assert resp.headers["Cache-Control"] == "no-store"
     assert time.monotonic() - t0 < 3
     assert "s3cret-pw" not in resp.get_data(as_text=True)
     assert "s3cret-pw" not in client.get("/metrics").get_data(as_text=True)

@@ -224,7 +224,10 @@ def _health() -> Any:
     show = cfg.get("REDISPOOL_HEALTH_SHOW_DETAILS", "never")
     show_details = bool(show(request)) if callable(show) else show == "always"
     status, body = pool_health(state.pool, detail=detail, show_details=show_details)
-    return jsonify(body), status
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"  # a cache must not replay "up"
+    return response
 
 
 def _metrics() -> Response:
