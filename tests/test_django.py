@@ -198,6 +198,9 @@ def test_health_view_bad_arguments() -> None:
         health_view(_DEAD, detail="everything")
     with pytest.raises(TypeError, match="cache must be"):
         health_view(cache=3)  # type: ignore[arg-type]
+    for bad in (0, -1, "1", float("inf")):  # named when the URLconf loads, not per request
+        with pytest.raises((TypeError, ValueError), match="ping_timeout"):
+            health_view(_DEAD, ping_timeout=bad)  # type: ignore[arg-type]
 
 
 def test_cache_pool_names_what_is_missing(redis_url: str) -> None:

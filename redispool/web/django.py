@@ -27,7 +27,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonR
 
 from ..cluster import RedisClusterPool
 from ..redis_adapter import ConnectionPool
-from ..redis_pool import RedisPool
+from ..redis_pool import RedisPool, _socket_timeout
 from .health import DETAIL_LEVELS, SHOW_DETAILS, pool_health
 
 __all__ = ["cache_pool", "health_view"]
@@ -79,6 +79,8 @@ def health_view(
         raise ValueError(
             f"detail must be one of {DETAIL_LEVELS}, a callable or None, got {detail!r}"
         )
+    if ping_timeout is not None:  # refused now, not as a 500 on every health check
+        _socket_timeout("ping_timeout", ping_timeout, none_ok=False)
     if not callable(show_details) and show_details not in SHOW_DETAILS:
         raise ValueError(
             f"show_details must be one of {SHOW_DETAILS} or a callable, got {show_details!r}"
