@@ -54,12 +54,55 @@ class _Entry:
 
 class _Abandoned:
     """An object whose lease was dropped without its ``__exit__`` (see
-    ``_Lease.__del__``), queued for ``ObjectPool._reclaim``; compared by identity."""
+    ``_Out``), queued for ``ObjectPool._reclaim``; compared by identity. Made
+    with ``object.__new__`` and a store: no Python code runs to make one."""
 
     __slots__ = ("obj",)
+    obj: Any
 
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
+
+def abandon(pool: Any, obj: Any) -> None:
+    """Queue ``obj``, lent through a lease never exited, on ``pool``
+    (an ``ObjectPool``) for ``_reclaim``."""
+    item = _new(_Abandoned)
+    item.obj = obj
+    pool._abandoned.append(item)
+
+
+_new = object.__new__
+
+
+class _Out:
+    """Mixed into the class a lease takes while entered (``__enter__`` sets it
+    as the last step, ``__exit__`` puts the plain class back as its first):
+    collected in that state, the lease was never exited. That happens when an
+    exception lands at ``__exit__``'s first instruction (a signal handler
+    raising: Ctrl-C, a soft time limit), where no code of the pool's can catch
+    it; the object goes back to the pool, which destroys it (its block may have
+    left it in any state) before the next borrow would wait, at upkeep and at
+    ``close()``: not here, as a finalizer may run inside any code, the pool's
+    included. An exited lease has no finalizer to run (none of it can be cut
+    short and swallow a Ctrl-C)."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        try:
+            self._abandon()  # type: ignore[attr-defined]
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+_L = TypeVar("_L")
+
+
+def with_out(cls: _L) -> _L:
+    """Give lease class ``cls`` its entered twin (see ``_Out``): ``cls._out``,
+    and ``_plain`` (``cls``) to go back to. ``cls`` defines ``_abandon()``."""
+    klass: Any = cls
+    klass._out = type(f"{klass.__name__}Out", (_Out, klass), {"__slots__": ()})
+    klass._plain = klass
+    return cls
 
 
 class _Ticket:
@@ -199,6 +242,7 @@ def _acquire_anyway(lock: Any) -> BaseException | None:
                 return pending
 
 
+@with_out
 class _Lease(Generic[T]):
     """The context manager ``ObjectPool.acquire()`` returns (pool defaults).
 
@@ -209,6 +253,8 @@ class _Lease(Generic[T]):
 
     __slots__ = ("_pool", "obj")
     _keep_on: KeepOn = None  # (a slot of _TunedLease)
+    _out: type[_Lease[Any]]  # the class while entered, and back (see with_out)
+    _plain: type[_Lease[Any]]
 
     def __init__(self, pool: ObjectPool[T]) -> None:
         self._pool = pool
@@ -242,12 +288,14 @@ class _Lease(Generic[T]):
                 validate = pool._validate
                 if validate is None or validate(entry.obj):
                     self.obj = obj = entry.obj
+                    self.__class__ = self._out  # entered (see _Out)
                     return obj  # type: ignore[no-any-return]
             ticket = _Ticket(entry)
             self.obj = obj = pool._borrow_slow(ticket, None).obj
+            self.__class__ = self._out
             return obj  # type: ignore[no-any-return]
         except BaseException:
-            self.obj = _NOTHING  # not entered (see __del__)
+            self.__class__ = self._plain  # not entered after all (see _Out)
             if lock._is_owned():  # a handler raised as the acquire returned
                 lock.release()
             pool._give_back(ticket, entry)
@@ -259,9 +307,9 @@ class _Lease(Generic[T]):
         ev: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.__class__ = self._plain  # exited (before any call: see _Out)
         pool = self._pool
         obj = self.obj
-        self.obj = _NOTHING  # exited (no call before: see __del__)
         lock = pool._lock
         lent: Any = None  # its entry, once read (a hand-off keeps it in _in_use)
         uses = 0
@@ -319,23 +367,14 @@ class _Lease(Generic[T]):
                 pool.release(obj, discard=ev is not None)
             raise
 
-    def __del__(self) -> None:
-        # Entered and never exited: an exception at ``__exit__``'s first
-        # instruction (a signal handler raising there: Ctrl-C, a soft time
-        # limit), before any code of the pool's can catch it. The object is
-        # destroyed by the pool at its next slow borrow, upkeep or close (not
-        # here: a finalizer may run inside any code, the pool's included).
-        try:
-            obj = getattr(self, "obj", _NOTHING)
-            if obj is not _NOTHING:
-                self._pool._abandoned.append(_Abandoned(obj))
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
+    def _abandon(self) -> None:
+        abandon(self._pool, self.obj)
 
 
 _NOTHING: Any = object()
 
 
+@with_out
 class _TunedLease(_Lease[T]):
     """``acquire(timeout, keep_on=...)``: its own wait and rule of what to keep."""
 
@@ -354,14 +393,16 @@ class _TunedLease(_Lease[T]):
         obj: Any = _NOTHING
         try:
             self.obj = obj = self._pool.borrow(self._timeout)
+            self.__class__ = self._out  # type: ignore[assignment]  # entered (see _Out)
             return obj  # type: ignore[no-any-return]
         except BaseException:  # after the borrow, before the block: give it back
+            self.__class__ = self._plain  # type: ignore[assignment]  # (see _Out)
             if obj is not _NOTHING:
-                self.obj = _NOTHING
                 self._pool.release(obj)
             raise
 
 
+@with_out
 class _MethodLease(_TunedLease[T]):
     """The lease of a pool subclass that overrides ``borrow`` or ``release``:
     both run as written (no inlined fast paths)."""
@@ -374,9 +415,9 @@ class _MethodLease(_TunedLease[T]):
         ev: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.__class__ = self._plain  # type: ignore[assignment]  # exited (see _Out)
         pool = self._pool
         obj = self.obj
-        self.obj = _NOTHING  # exited (see _Lease.__del__)
         if ev is None:
             pool.release(obj)
         else:

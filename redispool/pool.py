@@ -349,7 +349,7 @@ class ObjectPool(Generic[T]):
 
     def _reclaim(self) -> None:
         """Destroy the objects of leases dropped without their ``__exit__`` (see
-        ``_Lease.__del__``): their blocks may have left them in any state. Run
+        ``_poolparts._Out``): their blocks may have left them in any state. Run
         before a borrow queues or creates, by upkeep, and by ``close()``."""
         abandoned = self._abandoned
         while abandoned:
@@ -362,7 +362,7 @@ class ObjectPool(Generic[T]):
             # queue keeps its id from being reused).
             try:
                 self.release(item.obj, discard=True, reason="dirty")
-            except ValueError:  # not lent: given back by hand (see _Lease.__del__)
+            except ValueError:  # not lent: given back by hand (see _poolparts._Out)
                 log.debug("pool %r: abandoned %r was not lent", self.name, item.obj)
             try:
                 abandoned.remove(item)

@@ -31,7 +31,7 @@ from redis.retry import Retry
 
 from ._closehooks import CloseHooks
 from ._dropin import DropInRedis
-from ._poolparts import _Abandoned, _number
+from ._poolparts import _number, abandon, with_out
 from .config import env_options, parse_redis_url, redact_url, sentinel_env
 from .connection import TIMEOUT_SET, is_alive, pooled_class, set_io_timeout
 from .dns import DNSCache
@@ -585,9 +585,10 @@ def _check_lease(timeout: float | None, wait: float | None) -> None:
         _number("wait", wait, minimum=0)
 
 
+@with_out
 class _ConnectionLease:
     __slots__ = ("_conn", "_pool", "_timeout", "_wait")
-    _conn: Connection | None  # None once exited (see __del__)
+    _out: type[_ConnectionLease]  # (see _poolparts.with_out)
 
     def __init__(self, pool: RedisPool, timeout: float | None, wait: float | None) -> None:
         self._pool = pool
@@ -600,10 +601,11 @@ class _ConnectionLease:
             self._conn = conn = self._pool._get(self._wait)
             if self._timeout is not None:
                 self._pool._set_op_timeout(conn, self._timeout)
+            self.__class__ = self._out  # entered (see _poolparts._Out)
             return conn
         except BaseException:  # (Ctrl-C too) never keep a connection nobody will return
+            self.__class__ = _ConnectionLease  # not entered after all (see _poolparts._Out)
             if conn is not None:
-                self._conn = None
                 self._pool._put(conn)
             raise
 
@@ -611,9 +613,8 @@ class _ConnectionLease:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         # (as _ClientLease.__exit__)
-        pool = self._pool
-        conn: Any = self._conn
-        self._conn = None  # exited (no call before: see __del__)
+        self.__class__ = _ConnectionLease  # exited (before any call: see _poolparts._Out)
+        pool, conn = self._pool, self._conn
         objects = pool._pool
         lent: Any = None
         uses = 0
@@ -627,19 +628,14 @@ class _ConnectionLease:
                 objects.release(conn, discard=True, reason="dirty")
             raise
 
-    def __del__(self) -> None:
-        # Entered, never exited: see _Lease.__del__ (discarded by the pool later).
-        try:
-            conn = getattr(self, "_conn", None)
-            if conn is not None:
-                self._pool._pool._abandoned.append(_Abandoned(conn))
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
+    def _abandon(self) -> None:  # (see _poolparts._Out)
+        abandon(self._pool._pool, self._conn)
 
 
+@with_out
 class _ClientLease:
     __slots__ = ("_client", "_conn", "_pinned", "_pool", "_timeout", "_wait")
-    _conn: Connection | None  # None once exited (see __del__)
+    _out: type[_ClientLease]  # (see _poolparts.with_out)
 
     def __init__(self, pool: RedisPool, timeout: float | None, wait: float | None) -> None:
         self._pool = pool
@@ -660,25 +656,25 @@ class _ClientLease:
             client.connection = conn
             client.connection_pool = pinned  # type: ignore[assignment]
             self._client = client
+            self.__class__ = self._out  # entered (see _poolparts._Out)
             return client
         except BaseException:  # (Ctrl-C too) never keep a connection nobody will return
+            self.__class__ = _ClientLease  # not entered after all (see _poolparts._Out)
             if conn is not None:
-                self._conn = None
                 pool._put(conn)
             raise
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.__class__ = _ClientLease  # exited (before any call: see _poolparts._Out)
         self._pinned._conn = None  # a stale client or pipeline now raises
         self._client.connection = None
         # pool._put(conn), and if an exception (a signal handler raising at a call,
         # a function's first line included) cuts it short before the connection is
         # back, it goes back all the same, discarded. (Inline: a helper's own first
         # line would be a window again.)
-        pool = self._pool
-        conn: Any = self._conn
-        self._conn = None  # exited (no call before: see __del__)
+        pool, conn = self._pool, self._conn
         objects = pool._pool
         lent: Any = None
         uses = 0
@@ -692,14 +688,7 @@ class _ClientLease:
                 objects.release(conn, discard=True, reason="dirty")
             raise
 
-    def __del__(self) -> None:
-        # Entered, never exited: see _Lease.__del__. A client kept past the
-        # block now refuses, as after __exit__; the pool discards the connection.
-        try:
-            conn = getattr(self, "_conn", None)
-            if conn is not None:
-                self._pinned._conn = None
-                self._client.connection = None
-                self._pool._pool._abandoned.append(_Abandoned(conn))
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
+    def _abandon(self) -> None:  # (see _poolparts._Out)
+        self._pinned._conn = None  # a client kept past the block refuses, as after __exit__
+        self._client.connection = None
+        abandon(self._pool._pool, self._conn)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import dis
+import gc
 import inspect
 import json
 import random
@@ -30,6 +31,8 @@ from types import CodeType, FrameType
 from typing import Any
 
 from redispool import ObjectPool, PoolTimeout
+from redispool._poolparts import _Lease, _MethodLease
+from redispool.redis_pool import _ClientLease, _ConnectionLease
 
 from .helpers import Factory, Resource
 
@@ -46,12 +49,22 @@ class Interrupt(BaseException):
 _RESUME: dict[Any, int] = {}
 
 
+# The leases' __exit__: interrupted at their first instruction, the lease's
+# finalizer hands its object back (see _poolparts._Out), so the storm raises there.
+_RECLAIMED = frozenset(
+    cls.__exit__.__code__ for cls in (_Lease, _MethodLease, _ConnectionLease, _ClientLease)
+)
+
+
 def _entered_from_outside(frame: Any, files: tuple[str, ...] = _POOL_FILES) -> bool:
     """At the first instruction of a pool function called from outside the pool
-    (``__exit__`` from a ``with``, ``release()`` from the caller's code): no Python
-    code can catch what is raised there, so the storm leaves that window out.
-    (Inside the pool, the caller of an interrupted function must cope.)"""
+    (``release()`` from the caller's code): no Python code can catch what is
+    raised there, so the storm leaves that window out. (Inside the pool, the
+    caller of an interrupted function must cope; a lease's ``__exit__`` is
+    reclaimed, see ``_RECLAIMED``.)"""
     code = frame.f_code
+    if code in _RECLAIMED:
+        return False
     if code not in _RESUME:
         first = [i.offset for i in dis.get_instructions(code) if i.opname == "RESUME"]
         _RESUME[code] = first[0] if first else 0
@@ -333,6 +346,8 @@ def main(case: str, seed: int, seconds: float = 0.6) -> None:
     if lock_free:
         for r in held:
             pool.release(r)
+        gc.collect()  # leases dropped without their __exit__ (see _RECLAIMED)
+        pool._reclaim()
         s = pool.stats()  # (before any resize: its hand-outs would hide a stranded slot)
         alive = [r for r in factory.made if not r.destroyed]
         idle = {id(e.obj) for e in pool._idle}

@@ -99,6 +99,8 @@ def main(url: str, seed: int, seconds: float = 0.8) -> None:
         "parser": type(pool._pool.objects()[0]._parser).__name__,
         "hiredis": redis.utils.HIREDIS_AVAILABLE,
     }  # fmt: skip
+    gc.collect()  # leases dropped without their __exit__ (see _signal_storm._RECLAIMED)
+    pool._pool._reclaim()
     s = pool.stats()
     keys = ("size", "idle", "in_use", "creating", "closing", "waiting")
     out["stats"] = {k: getattr(s, k) for k in keys}
