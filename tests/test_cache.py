@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -992,3 +993,44 @@ def test_a_load_slower_than_the_lease_is_returned_not_cached(
     assert cache.get("k") is None and cache.stats()["refused_writes"] == 1
     assert cache.get_with_fallback("k", lambda: "fast") == "fast"
     assert cache.flush(2) and cache.get("k") == "fast"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_lock_held_by_another_thread_at_fork_does_not_hang_the_child(
+    make_cache: Callable[..., Cache], redis_server_factory: Callable[..., RedisServer]
+) -> None:
+    # Regression: in a forked child the cache's counter lock and its breaker's
+    # lock were the parent's; one held by another thread at the fork (every
+    # call counts, every failure locks the breaker) stayed held in the child,
+    # whose first cache call then hung for good.
+    server = redis_server_factory()
+    p = RedisPool(server.url, min_size=0, max_size=2, connect_timeout=0.2)
+    server.kill()  # every call fails: it counts an error and a breaker failure
+    cache = make_cache(pool=p, breaker=CircuitBreaker(threshold=1000))
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with cache._lock, cache.breaker._lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(5)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.alarm(20)  # a hang kills the child: the parent sees it
+                if cache.get_with_fallback("k", lambda: 2) == 2:
+                    code = 0 if cache.stats()["fallbacks"] == 1 else 2
+            finally:
+                os._exit(code)
+    finally:
+        done.set()
+        holder.join(10)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    p.close()

@@ -11,6 +11,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -157,6 +158,17 @@ class RedisScript:
             return r.eval(self.source, len(keys), *keys, *args)
 
 
+_BREAKERS: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for breaker in list(_BREAKERS):  # a lock held by a thread that did not fork stays held
+        breaker._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class CircuitBreaker:
     """Stops calling Redis after ``threshold`` failures in a row, for a jittered
     ``cooldown``; then lets one trial call through (half-open).
@@ -186,6 +198,7 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._trial = 0  # ticket of the running half-open trial; 0: none
         self._tickets = 0
+        _BREAKERS.add(self)
 
     @property
     def state(self) -> str:

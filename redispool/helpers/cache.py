@@ -35,6 +35,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
@@ -74,6 +75,15 @@ _COUNTERS = (
     *("early_recomputes", "lease_waits", "lease_timeouts", "refused_writes", "shared_failures"),
 )
 MAX_ERROR_NAME = 64
+_CACHES: weakref.WeakSet[Cache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_CACHES):  # a lock held by a thread that did not fork stays held
+        cache._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class LoaderError(Exception):
@@ -172,6 +182,7 @@ class Cache(HelperBase):
         self._flight = SingleFlight()
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)
+        _CACHES.add(self)
         pool.on_close(self.close)  # queued write-backs go out before the pool closes
 
     # -- validation and keys -------------------------------------------------
