@@ -1034,3 +1034,31 @@ def test_a_lock_held_by_another_thread_at_fork_does_not_hang_the_child(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     p.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_breaker_trial_in_flight_at_fork_does_not_shut_the_child_out(
+    make_cache: Callable[..., Cache],
+) -> None:
+    # Regression: a half-open trial granted to another thread before the fork
+    # was still "running" in the child, where no call could end it: every cache
+    # call of the child was turned away (set() False, invalidate() raising) for good.
+    breaker = CircuitBreaker(threshold=1, cooldown=0)
+    cache = make_cache(breaker=breaker)
+    breaker.failure()  # open; with no cooldown, half-open at once
+    ticket = breaker.enter()  # another thread's trial call, in flight at the fork
+    assert ticket
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(20)
+            if cache.set("k", "child") and cache.get("k") == "child":
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    breaker.success(ticket)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache.get("k") == "child"

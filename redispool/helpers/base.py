@@ -164,6 +164,7 @@ _BREAKERS: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for breaker in list(_BREAKERS):  # a lock held by a thread that did not fork stays held
         breaker._lock = threading.Lock()
+        breaker._trial = 0  # and so would a trial call it was making: no one here ends it
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
