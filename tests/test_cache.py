@@ -181,6 +181,31 @@ def test_negative_ttl_zero_does_not_cache_none(
     assert data_keys(admin) == [] and admin.keys("*lease") == []
 
 
+def test_a_none_that_is_not_cached_replaces_the_entry_it_makes_out_of_date(
+    make_cache: Callable[..., Cache],
+) -> None:
+    # Regression: with negative_ttl=0, set(key, None) and a fill that loaded None
+    # stored nothing and left the entry there: the value the app had just said
+    # was gone (a deleted row) was served until its TTL.
+    cache = make_cache(negative_ttl=0, early_recompute_beta=1.0, rand=lambda: 0.5)
+    assert cache.set("k", "old")
+    assert cache.set("k", None) is False  # not stored (negative_ttl=0) ...
+    assert cache.get("k", default="d") == "d"  # ... and the old value is gone
+    # An early recompute (XFetch) that loads None: the row was deleted meanwhile.
+    assert cache.get_with_fallback("j", lambda: time.sleep(0.02) or "old", ttl=1) == "old"
+    assert cache.flush(2)
+    cache._rand = lambda: 1e-300  # recompute now
+    assert cache.get_with_fallback("j", lambda: None, ttl=1) is None
+    assert cache.flush(2) and cache.stats()["early_recomputes"] == 1
+    assert cache.get("j", default="d") == "d"
+    # A failed recompute still serves (and keeps) the cached value.
+    assert cache.get_with_fallback("i", lambda: time.sleep(0.02) or "kept", ttl=1) == "kept"
+    assert cache.flush(2)
+    assert cache.get_with_fallback("i", lambda: 1 / 0, ttl=1) == "kept"
+    assert cache.flush(2) and cache.stats()["early_recomputes"] == 2
+    assert cache.get("i") == "kept"
+
+
 def _outage_cache(make_cache: Callable[..., Cache], server: RedisServer) -> tuple[Cache, RedisPool]:
     # The borrow wait (get_timeout) does not bound creating a connection: against a
     # paused server the TCP connect succeeds and the handshake waits socket_timeout.

@@ -92,7 +92,9 @@ return {ver, value, pttl, 1}
 )
 # ARGV[1]: lease token ('' = set(): store now, and revoke any fill in flight),
 # ARGV[2]: the version the lease was won under, ARGV[3]: payload, ARGV[4]: PX ('0'
-# = store nothing), ARGV[5]: the loader's error name ('' = it succeeded), ARGV[6]:
+# = store nothing: just release the lease; '-1' = a value not to be cached, such
+# as a None with negative_ttl=0: delete the entry it makes out of date, store
+# nothing), ARGV[5]: the loader's error name ('' = it succeeded), ARGV[6]:
 # how long to keep that failure for other callers. A fill is written only if its
 # lease is still held under the version it was won under: an invalidation of the
 # key, its tags or its namespace since the lease was won refuses it.
@@ -101,6 +103,10 @@ return {ver, value, pttl, 1}
 WRITE = RedisScript(
     _PRELUDE
     + """
+if ARGV[4] == '-1' and ARGV[1] == '' then
+  redis.call('DEL', data, lease)
+  return 0
+end
 if ARGV[1] == '' then
   redis.call('SET', data, ver .. ARGV[3], 'PX', ARGV[4])
   redis.call('DEL', lease)
@@ -117,6 +123,10 @@ if ARGV[5] ~= '' and ARGV[6] ~= '0' then
 end
 if ARGV[4] == '0' then
   redis.call('DEL', lease)
+  return 0
+end
+if ARGV[4] == '-1' then
+  redis.call('DEL', data, lease)
   return 0
 end
 redis.call('SET', data, ver .. ARGV[3], 'PX', ARGV[4])

@@ -195,9 +195,10 @@ class Cache(HelperBase):
         return float(ttl)
 
     def _ttl_ms(self, ttl: float | None, value: Any) -> int:
-        """PX for ``value``; 0 means "do not cache" (a None with negative_ttl=0)."""
+        """PX for ``value``; -1 means "do not cache" (a None with negative_ttl=0:
+        the write deletes the entry instead, which that None makes out of date)."""
         seconds = (self.negative_ttl if ttl is None else ttl) if value is None else ttl
-        return round((self.default_ttl if seconds is None else seconds) * 1000)
+        return round((self.default_ttl if seconds is None else seconds) * 1000) or -1
 
     @staticmethod
     def _check_tags(tags: Any) -> tuple[str, ...]:
@@ -312,15 +313,14 @@ class Cache(HelperBase):
         self, key: Any, value: Any, ttl: float | None = None, *, tags: Iterable[str] = ()
     ) -> bool:
         """Store ``value`` now for ``ttl`` seconds (default: ``default_ttl``, or
-        ``negative_ttl`` for a ``None``); False if Redis failed (or a ``None`` with
-        ``negative_ttl=0``). TypeError if the serializer cannot encode it."""
+        ``negative_ttl`` for a ``None``); False if Redis failed, or for a ``None``
+        with ``negative_ttl=0``: the key's entry is then deleted, not replaced.
+        TypeError if the serializer cannot encode it."""
         loc = self._locate(key, tags)
         if ttl is not None:
             self._check_ttl("ttl", ttl)
         payload = fmt.encode(self._dumps, value, 0.0)
         ttl_ms = self._ttl_ms(ttl, value)
-        if not ttl_ms:
-            return False
         try:
             return self._store(loc, ("", "", payload, ttl_ms, "", 0)) == 1
         except RedisError:
@@ -466,8 +466,10 @@ class Cache(HelperBase):
         start = time.monotonic()
         try:
             value = loader()
-            ttl_ms = self._ttl_ms(None if value is None else ttl, value)  # 0: do not cache
-            payload = fmt.encode(self._dumps, value, time.monotonic() - start) if ttl_ms else b""
+            ttl_ms = self._ttl_ms(None if value is None else ttl, value)  # -1: do not cache
+            payload = (
+                fmt.encode(self._dumps, value, time.monotonic() - start) if ttl_ms > 0 else b""
+            )
         except BaseException as exc:
             if lease is not None:
                 name = type(exc).__name__[:MAX_ERROR_NAME]
