@@ -515,6 +515,36 @@ def test_close_flushes_then_drops(make_cache: Callable[..., Cache]) -> None:
     assert not thread.is_alive()
 
 
+def test_a_write_back_queued_as_the_cache_closes_is_run_or_dropped(
+    make_cache: Callable[..., Cache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a write-back submitted just as close() ran (past the "closed?"
+    # check, not yet queued) landed behind the writer's stop sentinel: never run
+    # nor counted as dropped, pending for good (every later flush() waited out
+    # its timeout and returned False).
+    cache = make_cache()
+    writer = cache._writer
+    assert cache.get_with_fallback("a", lambda: 1) == 1 and cache.flush(2)  # writer started
+    entered, go = threading.Event(), threading.Event()
+    real = writer._ensure_started
+
+    def paused() -> bool:  # the submitting thread loses the CPU here
+        entered.set()
+        go.wait(5)
+        return real()
+
+    monkeypatch.setattr(writer, "_ensure_started", paused)
+    t = threading.Thread(target=cache.get_with_fallback, args=("b", lambda: 2))
+    t.start()
+    assert entered.wait(5)
+    assert cache.close(2)
+    go.set()
+    t.join(5)
+    s = cache.stats()
+    assert (s["pending_writes"], s["dropped_writes"]) == (0, 1)
+    assert cache.flush(0.05)
+
+
 _GEVENT_CHILD = """
 from gevent import monkey
 monkey.patch_all()

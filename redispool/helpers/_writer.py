@@ -91,6 +91,9 @@ class BackgroundWriter:
             self.done += 1
             return True
         with self._idle:
+            if self._closed:  # closed since the check above: its stop is queued
+                self.dropped += 1
+                return False
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
@@ -140,10 +143,12 @@ class BackgroundWriter:
 
     def close(self, timeout: float | None = 5.0) -> bool:
         """Stop accepting jobs, run the queued ones (for at most ``timeout``), stop."""
-        self._closed = True
         thread = self._thread
         if thread is None or self._pid != os.getpid():
+            self._closed = True
             return True
+        with self._idle:  # a submit() that passed its check has queued (and counted) first
+            self._closed = True
         flushed = self.flush(timeout)
         try:
             self._queue.put(_stop, timeout=0.1)
