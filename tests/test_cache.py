@@ -206,6 +206,28 @@ def test_a_none_that_is_not_cached_replaces_the_entry_it_makes_out_of_date(
     assert cache.get("i") == "kept"
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [b"v", b"v\x00\x00\x00\x00{not json", b'z\x00\x00\x00\x00"a later format"'],
+    ids=["too-short", "bad-payload", "unknown-kind"],
+)
+def test_an_unreadable_entry_is_a_miss_and_is_replaced(
+    make_cache: Callable[..., Cache], admin: redis.Redis, entry: bytes
+) -> None:
+    # Regression: an entry of a kind this version does not know (a later
+    # format's, during a rolling upgrade) raised UnboundLocalError from get()
+    # and get_with_fallback() instead of counting as a miss.
+    cache = make_cache()
+    assert cache.set("k", "x")
+    (key,) = data_keys(admin)
+    admin.set(key, b"0|" + entry, px=60_000)  # under the current version
+    assert cache.get("k", default="d") == "d"
+    assert cache.get_with_fallback("k", lambda: "loaded") == "loaded"
+    assert cache.flush(2)
+    assert cache.get("k") == "loaded"  # replaced (the fill took the lease)
+    assert cache.stats()["errors"] > 0  # (each read of it counts)
+
+
 def _outage_cache(make_cache: Callable[..., Cache], server: RedisServer) -> tuple[Cache, RedisPool]:
     # The borrow wait (get_timeout) does not bound creating a connection: against a
     # paused server the TCP connect succeeds and the handshake waits socket_timeout.

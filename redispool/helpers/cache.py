@@ -282,7 +282,9 @@ class Cache(HelperBase):
             kind, delta_ms = fmt.HEADER.unpack_from(raw)
             if kind == fmt.NONE:
                 return None, delta_ms / 1000
-            if kind == fmt.VALUE:
+            if kind != fmt.VALUE:  # (a later version's format, say)
+                reason = f"unknown kind {kind!r}"
+            else:
                 try:
                     return self._loads(raw[fmt.HEADER.size :]), delta_ms / 1000
                 except Exception as exc:
