@@ -329,6 +329,37 @@ def test_single_flight_in_process(make_cache: Callable[..., Cache]) -> None:
     assert cache.stats()["loader_calls"] == 1
 
 
+def test_a_follower_gets_its_own_copy_of_the_leaders_value(
+    make_cache: Callable[..., Cache],
+) -> None:
+    # Regression: a follower got the very object the leader's request got, so
+    # what one request changed in its value (a per-viewer field added before
+    # rendering) showed in the other's response; a hit decodes a fresh object.
+    cache = make_cache()
+    flight_key = cache._locate("k", ()).flight
+
+    def loader() -> dict[str, Any]:
+        deadline = time.monotonic() + 5
+        while (f := cache._flight._flights.get(flight_key)) is None or f.followers < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        return {"post": 1, "tags": ["a"]}
+
+    got: list[Any] = []
+    leader = threading.Thread(target=lambda: got.append(cache.get_with_fallback("k", loader)))
+    leader.start()
+    deadline = time.monotonic() + 5
+    while cache.stats()["loader_calls"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    mine = cache.get_with_fallback("k", lambda: {"post": 2})  # joins the leader's flight
+    leader.join(5)
+    assert cache.stats()["single_flight_shared"] == 1 and cache.stats()["loader_calls"] == 1
+    assert mine == got[0] == {"post": 1, "tags": ["a"]}
+    mine["tags"].append("viewer's own")
+    assert got[0] == {"post": 1, "tags": ["a"]}
+
+
 def test_a_failing_loader_is_called_once_for_50_concurrent_misses(
     make_cache: Callable[..., Cache],
 ) -> None:

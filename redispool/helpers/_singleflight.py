@@ -57,8 +57,15 @@ class SingleFlight:
             del self._flights[key]
 
     def do(
-        self, key: str, fn: Callable[[Flight[T]], T], fallback: Callable[[], T], wait: float
+        self,
+        key: str,
+        fn: Callable[[Flight[T]], T],
+        fallback: Callable[[], T],
+        wait: float,
+        copy: Callable[[T], T] | None = None,
     ) -> T:
+        """``copy``: what a follower gets of the leader's result, its own copy
+        (if it raises, the follower runs ``fallback``)."""
         if self._pid != os.getpid():  # forked: the parent's flights are not ours
             self._lock = threading.Lock()
             self._flights = {}
@@ -79,8 +86,14 @@ class SingleFlight:
             if not leader:
                 if flight.done.wait(wait):
                     if flight.ok and index < flight.share_upto:
+                        result = flight.result
+                        if copy is not None:
+                            try:
+                                result = copy(result)  # type: ignore[arg-type]
+                            except Exception:
+                                return fallback()
                         self.shared += 1
-                        return flight.result  # type: ignore[return-value]
+                        return result  # type: ignore[return-value]
                     if flight.error is not None:
                         self.shared_errors += 1
                         raise flight.error

@@ -295,6 +295,14 @@ class Cache(HelperBase):
         log.warning("cache %r: unreadable entry (%s); treated as a miss", self.namespace, reason)
         return _MISS, 0.0
 
+    def _copy(self, value: T) -> T:
+        """A follower's own copy of the leader's value, as a hit would decode it:
+        what one request changes in its value must not show in another's."""
+        if value is None or type(value) in (str, bytes, int, float, bool):  # immutable
+            return value
+        raw = fmt.encode(self._dumps, value, 0.0)
+        return self._loads(raw[fmt.HEADER.size :])  # type: ignore[no-any-return]
+
     # -- public API ------------------------------------------------------------
 
     def get(self, key: Any, default: Any = None, *, tags: Iterable[str] = ()) -> Any:
@@ -366,6 +374,7 @@ class Cache(HelperBase):
                         lambda flight: self._recompute(loc, loader, ttl, value, flight),
                         lambda: value,  # someone is on it: serve what we have
                         0,
+                        self._copy,
                     )
                 return value  # type: ignore[no-any-return]
         self._inc("misses")
@@ -374,6 +383,7 @@ class Cache(HelperBase):
             lambda flight: self._fill(loc, loader, ttl, flight),
             lambda: self._fill(loc, loader, ttl, None),  # the leader is slow, or its value
             self.lease_wait + self.lease_ttl,  # is older than this caller's miss
+            self._copy,
         )
 
     def _recompute(
