@@ -133,7 +133,7 @@ def test_keys_are_hashed_never_raw(make_cache: Callable[..., Cache], admin: redi
     cache.set("alice@example.com\r\nFLUSHALL", 1)
     (key,) = data_keys(admin, "web")
     assert b"alice" not in key and len(key) < 64
-    assert admin.get("web:{web}:version") is None  # versions start at 0 without a write
+    assert admin.exists("web:{web}:version")  # the namespace's version (set by its first call)
 
 
 def test_one_round_trip_per_read(
@@ -220,7 +220,8 @@ def test_an_unreadable_entry_is_a_miss_and_is_replaced(
     cache = make_cache()
     assert cache.set("k", "x")
     (key,) = data_keys(admin)
-    admin.set(key, b"0|" + entry, px=60_000)  # under the current version
+    stored = admin.get(key)
+    admin.set(key, stored[: stored.index(b"|") + 1] + entry, px=60_000)  # (current version)
     assert cache.get("k", default="d") == "d"
     assert cache.get_with_fallback("k", lambda: "loaded") == "loaded"
     assert cache.flush(2)
@@ -647,21 +648,60 @@ def test_namespace_and_tag_invalidation(
     cache.set("b", 2, tags=["users"])
     cache.set("c", 3, tags=["posts"])
     other.set("a", 10)
-    assert cache.invalidate_tag("users") == 1
+    users = int(admin.get(cache._tag_key("users", "tag")))  # (made by the first call)
+    assert cache.invalidate_tag("users") == users + 1
     assert (cache.get("a"), cache.get("b", tags=["users"]), cache.get("c", tags=["posts"])) == (
         1,
         None,
         3,
     )
     assert cache.get("b") is None  # tags are part of the identity
-    assert cache.invalidate_all() == 1
+    version = cache.invalidate_all()
     assert cache.get("a") is None and cache.get("c", tags=["posts"]) is None
     assert other.get("a") == 10
     cache.set("a", 4)
     assert cache.get("a") == 4
     assert cache.invalidate("a") is True and cache.get("a") is None
     assert cache.invalidate("a") is False
-    assert int(admin.get("cache:{cache}:version") or 0) == 1
+    assert int(admin.get("cache:{cache}:version")) == version
+    assert cache.invalidate_all() == version + 1
+
+
+@pytest.mark.parametrize("evicted", ["namespace", "tag"])
+def test_an_evicted_version_key_brings_back_no_invalidated_entry(
+    make_cache: Callable[..., Cache], admin: redis.Redis, evicted: str
+) -> None:
+    # Regression: a missing version key read as version 0. Under maxmemory with
+    # an allkeys-* policy Redis evicts it like any key, and every entry made
+    # before its first bump was served again; a bump after an eviction started
+    # over at 1, bringing back those made under 1 before.
+    cache = make_cache()
+    version_key = cache._version_key if evicted == "namespace" else cache._tag_key("t", "tag")
+
+    def invalidate() -> int:
+        return cache.invalidate_all() if evicted == "namespace" else cache.invalidate_tag("t")
+
+    assert cache.set("k", "before the first bump", tags=["t"])
+    invalidate()
+    assert cache.get("k", tags=["t"]) is None
+    admin.delete(version_key)  # evicted
+    assert cache.get("k", tags=["t"]) is None
+    assert cache.set("k", "before the second bump", tags=["t"])
+    admin.delete(version_key)  # evicted again
+    invalidate()
+    assert cache.get("k", tags=["t"]) is None
+    assert cache.set("k", "before the third bump", tags=["t"])
+    admin.delete(version_key)
+    invalidate()  # (a bump after an eviction, again)
+    assert cache.get("k", tags=["t"]) is None
+    assert cache.set("k", "current", tags=["t"]) and cache.get("k", tags=["t"]) == "current"
+    # Version keys may then expire (a tag used once is not kept for ever), but
+    # never before an entry stored under them.
+    assert cache.set("long", "v", ttl=3 * 86400, tags=["t"])
+    for key in (cache._version_key, cache._tag_key("t", "tag")):
+        assert 3 * 86400_000 - 60_000 < admin.pttl(key) <= 3 * 86400_000
+    assert cache.get("x", tags=["once"]) is None
+    assert 0 < admin.pttl(cache._tag_key("once", "tag")) <= 86400_000
 
 
 @pytest.mark.parametrize("how", ["all", "tag"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pickle
 import struct
 from collections.abc import Callable
@@ -11,7 +12,10 @@ from typing import Any
 
 from .base import RedisScript
 
-__all__ = ["DELETE", "HEADER", "NONE", "READ", "VALUE", "WRITE", "encode", "serializer"]
+__all__ = [
+    *("BUMP", "DELETE", "HEADER", "NONE", "READ", "VALUE", "WRITE"),
+    *("encode", "fresh_version", "serializer"),
+]
 
 HEADER = struct.Struct(">cI")  # kind, then the recompute time (XFetch's delta) in ms
 VALUE, NONE = b"v", b"n"  # a serialized value / a cached None ("not found")
@@ -42,6 +46,12 @@ def serializer(spec: Any) -> tuple[Dumps, Loads]:
     return pair[0], pair[1]
 
 
+def fresh_version() -> int:
+    """A version for a missing version key: random, so that no entry was made
+    under it (the last ARGV of every script)."""
+    return 2**48 + int.from_bytes(os.urandom(6), "big")
+
+
 def encode(dumps: Dumps, value: Any, delta: float) -> bytes:
     """Header + payload; TypeError (naming the value's type, never the value) if
     the serializer cannot encode it."""
@@ -61,10 +71,27 @@ def encode(dumps: Dumps, value: Any, delta: float) -> bytes:
 # Every script gets KEYS = the namespace's version key, one per tag, the data key,
 # the lease key; it touches no other key. An entry and a lease are stored behind
 # the version they were made under ("3.1|"): a version bump hides both at once.
+# A missing version key (never set, expired, or evicted under an allkeys-*
+# maxmemory policy) becomes a fresh version no entry was made under: the last
+# ARGV, a random number from the caller (read as 0, an eviction brought back
+# every entry made before the key's first bump). So a version key may expire: it
+# lives a day, and at least as long as every entry stored under it (WRITE).
 _PRELUDE = """
 local n = #KEYS - 2
 local parts = {}
-for i = 1, n do parts[i] = redis.call('GET', KEYS[i]) or '0' end
+for i = 1, n do
+  parts[i] = redis.call('GET', KEYS[i])
+  if not parts[i] then
+    parts[i] = ARGV[#ARGV]
+    redis.call('SET', KEYS[i], parts[i], 'PX', 86400000)
+  end
+end
+local function outlive(px)
+  for i = 1, n do
+    local left = redis.call('PTTL', KEYS[i])
+    if left >= 0 and left < tonumber(px) then redis.call('PEXPIRE', KEYS[i], px) end
+  end
+end
 local ver = table.concat(parts, '.') .. '|'
 local data, lease = KEYS[n + 1], KEYS[n + 2]
 local function current(s)
@@ -110,6 +137,7 @@ end
 if ARGV[1] == '' then
   redis.call('SET', data, ver .. ARGV[3], 'PX', ARGV[4])
   redis.call('DEL', lease)
+  outlive(ARGV[4])
   return 1
 end
 if redis.call('GET', lease) ~= ARGV[2] .. ARGV[1] then return -1 end
@@ -131,7 +159,16 @@ if ARGV[4] == '-1' then
 end
 redis.call('SET', data, ver .. ARGV[3], 'PX', ARGV[4])
 redis.call('DEL', lease)
+outlive(ARGV[4])
 return 1
+"""
+)
+# Bump a version key (KEYS[1]); one that is missing starts from ARGV[1], a fresh
+# version (see _PRELUDE). -> the new version.
+BUMP = RedisScript(
+    """
+if not redis.call('GET', KEYS[1]) then redis.call('SET', KEYS[1], ARGV[1], 'PX', 86400000) end
+return redis.call('INCR', KEYS[1])
 """
 )
 # Invalidate one key: its entry and its lease (so a fill in flight is refused).

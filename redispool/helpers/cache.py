@@ -9,7 +9,9 @@ early recomputation; a separate TTL for cached ``None`` ("not found").
 Keys: every user key is hashed (see ``helpers.base.key_digest``; HMAC with a
 secret). An entry is stored with the namespace's version (and its tags'
 versions), so ``invalidate_all()`` / ``invalidate_tag()`` are one INCR: older
-entries are never served again and expire on their own. Each call reads the
+entries are never served again and expire on their own. A version key that is
+missing (never set, or evicted under an ``allkeys-*`` maxmemory policy) starts
+at a random version, under which no older entry was made. Each call reads the
 versions and the value in ONE round trip, with a Lua script given every key it
 touches (version keys, data key, lease key). All keys of a namespace carry the
 hash tag ``{namespace}``: one Redis Cluster slot (spread a large cache over
@@ -244,7 +246,7 @@ class Cache(HelperBase):
     def _read(self, loc: _Loc, token: str = "", renew: bool = False) -> _Read:
         """One round trip: the value, and with ``token`` an attempt at the lease
         (on a miss, or always with ``renew``)."""
-        args = (token, round(self.lease_ttl * 1000), int(renew))
+        args = (token, round(self.lease_ttl * 1000), int(renew), fmt.fresh_version())
         row = self._timed(
             "GET+lease" if token else "GET", self, lambda r: fmt.READ(r, loc.keys, args)
         )
@@ -252,6 +254,7 @@ class Cache(HelperBase):
         return _Read(row[0], row[1], int(row[2]), int(row[3]), failed)
 
     def _store(self, loc: _Loc, args: tuple[Any, ...]) -> int:
+        args = (*args, fmt.fresh_version())
         return int(self._timed("SET", self._writes, lambda r: fmt.WRITE(r, loc.keys, args)))
 
     def _write_back(
@@ -505,16 +508,20 @@ class Cache(HelperBase):
         written back. True if it held an entry. Raises ``HelperUnavailable`` if
         Redis failed: a silently failed invalidation would serve stale data."""
         loc = self._locate(key, tags)
-        return bool(self._timed("DEL", self._writes, lambda r: fmt.DELETE(r, loc.keys, [])))
+        args = [fmt.fresh_version()]
+        return bool(self._timed("DEL", self._writes, lambda r: fmt.DELETE(r, loc.keys, args)))
 
     def invalidate_all(self) -> int:
         """Invalidate the whole namespace (one INCR); returns its new version."""
-        return int(self._timed("INCR", self._writes, lambda r: r.incr(self._version_key)))
+        return self._bump(self._version_key)
 
     def invalidate_tag(self, tag: str) -> int:
         """Invalidate every key cached with ``tag`` (one INCR); returns its new version."""
-        key = self._tag_key(tag, "tag")
-        return int(self._timed("INCR", self._writes, lambda r: r.incr(key)))
+        return self._bump(self._tag_key(tag, "tag"))
+
+    def _bump(self, key: str) -> int:
+        args = [fmt.fresh_version()]
+        return int(self._timed("INCR", self._writes, lambda r: fmt.BUMP(r, [key], args)))
 
     def cached(
         self,
