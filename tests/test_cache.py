@@ -929,6 +929,30 @@ def test_cached_decorator(make_cache: Callable[..., Cache]) -> None:
         profile(object())  # type: ignore[arg-type]
 
 
+def test_cached_functions_of_one_name_do_not_share_entries(
+    make_cache: Callable[..., Cache],
+) -> None:
+    """Two functions a factory makes have one qualified name: the default key
+    (name + arguments) made the second read the first's values."""
+    cache = make_cache()
+
+    def loader_for(table: str, key: Callable[..., Any] | None = None) -> Callable[[int], str]:
+        @cache.cached(ttl=60, key=key)
+        def load(row: int) -> str:
+            return f"{table}:{row}"
+
+        return load
+
+    users = loader_for("users")
+    assert users(1) == "users:1"
+    cache.flush(2)
+    with pytest.raises(TypeError, match=r"loader_for\.<locals>\.load .*pass key="):
+        loader_for("orders")  # was: orders(1) == "users:1"
+    orders = loader_for("orders", key=lambda row: ("orders", str(row)))
+    assert orders(1) == "orders:1" and users(1) == "users:1"
+    assert make_cache(namespace="other").cached()(users.__wrapped__)(2) == "users:2"  # type: ignore[attr-defined]
+
+
 def test_pickle_requires_opt_in(make_cache: Callable[..., Cache]) -> None:
     value = {"when": datetime.date(2024, 1, 2), "ids": {1, 2}}
     cache = make_cache()

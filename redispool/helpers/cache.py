@@ -182,6 +182,7 @@ class Cache(HelperBase):
         self._version_key = slot_key(namespace, namespace, "version")
         self._writer = BackgroundWriter(writer_queue, name=f"redispool-cache-{namespace}")
         self._flight = SingleFlight()
+        self._cached_names: set[str] = set()  # cached() without key=: see there
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)
         _CACHES.add(self)
@@ -535,6 +536,9 @@ class Cache(HelperBase):
         The key is ``key(*args, **kwargs)`` if given (so ``invalidate()`` can
         name it), else the function's qualified name and a hash of its JSON-encoded
         arguments (pass ``key`` for arguments JSON cannot encode, such as ``self``).
+        Without ``key``, a second function of the same qualified name on this
+        cache is refused (``TypeError``): functions a factory makes share that
+        name, and would read each other's values.
         """
         if ttl is not None:
             self._check_ttl("ttl", ttl)
@@ -545,6 +549,16 @@ class Cache(HelperBase):
 
         def decorate(fn: Callable[P, T]) -> Callable[P, T]:
             name = f"{fn.__module__}.{fn.__qualname__}"
+            if key is None:
+                with self._lock:
+                    taken = name in self._cached_names
+                    self._cached_names.add(name)
+                if taken:
+                    raise TypeError(
+                        f"cached: {name} is already cached here without key=: two "
+                        "functions of one name (made by a factory, say) would share "
+                        "entries; pass key="
+                    )
 
             @functools.wraps(fn)
             def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
