@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import gc
 import json
 import logging
 import os
@@ -126,6 +127,25 @@ def test_write_back_runs_in_the_caller_when_no_writer_thread_can_start(
     assert cache.get_with_fallback("k2", lambda: "x") == "x"  # the thread, this time
     assert cache.flush(2) and cache.get("k2") == "x"
     assert cache._writer._thread is not None and cache._writer._thread.is_alive()
+
+
+def test_the_writer_thread_of_a_cache_never_closed_ends_once_it_is_collected(
+    pool: RedisPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Cache made per request (or per test) and never closed left its writer
+    thread waiting for jobs for ever: one thread more each time."""
+    from redispool.helpers import _writer
+
+    monkeypatch.setattr(_writer, "OWNER_CHECK", 0.02)
+    cache = Cache(pool, secret=SECRET, namespace="gone")
+    assert cache.get_with_fallback("k", lambda: "v") == "v"  # a write-back: the thread runs
+    assert cache.flush(2)
+    thread = cache._writer._thread
+    assert thread is not None and thread.is_alive()
+    del cache
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()
 
 
 def test_keys_are_hashed_never_raw(make_cache: Callable[..., Cache], admin: redis.Redis) -> None:

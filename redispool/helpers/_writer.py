@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 __all__ = ["BackgroundWriter"]
@@ -26,12 +27,20 @@ def _stop() -> None:  # the stop sentinel; never run
     """Tells the thread to exit."""
 
 
+OWNER_CHECK = 5.0  # seconds idle between checks that the owner still exists
+
+
 class BackgroundWriter:
     """Runs submitted jobs in order on one thread; drops them when the queue is full."""
 
-    def __init__(self, maxsize: int, name: str = "redispool-writer") -> None:
+    def __init__(
+        self, maxsize: int, name: str = "redispool-writer", owner: object | None = None
+    ) -> None:
+        """``owner`` (held weakly): once it is collected without ``close()``, the
+        thread ends when idle, instead of waiting for jobs for ever."""
         self.maxsize = maxsize
         self.name = name
+        self._owner = None if owner is None else weakref.ref(owner)
         self.dropped = 0
         self.done = 0
         self._closed = False
@@ -110,8 +119,17 @@ class BackgroundWriter:
             elif self._thread is not me:  # another writer started meanwhile
                 return
         q = self._queue
+        owner = self._owner
         while True:
-            job = q.get()
+            try:
+                job = q.get(timeout=None if owner is None else OWNER_CHECK)
+            except queue.Empty:
+                if owner is not None and owner() is None:  # (nobody left to submit)
+                    with self._lock:
+                        if self._thread is threading.current_thread():
+                            self._thread = None
+                    return
+                continue
             if job is _stop:
                 return
             try:
@@ -119,6 +137,7 @@ class BackgroundWriter:
             except Exception:  # a job must not kill the writer
                 log.exception("%s: background job failed", self.name)
             finally:
+                job = _stop  # (not the last job: it may hold the owner while idle)
                 with self._idle:
                     self.done += 1
                     self._pending -= 1

@@ -180,7 +180,9 @@ class Cache(HelperBase):
         # Every key of a namespace shares one hash slot (Redis Cluster): each call
         # reads the namespace's version together with its data key.
         self._version_key = slot_key(namespace, namespace, "version")
-        self._writer = BackgroundWriter(writer_queue, name=f"redispool-cache-{namespace}")
+        self._writer = BackgroundWriter(
+            writer_queue, name=f"redispool-cache-{namespace}", owner=self
+        )
         self._flight = SingleFlight()
         self._cached_names: set[str] = set()  # cached() without key=: see there
         self._lock = threading.Lock()
