@@ -555,3 +555,34 @@ def test_flush_waits_for_a_flush_in_progress(redis_url: str) -> None:
         assert a.get("n") == 5
         first.join(5)
         a.close()
+
+
+def test_a_flush_refused_part_way_writes_nothing_twice(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """Redis reaching ``maxmemory`` (noeviction) in the middle of a flush's
+    pipeline applies the INCRBYs before that point and refuses the rest with
+    OOM. Only the refused ones go back into the buffer: the whole chunk went
+    back, and the next flush counted the applied part twice."""
+    server = redis_server_factory()
+    admin = server.client()
+    names = [f"k{i:04d}-" + "x" * 100 for i in range(3000)]
+    with RedisPool(server.url, min_size=0, max_size=2) as pool:
+        a = Analytics(
+            pool, buffered=True, flush_interval=60, flush_items=10**6, timeout=5, clock=FakeClock(0)
+        )
+        for name in names:
+            a.incr(name, 2)
+        used = int(admin.info("memory")["used_memory"])
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", used + 200_000)  # room for some of the 3000 keys
+        written = a.flush()
+        applied = admin.dbsize()
+        assert 0 < applied < len(names)  # the pipeline was refused part way
+        assert written == applied and a.stats()["buffered"] == len(names) - applied
+        admin.config_set("maxmemory", 0)
+        a.close()
+        values = admin.mget([f"stats:c:{{{name}}}:0" for name in names])
+        assert [int(v or 0) for v in values] == [2] * len(names)
+        assert a.stats()["buffered"] == 0 and a.stats()["flushed_keys"] == len(names)
+    admin.close()

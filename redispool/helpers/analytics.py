@@ -391,15 +391,19 @@ class Analytics(HelperBase):
             weight += 1 if isinstance(value, int) else len(value)
             if weight < FLUSH_CHUNK and i < len(items) - 1 and nodes[i + 1] == nodes[i]:
                 continue
+            todo = list(chunk)  # what Redis has not applied yet (see _write)
             try:
-                failed = self._call(functools.partial(self._write, chunk=chunk))
+                failed = self._call(functools.partial(self._write, chunk=todo))
             except RedisError:
                 with self._lock:
-                    for k, v in items[i + 1 - len(chunk) :]:
+                    # Only what was not applied: a pipeline refused in part (OOM
+                    # reached mid-way, MOVED for some slots) applied the rest.
+                    self.flushed_keys += len(chunk) - len(todo)
+                    for k, v in (*todo, *items[i + 1 :]):
                         self._merge(k, v)
                 if self.on_error == "raise":
                     raise
-                return written
+                return written + len(chunk) - len(todo)
             with self._lock:
                 self.flushes += 1
                 self.flushed_keys += len(chunk)
@@ -421,8 +425,11 @@ class Analytics(HelperBase):
         return [items[i] for i in order], [nodes[i] for i in order]
 
     def _write(self, r: redis.Redis, chunk: list[tuple[str, int | set[bytes]]]) -> int:
-        """One pipeline; returns how many commands Redis refused (e.g. WRONGTYPE):
-        those are not retried, as the rest of the chunk was applied."""
+        """One pipeline writing ``chunk``; returns how many commands Redis refused
+        (e.g. WRONGTYPE): those are not retried, as the rest was applied. When
+        Redis could not serve some (OOM, READONLY, MOVED, ...), raises, and
+        ``chunk`` keeps only the items it did not apply (so that neither a retry
+        nor the buffer writes an applied INCRBY twice)."""
         pipe = r.pipeline(transaction=False)
         for key, value in chunk:
             if isinstance(value, int):
@@ -430,10 +437,20 @@ class Analytics(HelperBase):
             else:
                 pipe.pfadd(key, *value)
             pipe.expire(key, self.retention)
-        refused = [x for x in pipe.execute(raise_on_error=False) if isinstance(x, Exception)]
-        for exc in refused:
-            if server_cannot_serve(exc):  # OOM, READONLY, ...: the policy, and keep the data
-                raise exc
+        replies = pipe.execute(raise_on_error=False)
+        refused = [x for x in replies if isinstance(x, Exception)]
+        unavailable = [x for x in refused if server_cannot_serve(x)]
+        if unavailable:  # OOM, READONLY, ...: the policy, and keep what was not applied
+            written = replies[::2]  # INCRBY or PFADD, then EXPIRE, per item
+            chunk[:] = [
+                item
+                for item, reply in zip(chunk, written, strict=True)
+                if isinstance(reply, Exception) and server_cannot_serve(reply)
+            ]
+            if len(refused) > len(unavailable):
+                with self._lock:
+                    self.errors += len(refused) - len(unavailable)
+            raise unavailable[0]
         if refused:
             log.error("Analytics: flush: redis refused %d commands: %r", len(refused), refused[0])
         return len(refused)
