@@ -586,3 +586,32 @@ def test_a_flush_refused_part_way_writes_nothing_twice(
         assert [int(v or 0) for v in values] == [2] * len(names)
         assert a.stats()["buffered"] == 0 and a.stats()["flushed_keys"] == len(names)
     admin.close()
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, RuntimeError])
+def test_a_flush_cut_short_by_any_exception_keeps_what_it_did_not_write(
+    pool: RedisPool, monkeypatch: pytest.MonkeyPatch, exc: type[BaseException]
+) -> None:
+    """A flush interrupted by something other than a Redis error (Ctrl-C or
+    gunicorn's SIGQUIT in an exit hook's flush, a ``gevent.Timeout``, a bug)
+    puts what it did not write back into the buffer, as a Redis error does; it
+    was lost with the buffer it had taken."""
+    monkeypatch.setattr(analytics_mod, "FLUSH_CHUNK", 2)
+    a = Analytics(pool, buffered=True, flush_interval=60, clock=FakeClock(0))
+    for i in range(5):
+        a.incr(f"k{i}", i + 1)
+    write, calls = a._write, []
+
+    def interrupted(r: redis.Redis, chunk: Any) -> int:
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            raise exc("interrupted")
+        return write(r, chunk)
+
+    monkeypatch.setattr(a, "_write", interrupted)
+    with pytest.raises(exc):
+        a.flush()
+    assert a.stats()["buffered"] == 3  # the first chunk landed; the rest is kept
+    assert a.flush() == 3
+    assert [a.get(f"k{i}") for i in range(5)] == [1, 2, 3, 4, 5]
+    a.close()

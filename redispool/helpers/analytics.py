@@ -375,11 +375,13 @@ class Analytics(HelperBase):
             self._buf, self._entries, self._pending = {}, 0, 0
         try:
             items, nodes = self._by_node(items)
-        except (RedisError, RedisClusterException) as exc:  # the cluster is unreachable
+        except BaseException as exc:  # the cluster is unreachable (or an interruption)
             with self._lock:
-                self.errors += 1
                 for k, v in items:
                     self._merge(k, v)
+                if not isinstance(exc, (RedisError, RedisClusterException)):
+                    raise
+                self.errors += 1
             if self.on_error == "raise":
                 raise HelperUnavailable(f"Analytics: redis unavailable: {exc}") from exc
             return 0
@@ -404,6 +406,11 @@ class Analytics(HelperBase):
                 if self.on_error == "raise":
                     raise
                 return written + len(chunk) - len(todo)
+            except BaseException:  # Ctrl-C, SystemExit, gevent.Timeout, a bug: keep the rest
+                with self._lock:
+                    for k, v in (*todo, *items[i + 1 :]):
+                        self._merge(k, v)
+                raise
             with self._lock:
                 self.flushes += 1
                 self.flushed_keys += len(chunk)
