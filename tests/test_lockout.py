@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from redispool import RedisPool
@@ -434,35 +434,41 @@ _OPS = st.lists(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(max_attempts=st.integers(1, 4), ops=_OPS)
+@example(  # a release of an attempt reserved before a success: nothing to give back
+    max_attempts=2,
+    ops=[("attempt", 0), ("attempt", 0), ("succeeded", 1), ("attempt", 0), ("release", 0)],
+)
 def test_attempts_follow_the_model_in_any_interleaving(
     pool: RedisPool, max_attempts: int, ops: list[tuple[str, int]]
 ) -> None:
     """Attempts opened and ended in any order (a verdict, a release, or dropped
     without one): every answer is the model's. The model: at most
     ``max_attempts`` open-or-failed attempts; the failure that fills the count
-    locks; a success clears; a release gives one back."""
+    locks; a success clears; a release gives one back, if its count still
+    stands (not after a success or a lock restarted it)."""
     lo = Lockout(pool, max_attempts=max_attempts, window=60, lockout=60)
     who = f"model-{time.monotonic_ns()}"
-    count, locked = 0, False
-    open_: list[Any] = []
+    count, locked, generation = 0, False, 0  # a new count starts a new generation
+    open_: list[tuple[Any, int]] = []
     for op, n in ops:
         if op == "attempt":
             a = lo.attempt(who)
             assert a.allowed == (not locked and count < max_attempts), (count, locked)
             if a.allowed:
+                generation += count == 0
                 count += 1
                 assert a.result.attempts == count
-                open_.append(a)
+                open_.append((a, generation))
             continue
         if not open_:
             continue
-        a = open_.pop(n % len(open_))
+        a, reserved_in = open_.pop(n % len(open_))
         if op == "succeeded":
             a.succeeded()
             count, locked = 0, False
         elif op == "release":
             r = a.release()
-            if not locked:
+            if not locked and reserved_in == generation:
                 count = max(0, count - 1)
             assert r.locked == locked and (locked or r.attempts == count)
         else:  # failed, or dropped: leaving the block without a verdict
@@ -472,9 +478,37 @@ def test_attempts_follow_the_model_in_any_interleaving(
                 a.__exit__(None, None, None)
                 r = lo.check_lockout(who)
             if not locked:
+                generation += count == 0
                 count = max(count, 1)
                 if count >= max_attempts:
                     count, locked = 0, True
                     assert op == "drop" or r.newly_locked
             assert r.locked == locked
     assert lo.check_lockout(who).locked == locked
+
+
+def test_a_release_after_the_count_restarted_gives_back_nothing(pool: RedisPool) -> None:
+    """``release()`` of an attempt reserved before a success, a lock or the end
+    of the window gives nothing back: that count is gone, and the new one holds
+    none of its reservations. It decremented the new count, which then let one
+    more check through than ``max_attempts`` (here 3 checks with max 2)."""
+    lo = Lockout(pool, max_attempts=2, window=60, lockout=0.05)
+    quick = Lockout(pool, max_attempts=2, window=0.05, lockout=60, namespace="quick")
+    for restart in ("success", "lock", "window"):
+        who = f"release-{restart}"
+        lock_out = quick if restart == "window" else lo
+        stale = lock_out.attempt(who)
+        assert stale.allowed
+        if restart == "success":
+            lock_out.attempt(who).succeeded()
+        elif restart == "lock":
+            assert lock_out.attempt(who).failed().newly_locked
+            time.sleep(0.1)  # the lock (50 ms) has ended
+        else:
+            time.sleep(0.1)  # the window (50 ms) has ended
+        first, second = lock_out.attempt(who), lock_out.attempt(who)
+        assert first.allowed and second.allowed and not lock_out.attempt(who).allowed
+        assert stale.release().attempts == 2, restart  # nothing given back
+        assert not lock_out.attempt(who).allowed, restart  # still only 2 checks
+        assert first.release().attempts == 1  # a reservation of this count: given back
+        assert lock_out.attempt(who).allowed

@@ -49,13 +49,16 @@ __all__ = [
 
 log = logging.getLogger("redispool.helpers.lockout")
 
-# KEYS: attempts, lock, level. ARGV: max_attempts, window_ms, lock_ms, factor, cap_ms, mode.
-# Returns {refused, attempts, retry_ms, newly_locked}. Modes:
+# KEYS: attempts, lock, level, count generation. ARGV: max_attempts, window_ms, lock_ms,
+# factor, cap_ms, mode, generation (release: that of the reservation).
+# Returns {refused, attempts, retry_ms, newly_locked, generation}. Modes:
 #   check    is it locked? (counts nothing)
 #   reserve  refuse if locked or every attempt of the window is taken, else take one
 #   failed   a reserved attempt failed (already counted): lock if the count is full
 #   fail     count a failure now (the after-the-fact API), lock if the count is full
-#   release  give a reserved attempt back (the password was not checked)
+#   release  give a reserved attempt back (the password was not checked), if it is
+#            still counted: not once a success, a lock or the window's end restarted
+#            the count (a generation names each count; a new count starts a new one)
 #   clear    forget attempts and lock (a success)
 _SCRIPT = RedisScript(
     """
@@ -65,8 +68,24 @@ local base = tonumber(ARGV[3])
 local factor = tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
 local mode = ARGV[6]
+-- The generation of the count: the server's time in microseconds when its first
+-- reservation was made (above the last one's, if that is still there). It ends
+-- with the count (a success, a lock, the window's end), so that a reservation
+-- of an earlier count is given back to nobody.
+local function new_generation()
+  local t = redis.call('TIME')
+  local g = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+  local last = redis.call('GET', KEYS[4])
+  if last and tonumber(last) >= tonumber(g) then
+    redis.call('INCR', KEYS[4])
+  else
+    redis.call('SET', KEYS[4], g)
+  end
+  local ttl = redis.call('PTTL', KEYS[1])
+  redis.call('PEXPIRE', KEYS[4], ttl > 0 and ttl or window)
+end
 if mode == 'clear' then
-  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
   return {0, 0, 0, 0}
 end
 local lock_ttl = redis.call('PTTL', KEYS[2])
@@ -78,7 +97,9 @@ if mode == 'check' then
   return {0, attempts, 0, 0}
 end
 if mode == 'release' then
-  if attempts > 0 then attempts = redis.call('DECR', KEYS[1]) end
+  if attempts > 0 and redis.call('GET', KEYS[4]) == ARGV[7] then
+    attempts = redis.call('DECR', KEYS[1])
+  end
   return {0, attempts, 0, 0}
 end
 local level = 0
@@ -90,11 +111,15 @@ if mode == 'reserve' then
   end
   attempts = redis.call('INCR', KEYS[1])
   if attempts == 1 then redis.call('PEXPIRE', KEYS[1], window) end
-  return {0, attempts, 0, 0}
+  if attempts == 1 or redis.call('EXISTS', KEYS[4]) == 0 then new_generation() end
+  return {0, attempts, 0, 0, redis.call('GET', KEYS[4])}
 end
 if mode == 'fail' or attempts == 0 then  -- 0: a success cleared it meanwhile
   attempts = redis.call('INCR', KEYS[1])
-  if attempts == 1 then redis.call('PEXPIRE', KEYS[1], window) end
+  if attempts == 1 then  -- a new count, with no reservation yet
+    redis.call('PEXPIRE', KEYS[1], window)
+    redis.call('DEL', KEYS[4])
+  end
 end
 if attempts < max_attempts then
   return {0, attempts, 0, 0}
@@ -103,7 +128,7 @@ if factor > 1 then
   redis.call('SET', KEYS[3], level + 1, 'PX', math.max(cap, window) * 4)
 end
 redis.call('SET', KEYS[2], level + 1, 'PX', duration)
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[4])
 return {1, attempts, duration, 1}
 """
 )
@@ -157,13 +182,24 @@ class LockoutAttempt:
     call) counts as ``failed()``: the password may have been checked.
     """
 
-    __slots__ = ("_counted", "_digest", "_lockout", "_verdict", "allowed", "result")
+    __slots__ = (
+        "_counted",
+        "_digest",
+        "_generation",
+        "_lockout",
+        "_verdict",
+        "allowed",
+        "result",
+    )
 
-    def __init__(self, lockout: Lockout, digest: str, result: LockoutResult) -> None:
+    def __init__(
+        self, lockout: Lockout, digest: str, result: LockoutResult, generation: str = ""
+    ) -> None:
         self._lockout, self._digest = lockout, digest
         self.result = result
         self.allowed = not result.locked
         self._counted = not result.degraded  # Redis holds this attempt's reservation
+        self._generation = generation  # of the count holding it (see _SCRIPT)
         self._verdict: str | None = None
 
     def _settle(self, verdict: str) -> None:
@@ -185,11 +221,13 @@ class LockoutAttempt:
         return self._lockout._script(self._digest, "failed" if self._counted else "fail")
 
     def release(self) -> LockoutResult:
-        """The password was not checked: give the attempt back."""
+        """The password was not checked: give the attempt back (to the count
+        that holds it: not to a new one, after a success, a lock or the
+        window's end)."""
         self._settle("released")
         if not self._counted:
             return self.result
-        return self._lockout._script(self._digest, "release")
+        return self._lockout._script(self._digest, "release", self._generation)
 
     def __enter__(self) -> LockoutAttempt:
         return self
@@ -294,13 +332,19 @@ class Lockout(HelperBase):
     def _run(self, identity: Any, mode: str) -> LockoutResult:
         return self._script(self._digest(identity), mode)
 
-    def _script(self, digest: str, mode: str) -> LockoutResult:
-        keys = [slot_key(self.namespace, digest, kind) for kind in ("a", "l", "n")]
+    def _script(self, digest: str, mode: str, generation: str = "") -> LockoutResult:
+        return self._reserve(digest, mode, generation)[0]
+
+    def _reserve(self, digest: str, mode: str, generation: str = "") -> tuple[LockoutResult, str]:
+        """The script's verdict, and the generation of the count (reserve mode)."""
+        keys = [slot_key(self.namespace, digest, kind) for kind in ("a", "l", "n", "g")]
         try:
-            raw = self._call(lambda r: _SCRIPT(r, keys, (*self._args, mode)))
+            raw = self._call(lambda r: _SCRIPT(r, keys, (*self._args, mode, generation)))
         except HelperUnavailable as exc:
-            return self._degraded(exc)
-        is_locked, attempts, retry_ms, newly = (int(x) for x in raw)
+            return self._degraded(exc), ""
+        is_locked, attempts, retry_ms, newly = (int(x) for x in raw[:4])
+        token = raw[4] if len(raw) > 4 else b""
+        generation = token.decode() if isinstance(token, bytes) else str(token or "")
         return LockoutResult(
             locked=bool(is_locked),
             attempts=attempts,
@@ -308,7 +352,7 @@ class Lockout(HelperBase):
             retry_after=math.ceil(retry_ms) / 1000.0,
             newly_locked=bool(newly),
             reason="identity" if is_locked else None,
-        )
+        ), generation
 
     def _check_client(self, client: str, digest: str, cap: int) -> LockoutResult | None:
         """None if the client (digest) may try the identity (digest), else the refusal."""
@@ -351,7 +395,7 @@ class Lockout(HelperBase):
             refused = self._check_client(client_digest, digest, cap)
             if refused is not None:
                 return LockoutAttempt(self, digest, refused)
-        return LockoutAttempt(self, digest, self._script(digest, "reserve"))
+        return LockoutAttempt(self, digest, *self._reserve(digest, "reserve"))
 
     def check_lockout(self, identity: Any) -> LockoutResult:
         """Is ``identity`` locked? (Counts nothing.)"""
