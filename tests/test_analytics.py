@@ -615,3 +615,47 @@ def test_a_flush_cut_short_by_any_exception_keeps_what_it_did_not_write(
     assert a.flush() == 3
     assert [a.get(f"k{i}") for i in range(5)] == [1, 2, 3, 4, 5]
     a.close()
+
+
+def test_a_forked_childs_first_writes_from_several_threads_are_all_kept(
+    pool: RedisPool, admin: redis.Redis
+) -> None:
+    """In a forked child (a gthread worker), the first writes come from several
+    threads at once: the buffer is replaced once, by the first. Each thread
+    that saw the parent's pid replaced it again, dropping what the others had
+    buffered meanwhile (and leaving their flush thread running)."""
+    a = Analytics(pool, namespace="fork8", buffered=True, flush_interval=60, clock=FakeClock(0))
+    a.incr("parent")
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            resets: list[int] = []
+            reset = a._reset_buffer
+
+            def slow_reset() -> None:  # widen the window between the check and the reset
+                resets.append(1)
+                time.sleep(0.05)
+                reset()
+
+            a._reset_buffer = slow_reset  # type: ignore[method-assign]
+            barrier = threading.Barrier(8)
+
+            def write() -> None:
+                barrier.wait()
+                a.incr("child")
+
+            threads = [threading.Thread(target=write) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            a.flush()
+            code = 0 if len(resets) == 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert admin.get("fork8:c:{child}:0") == b"8"
+    assert os.waitstatus_to_exitcode(status) == 0
+    a.close()
+    assert admin.get("fork8:c:{parent}:0") == b"1"

@@ -169,6 +169,14 @@ class Analytics(HelperBase):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _after_fork(self) -> None:
+        """Forked: the parent's buffer and thread are not ours. Replaced once,
+        by the first thread of the child to get here (the others wait)."""
+        if self._pid != os.getpid():
+            with _FORK_LOCK:
+                if self._pid != os.getpid():
+                    self._reset_buffer()
+
     # -- keys and input --------------------------------------------------------
 
     def bucket_start(self, at: When | None = None) -> int:
@@ -301,8 +309,7 @@ class Analytics(HelperBase):
 
     def _buffer(self, key: str, value: int | set[bytes], weight: int) -> bool:
         """Add a write to the buffer; False if closed (the caller writes directly)."""
-        if self._pid != os.getpid():
-            self._reset_buffer()  # forked: the parent's buffer and thread are not ours
+        self._after_fork()
         with self._lock:
             if self._closed:
                 return False
@@ -364,8 +371,7 @@ class Analytics(HelperBase):
         in progress (the background thread's) is waited for first, so what was
         buffered before the call is in Redis (or back in the buffer) when it
         returns."""
-        if self._pid != os.getpid():
-            self._reset_buffer()
+        self._after_fork()
         with self._flushing:
             return self._flush()
 
@@ -465,8 +471,7 @@ class Analytics(HelperBase):
     def close(self, timeout: float = 5.0) -> None:
         """Stop the flush thread and flush what is left; later writes go straight
         to Redis. Data still unwritten (Redis down) is logged and stays pending."""
-        if self._pid != os.getpid():
-            self._reset_buffer()
+        self._after_fork()
         with self._lock:
             self._closed = True
             thread, self._thread = self._thread, None
@@ -509,6 +514,15 @@ def _flusher(
 
 
 _LIVE: weakref.WeakSet[Analytics] = weakref.WeakSet()
+_FORK_LOCK = threading.Lock()  # one reset of a buffer in a forked child
+
+
+def _new_fork_lock() -> None:
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()  # a thread that did not fork may have held it
+
+
+os.register_at_fork(after_in_child=_new_fork_lock)
 
 
 @atexit.register
