@@ -659,3 +659,23 @@ def test_a_forked_childs_first_writes_from_several_threads_are_all_kept(
     assert os.waitstatus_to_exitcode(status) == 0
     a.close()
     assert admin.get("fork8:c:{parent}:0") == b"1"
+
+
+def test_close_writes_the_buffer_even_while_the_breaker_is_open(
+    pool: RedisPool, admin: redis.Redis
+) -> None:
+    """The flush at close is the last one: nothing tries again after it. Redis
+    failing a moment before (the breaker still open, 5 s by default) made it a
+    rejected call, and the buffer was lost at exit with Redis up again."""
+    breaker = CircuitBreaker(threshold=1, cooldown=60)
+    a = Analytics(
+        pool, namespace="bo", buffered=True, flush_interval=60, clock=FakeClock(0), breaker=breaker
+    )
+    a.incr("x", 3)
+    a.add_unique("u", "m1", "m2")
+    breaker.failure()  # a blip a moment ago
+    assert breaker.state == "open"
+    assert a.flush() == 0 and a.stats()["buffered"] == 2  # a flush now waits for the cooldown
+    a.close()
+    assert admin.get("bo:c:{x}:0") == b"3" and admin.pfcount("bo:u:{u}:0") == 2
+    assert a.stats()["buffered"] == 0 and breaker.state == "closed"  # and Redis answered

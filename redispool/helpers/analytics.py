@@ -375,7 +375,7 @@ class Analytics(HelperBase):
         with self._flushing:
             return self._flush()
 
-    def _flush(self) -> int:
+    def _flush(self, force: bool = False) -> int:
         with self._lock:
             items = list(self._buf.items())
             self._buf, self._entries, self._pending = {}, 0, 0
@@ -401,7 +401,7 @@ class Analytics(HelperBase):
                 continue
             todo = list(chunk)  # what Redis has not applied yet (see _write)
             try:
-                failed = self._call(functools.partial(self._write, chunk=todo))
+                failed = self._call(functools.partial(self._write, chunk=todo), force=force)
             except RedisError:
                 with self._lock:
                     # Only what was not applied: a pipeline refused in part (OOM
@@ -481,7 +481,8 @@ class Analytics(HelperBase):
             thread.join(timeout)
         _LIVE.discard(self)
         if self._buf:
-            self.flush()
+            with self._flushing:  # the last flush: tried even if the breaker is open
+                self._flush(force=True)
             if self._buf:
                 log.warning("Analytics: %d buffered keys not written at close", len(self._buf))
 

@@ -322,8 +322,10 @@ class HelperBase:
         self.busy = 0  # calls that found every connection busy (counted in errors too)
         self.rejected = 0  # calls the open breaker turned away
 
-    def _call(self, fn: Callable[[redis.Redis], R]) -> R:
+    def _call(self, fn: Callable[[redis.Redis], R], *, force: bool = False) -> R:
         """Run ``fn`` on a pinned client: wait and each command bounded by ``timeout``.
+        ``force``: even if the breaker is open (a last call, such as a flush at
+        close: nothing would try again).
 
         Raises ``HelperUnavailable`` (a ``redis.RedisError``) when Redis fails, is
         unable to serve (OOM, READONLY, MISCONF, ...) or the breaker is open; the
@@ -331,6 +333,8 @@ class HelperBase:
         error: a bug, not an outage) are raised as they are.
         """
         ticket = self.breaker.enter()
+        if ticket is None and force:
+            ticket = 0  # not the trial: its verdict counts, it ends no trial
         if ticket is None:
             self.rejected += 1
             raise HelperUnavailable(f"{type(self).__name__}: circuit breaker open")
