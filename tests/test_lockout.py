@@ -512,3 +512,17 @@ def test_a_release_after_the_count_restarted_gives_back_nothing(pool: RedisPool)
         assert not lock_out.attempt(who).allowed, restart  # still only 2 checks
         assert first.release().attempts == 1  # a reservation of this count: given back
         assert lock_out.attempt(who).allowed
+
+
+def test_a_lockout_longer_than_a_day_needs_no_max_lockout(pool: RedisPool) -> None:
+    """``Lockout(pool, lockout=2 * 86400)`` (progressive off) raised "max_lockout
+    must be >= 172800, got 86400", naming an argument the caller never gave
+    (its default, a day, was below the lockout). The default cap is now a day,
+    or the lockout if longer; an explicit cap below the lockout still raises."""
+    lo = Lockout(pool, max_attempts=1, lockout=2 * 86400, namespace="long")
+    assert lo.max_lockout == 2 * 86400
+    r = lo.record_failed_attempt("gina")
+    assert r.newly_locked and r.retry_after == 2 * 86400
+    assert Lockout(pool, lockout=60).max_lockout == 86400
+    with pytest.raises(ValueError, match="max_lockout must be >= 172800"):
+        Lockout(pool, lockout=2 * 86400, max_lockout=86400)

@@ -256,7 +256,8 @@ class Lockout(HelperBase):
     """``Lockout(pool, max_attempts=5, window=900, lockout=900)``.
 
     ``progressive``: each new lock of the same identity lasts ``progressive``
-    times longer than the last (1: off), capped at ``max_lockout`` seconds.
+    times longer than the last (1: off), capped at ``max_lockout`` seconds
+    (default: a day, or ``lockout`` if that is longer).
     ``max_identities_per_client``: with ``attempt(identity, client=ip)``, one
     client may try at most this many distinct identities per ``client_window``
     (default ``window``) seconds (None: no cap).
@@ -273,7 +274,7 @@ class Lockout(HelperBase):
         lockout: float = 900,
         *,
         progressive: float = 1.0,
-        max_lockout: float = 86400,
+        max_lockout: float | None = None,
         max_identities_per_client: int | None = None,
         client_window: float | None = None,
         namespace: str = "lockout",
@@ -287,6 +288,8 @@ class Lockout(HelperBase):
         self.window = check_seconds("window", window, minimum=0.001)
         self.lockout = check_seconds("lockout", lockout, minimum=0.001)
         self.progressive = _number("progressive", progressive, minimum=1)
+        if max_lockout is None:  # a lockout longer than a day is not an error
+            max_lockout = max(self.lockout, 86400)
         self.max_lockout = check_seconds("max_lockout", max_lockout, minimum=self.lockout)
         self.max_identities_per_client = (
             None
