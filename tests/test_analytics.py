@@ -679,3 +679,38 @@ def test_close_writes_the_buffer_even_while_the_breaker_is_open(
     a.close()
     assert admin.get("bo:c:{x}:0") == b"3" and admin.pfcount("bo:u:{u}:0") == 2
     assert a.stats()["buffered"] == 0 and breaker.state == "closed"  # and Redis answered
+
+
+def test_close_waits_for_the_background_flush_it_could_not_join(
+    pool: RedisPool, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``close(timeout)`` joins the flush thread for ``timeout`` seconds (1 s at
+    exit); a flush of several chunks can take longer. close() then found the
+    buffer empty (the thread held its items) and returned while they were being
+    written: the process exited mid-flush, and what that flush could not
+    write went back into a buffer nothing flushed again."""
+    monkeypatch.setattr(analytics_mod, "FLUSH_CHUNK", 2)
+    a = Analytics(
+        pool, namespace="cw", buffered=True, flush_interval=60, flush_items=6, clock=FakeClock(0)
+    )
+    write, started = a._write, threading.Event()
+
+    def slow_write(r: redis.Redis, chunk: Any) -> int:
+        started.set()
+        time.sleep(0.2)
+        return write(r, chunk)
+
+    monkeypatch.setattr(a, "_write", slow_write)
+    for i in range(6):
+        a.incr(f"k{i}", i + 1)  # the 6th wakes the thread: 3 chunks, 0.6 s or more
+    assert started.wait(5)
+    a.close(timeout=0.05)
+    assert admin.mget([f"cw:c:{{k{i}}}:0" for i in range(6)]) == [
+        b"1",
+        b"2",
+        b"3",
+        b"4",
+        b"5",
+        b"6",
+    ]
+    assert a.stats()["buffered"] == 0

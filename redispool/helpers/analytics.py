@@ -480,8 +480,10 @@ class Analytics(HelperBase):
             self._wake.set()
             thread.join(timeout)
         _LIVE.discard(self)
-        if self._buf:
-            with self._flushing:  # the last flush: tried even if the breaker is open
+        # A flush still running (the thread's, past the join's timeout) ends
+        # first: it holds items the buffer does not show, and may put some back.
+        with self._flushing:
+            if self._buf:  # the last flush: tried even if the breaker is open
                 self._flush(force=True)
             if self._buf:
                 log.warning("Analytics: %d buffered keys not written at close", len(self._buf))
