@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from redispool.testing import RedisServer
 from .helpers import FakeClock
 
 WEEK = 7 * 86400
+HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
@@ -411,6 +412,17 @@ def test_buffer_is_bounded_while_redis_is_down(
         (lambda a, p: a.incr("x", 2**63), ValueError, "amount"),
         (lambda a, p: a.incr("x", at=float("nan")), ValueError, "at"),
         (lambda a, p: a.incr("x", at=-1), ValueError, "at"),
+        (
+            lambda a, p: a.incr("x", at=datetime(1969, 12, 31, 23, tzinfo=timezone.utc)),
+            ValueError,
+            "at",
+        ),
+        (lambda a, p: a.incr("x", at=datetime(1, 1, 1)), ValueError, "at"),  # naive: local time
+        (  # after 9999-12-31T23:59:59Z
+            lambda a, p: a.get("x", at=datetime(9999, 12, 31, 23, tzinfo=timezone(-HOUR))),
+            ValueError,
+            "at",
+        ),
         (lambda a, p: a.get("x", at="now"), TypeError, "at"),
         (lambda a, p: a.series("x", 100, 0), ValueError, "start"),
         (lambda a, p: a.series("x", 0, 10**9), ValueError, "start..end"),

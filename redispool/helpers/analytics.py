@@ -68,12 +68,16 @@ def _check_name(name: Any) -> str:
 
 
 def _timestamp(value: Any, field: str) -> float:
+    given = value
     if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:  # (a naive datetime is local time: near year 1 or 9999 it may not map)
+            value = value.timestamp()
+        except (ValueError, OverflowError, OSError) as exc:
+            raise ValueError(f"{field} is out of range, got {given!r}: {exc}") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{field} must be a Unix time or a datetime, got {value!r}")
-    if not 0 <= value <= MAX_TIME:  # also rejects NaN and inf
-        raise ValueError(f"{field} must be a Unix time between 0 and {MAX_TIME}, got {value!r}")
+    if not 0 <= value <= MAX_TIME:  # also rejects NaN and inf, and a datetime before 1970
+        raise ValueError(f"{field} must be a Unix time between 0 and {MAX_TIME}, got {given!r}")
     return float(value)
 
 
