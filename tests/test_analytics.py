@@ -3,8 +3,10 @@ buffered flushing in one round trip, outages, fork and shutdown."""
 
 from __future__ import annotations
 
+import collections
 import gc
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -726,3 +728,66 @@ def test_close_waits_for_the_background_flush_it_could_not_join(
         b"6",
     ]
     assert a.stats()["buffered"] == 0
+
+
+@pytest.mark.parametrize("seed", [6, 11])
+def test_counts_exact_with_redis_refusing_writes_at_random(
+    redis_server_factory: Callable[..., RedisServer], monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Oracle: after close(), Redis holds exactly the sum of every increment,
+    with 4 threads writing (buffered, random buckets and amounts, their own
+    flushes) while Redis reaches ``maxmemory`` and recovers at random (OOM
+    for part of a pipeline, the breaker opening). Refusals are exact (no
+    timeouts: those are at least once). Seed 6 found the close() flush turned
+    away by the open breaker."""
+    rnd = random.Random(seed)
+    monkeypatch.setattr(analytics_mod, "FLUSH_CHUNK", rnd.choice([3, 7, 50]))
+    server = redis_server_factory()
+    admin = server.client()
+    admin.config_set("maxmemory-policy", "noeviction")
+    expected: collections.Counter[tuple[str, int]] = collections.Counter()
+    lock, stop = threading.Lock(), threading.Event()
+    with RedisPool(server.url, min_size=0, max_size=6) as pool:
+        a = Analytics(
+            pool,
+            namespace="d",
+            buffered=True,
+            flush_interval=0.005,
+            flush_items=rnd.choice([5, 50, 1000]),
+            timeout=2,
+            breaker=CircuitBreaker(threshold=3, cooldown=0.01),
+        )
+
+        def writer(i: int) -> None:
+            r = random.Random(seed * 100 + i)
+            for _ in range(300):
+                name, amount, at = f"n{r.randrange(20)}", r.randrange(-3, 10), r.choice([0, 60, 90])
+                a.incr(name, amount, at=at)
+                with lock:
+                    expected[(name, at // 60 * 60)] += amount
+                if r.random() < 0.05:
+                    a.flush()
+
+        def refuse_at_random() -> None:
+            r = random.Random(seed)
+            while not stop.is_set():
+                used = int(admin.info("memory")["used_memory"])
+                admin.config_set("maxmemory", used + r.choice([0, 2000, 20000]))
+                time.sleep(r.random() * 0.01)
+                admin.config_set("maxmemory", 0)
+                time.sleep(r.random() * 0.01)
+
+        chaos = threading.Thread(target=refuse_at_random)
+        chaos.start()
+        try:
+            hammer(writer, 4)
+        finally:
+            stop.set()
+            chaos.join()
+        admin.config_set("maxmemory", 0)
+        a.close()
+        keys = list(expected)
+        got = admin.mget([f"d:c:{{{name}}}:{start}" for name, start in keys])
+        assert {k: int(v or 0) for k, v in zip(keys, got, strict=True)} == dict(expected)
+        assert a.stats()["buffered"] == 0 and a.stats()["dropped"] == 0
+    admin.close()
