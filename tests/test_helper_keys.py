@@ -109,11 +109,11 @@ class Recorder:
             note(*commands)
             return pack_many(conn, commands)
 
-        def _call(helper: Any, fn: Any) -> Any:
+        def _call(helper: Any, fn: Any, **options: Any) -> Any:
             local.group = group = []
             self.groups.append(group)
             try:
-                return call(helper, fn)
+                return call(helper, fn, **options)
             finally:
                 local.group = None
 
