@@ -88,6 +88,12 @@ class _Out:
 
     def __del__(self) -> None:
         try:
+            # Gone first: the collector runs every finalizer of a cycle, so another
+            # one (a generator's close, an object's __del__) may still exit this
+            # lease once its object is queued; had that exit given the object back,
+            # it could be lent again before the pool destroyed it, under its new
+            # borrower. A gone lease's __exit__ gives back nothing.
+            self.__class__ = self._gone  # type: ignore[attr-defined]
             self._abandon()  # type: ignore[attr-defined]
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
@@ -98,9 +104,13 @@ _L = TypeVar("_L")
 
 def with_out(cls: _L) -> _L:
     """Give lease class ``cls`` its entered twin (see ``_Out``): ``cls._out``,
-    and ``_plain`` (``cls``) to go back to. ``cls`` defines ``_abandon()``."""
+    ``_plain`` (``cls``) to go back to, and ``_gone``, the class its finalizer
+    gives it (its ``__exit__`` then returns at once: check it before the switch
+    to ``_plain``, where an exception leaves the lease entered). ``cls`` defines
+    ``_abandon()``."""
     klass: Any = cls
     klass._out = type(f"{klass.__name__}Out", (_Out, klass), {"__slots__": ()})
+    klass._gone = type(f"{klass.__name__}Gone", (klass,), {"__slots__": ()})
     klass._plain = klass
     return cls
 
@@ -255,6 +265,7 @@ class _Lease(Generic[T]):
     _keep_on: KeepOn = None  # (a slot of _TunedLease)
     _out: type[_Lease[Any]]  # the class while entered, and back (see with_out)
     _plain: type[_Lease[Any]]
+    _gone: type[_Lease[Any]]
 
     def __init__(self, pool: ObjectPool[T]) -> None:
         self._pool = pool
@@ -307,6 +318,8 @@ class _Lease(Generic[T]):
         ev: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.__class__ is self._gone:  # its finalizer queued the object (see _Out)
+            return
         self.__class__ = self._plain  # exited (before any call: see _Out)
         pool = self._pool
         obj = self.obj
@@ -415,6 +428,8 @@ class _MethodLease(_TunedLease[T]):
         ev: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.__class__ is self._gone:  # its finalizer queued the object (see _Out)
+            return
         self.__class__ = self._plain  # type: ignore[assignment]  # exited (see _Out)
         pool = self._pool
         obj = self.obj

@@ -589,6 +589,7 @@ def _check_lease(timeout: float | None, wait: float | None) -> None:
 class _ConnectionLease:
     __slots__ = ("_conn", "_pool", "_timeout", "_wait")
     _out: type[_ConnectionLease]  # (see _poolparts.with_out)
+    _gone: type[_ConnectionLease]
 
     def __init__(self, pool: RedisPool, timeout: float | None, wait: float | None) -> None:
         self._pool = pool
@@ -613,6 +614,8 @@ class _ConnectionLease:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         # (as _ClientLease.__exit__)
+        if self.__class__ is self._gone:  # its finalizer queued the connection (see _Out)
+            return
         self.__class__ = _ConnectionLease  # exited (before any call: see _poolparts._Out)
         pool, conn = self._pool, self._conn
         objects = pool._pool
@@ -636,6 +639,7 @@ class _ConnectionLease:
 class _ClientLease:
     __slots__ = ("_client", "_conn", "_pinned", "_pool", "_timeout", "_wait")
     _out: type[_ClientLease]  # (see _poolparts.with_out)
+    _gone: type[_ClientLease]
 
     def __init__(self, pool: RedisPool, timeout: float | None, wait: float | None) -> None:
         self._pool = pool
@@ -667,6 +671,8 @@ class _ClientLease:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self.__class__ is self._gone:  # its finalizer queued the connection (see _Out)
+            return
         self.__class__ = _ClientLease  # exited (before any call: see _poolparts._Out)
         self._pinned._conn = None  # a stale client or pipeline now raises
         self._client.connection = None

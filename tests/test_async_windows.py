@@ -6,6 +6,7 @@ leader, a counted job, a thread that never started, a borrowed connection."""
 
 from __future__ import annotations
 
+import gc
 import inspect
 import linecache
 import sys
@@ -280,6 +281,41 @@ def test_a_redis_lease_cut_short_at_its_exits_first_instruction_is_reclaimed(
             kept.ping()
     with pool.client(wait=0.5) as r:  # the one slot: a RedisPoolTimeout before
         assert r.ping()
+    s = pool.stats()
+    assert s.in_use == 0 and s.destroyed_by_reason == {"dirty": 1}, s
+    pool.close()
+
+
+@pytest.mark.parametrize("how", ["connection", "client"])
+def test_a_redis_lease_exited_after_its_finalizer_ran_is_not_reclaimed_under_another_borrower(
+    redis_url: str, how: str
+) -> None:
+    """A lease passed to a generator (made before it) that a reference cycle
+    holds: the collector runs the lease's finalizer first (its object queued as
+    abandoned), then the generator's, whose ``with`` gives the connection back
+    (clean: to the idle stack). The next borrower got it, and the pool's
+    reclaim then disconnected it under that borrower, whose return raised."""
+    pool = RedisPool(redis_url, min_size=0, max_size=2, timeout=1)
+
+    def block(lease: Any) -> Iterator[None]:
+        with lease:
+            yield
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.it = block(getattr(pool, how)())  # type: ignore[attr-defined]
+    holder.me = holder  # type: ignore[attr-defined]
+    next(holder.it)  # type: ignore[attr-defined]
+    del holder
+    gc.collect()
+    with pool.connection() as mine:  # the idle one, had the generator's exit given it back
+        with pool.client() as other:  # a borrow on the slow path: reclaims first
+            assert other.ping()
+        assert mine._sock is not None  # not disconnected under this block
+        mine.send_command("PING")
+        assert mine.read_response() == b"PONG"
     s = pool.stats()
     assert s.in_use == 0 and s.destroyed_by_reason == {"dirty": 1}, s
     pool.close()

@@ -366,6 +366,44 @@ def test_a_lease_that_exited_or_never_entered_is_not_reclaimed() -> None:
     bad.close()
 
 
+class _ExitsOnDel:
+    """Enters ``lease`` and exits it from its ``__del__``, in a cycle with itself."""
+
+    def __init__(self, lease: Any) -> None:
+        self.lease = lease
+        self.obj = lease.__enter__()
+        self.me = self
+
+    def __del__(self) -> None:
+        self.lease.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("cls", "tuned"), [(ObjectPool, False), (ObjectPool, True), (_CountsCalls, False)]
+)
+def test_a_lease_exited_after_its_finalizer_ran_is_not_reclaimed_under_another_borrower(
+    cls: type[ObjectPool[Resource]], tuned: bool
+) -> None:
+    """The collector runs every finalizer of a cycle, in the order its objects
+    were made: a lease made before what exits it (here an object whose
+    ``__del__`` does; a generator the lease was passed to is another) ran its
+    finalizer first, which queued its object as abandoned, and then its
+    ``__exit__`` gave that object back. Lent again, the pool then destroyed it
+    under its new borrower (whose release then raised ValueError)."""
+    factory = Factory()
+    pool = cls(factory, destroy=Factory.destroy, max_size=2, background=False)
+    _ExitsOnDel(pool.acquire(1.0) if tuned else pool.acquire())  # the lease is made first
+    gc.collect()
+    second = pool.borrow()  # (from the idle stack, had the late __exit__ given it back)
+    third = pool.borrow()  # the slow path: abandoned objects are reclaimed first
+    assert not second.destroyed and not third.destroyed
+    pool.release(second)
+    pool.release(third)
+    s = pool.stats()
+    assert s.in_use == 0 and s.size == 2 and s.destroyed_by_reason == {"dirty": 1}, s
+    pool.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_lease_in_a_forked_child_never_gets_the_parents_object() -> None:
     pool: ObjectPool[Resource] = ObjectPool(Resource, max_size=2, background=False)
