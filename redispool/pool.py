@@ -27,6 +27,7 @@ under gevent a queued waiter sleeps on a lighter signal (``_greenwait``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -82,6 +83,15 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _takes_reason(release: Callable[..., Any]) -> bool:
+    """Whether a ``release`` method takes the keyword ``reason``."""
+    try:
+        params = inspect.signature(release).parameters
+    except (TypeError, ValueError):  # pragma: no cover - not introspectable
+        return False
+    return "reason" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 class ObjectPool(Generic[T]):
     """A bounded pool of objects made by ``factory``.
 
@@ -97,6 +107,7 @@ class ObjectPool(Generic[T]):
     """
 
     timeout_error: type[PoolTimeout] = PoolTimeout
+    _release_reason = True  # does ``release`` take ``reason``? (a subclass's may not)
     too_many_waiters_error: type[TooManyWaiters] = TooManyWaiters
     closed_error: type[PoolClosed] = PoolClosed
     noun = "object"
@@ -253,6 +264,7 @@ class ObjectPool(Generic[T]):
         an ``acquire`` of the subclass's own that calls ``ObjectPool.acquire``
         (call ``self.borrow``/``self.release`` there instead)."""
         super().__init_subclass__(**kwargs)
+        cls._release_reason = _takes_reason(cls.release)
         overrides = cls.borrow is not ObjectPool.borrow or cls.release is not ObjectPool.release
         if overrides and cls.acquire is ObjectPool.acquire:
             cls.acquire = ObjectPool._acquire_by_methods  # type: ignore[method-assign]
@@ -361,7 +373,10 @@ class ObjectPool(Generic[T]):
             # call releases it again, a no-op (it is not lent any more, and the
             # queue keeps its id from being reused).
             try:
-                self.release(item.obj, discard=True, reason="dirty")
+                if self._release_reason:
+                    self.release(item.obj, discard=True, reason="dirty")
+                else:  # a subclass's own release, without it (see __init_subclass__)
+                    self.release(item.obj, discard=True)
             except ValueError:  # not lent: given back by hand (see _poolparts._Out)
                 log.debug("pool %r: abandoned %r was not lent", self.name, item.obj)
             try:

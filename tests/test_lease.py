@@ -344,6 +344,43 @@ def test_a_lease_cut_short_at_its_exits_first_instruction_is_reclaimed(
     pool.close()
 
 
+class _ReleasesWithoutReason(ObjectPool[Resource]):
+    """Overrides ``release`` without the keyword-only ``reason``, as a user might."""
+
+    def release(self, obj: Resource, discard: bool = False) -> None:  # type: ignore[override]
+        super().release(obj, discard)
+
+
+def test_a_subclass_whose_release_takes_no_reason_reclaims_too() -> None:
+    """The reclaim of an abandoned lease passed ``reason=`` to the subclass's
+    own ``release``: a TypeError from then on at every borrow that would wait
+    or create, and at ``close()`` (where the slot was only lost before)."""
+    pool = _ReleasesWithoutReason(
+        Factory(), destroy=Factory.destroy, max_size=1, timeout=0.5, background=False
+    )
+    lease = pool.acquire()
+    code = type(lease).__exit__.__code__
+
+    def hook(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is code and event == "call":
+            sys.settrace(None)
+            raise Interrupt
+        return None
+
+    try:
+        with pytest.raises(Interrupt):
+            with lease as first:
+                sys.settrace(hook)
+    finally:
+        sys.settrace(None)
+    del lease
+    with pool.acquire() as second:
+        assert second is not first and first.destroyed
+    s = pool.stats()
+    assert s.in_use == 0 and s.size == 1 and s.destroyed == 1, s
+    pool.close()
+
+
 def test_a_lease_that_exited_or_never_entered_is_not_reclaimed() -> None:
     """Only a lease entered and not exited is: one exited, one whose enter
     failed, one never entered leave the pool's objects alone when collected."""
