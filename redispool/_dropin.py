@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from .redis_adapter import ConnectionPool
+
 if TYPE_CHECKING:
     from .redis_pool import RedisPool
 
@@ -33,11 +35,20 @@ class _OneCommand(redis.Redis):
 
 
 class DropInRedis(redis.Redis):
-    """The client ``RedisPool.redis`` returns (one per pool, shared by threads)."""
+    """The client ``RedisPool.redis`` returns (one per pool, shared by threads).
 
-    def __init__(self, pool: RedisPool) -> None:
-        super().__init__(connection_pool=pool._adapter)  # type: ignore[arg-type]
-        self._rp_pool = pool
+    Made with ``redis.Redis``'s arguments, as libraries copy a client
+    (``type(client)(connection_pool=...)``, ``from_url``; RQ's scheduler), it
+    is one: on a ``RedisPool``'s ``ConnectionPool`` its commands borrow as
+    here; on another pool, or holding one connection, they are redis-py's."""
+
+    _rp_pool: RedisPool | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        adapter: Any = self.connection_pool
+        if type(adapter) is ConnectionPool and self.connection is None:
+            self._rp_pool = adapter.redis_pool
 
     def client(self) -> redis.Redis:
         """As redis-py's: a client holding one connection until ``close()``."""
@@ -45,6 +56,8 @@ class DropInRedis(redis.Redis):
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         pool = self._rp_pool
+        if pool is None:  # (not on a RedisPool: see the class)
+            return super().execute_command(*args, **options)
         objects = pool._pool
         conn = None
         try:

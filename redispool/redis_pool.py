@@ -506,7 +506,7 @@ class RedisPool:
         """A ``redis.Redis`` whose every command borrows from the pool and returns
         (with no window where an exception keeps the connection: ``_dropin``)."""
         if self._redis is None:
-            self._redis = DropInRedis(self)
+            self._redis = DropInRedis(connection_pool=self._adapter)
         return self._redis
 
     def as_redis_pool(self) -> ConnectionPool:

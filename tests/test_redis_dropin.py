@@ -113,6 +113,26 @@ def test_single_connection_client_of_a_drop_in(pool: RedisPool, client: redis.Re
     assert isinstance(pool.redis, redis.Redis)  # (a subclass: see redispool/_dropin.py)
 
 
+def test_the_drop_in_is_made_as_a_redis_is(pool: RedisPool, redis_url: str) -> None:
+    """Libraries copy a client through its class with redis-py's arguments
+    (``type(client)(connection_pool=...)``, ``from_url``; RQ's scheduler, with
+    the pool's connection options): ``pool.redis``'s class refused them all."""
+    cls = type(pool.redis)
+    with through(pool, min_commands=2):
+        copy = cls(connection_pool=pool.as_redis_pool())
+        assert copy.set("made", 1) and copy.get("made") == b"1"
+    with through(pool, min_commands=1):
+        single = cls(connection_pool=pool.as_redis_pool(), single_connection_client=True)
+        assert single.get("made") == b"1"
+        assert pool.stats().in_use == 1  # held between commands
+        single.close()
+    own = cls.from_url(redis_url)  # redis-py's own pool: not this one
+    before = pool.stats().borrows
+    assert own.get("made") == b"1"
+    assert pool.stats().borrows == before
+    own.close()
+
+
 def test_pipelines(pool: RedisPool, client: redis.Redis) -> None:
     with through(pool, min_commands=6):
         with client.pipeline() as pipe:  # MULTI/EXEC
