@@ -973,6 +973,71 @@ def test_cached_functions_of_one_name_do_not_share_entries(
     assert make_cache(namespace="other").cached()(users.__wrapped__)(2) == "users:2"  # type: ignore[attr-defined]
 
 
+def test_cached_the_same_function_again_or_a_reloaded_module_is_not_refused(
+    make_cache: Callable[..., Cache], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal of a second function of one name spares what is one function:
+    the same function decorated again (per call, or with another ttl), one a
+    factory (a test fixture) makes again from the same values, and a
+    module-level function made again by importlib.reload; each raised TypeError."""
+    import importlib
+    import sys
+    import types
+
+    cache = make_cache()
+
+    def profile(user: int) -> str:
+        return f"user-{user}"
+
+    assert cache.cached(ttl=60)(profile)(1) == "user-1"
+    assert cache.cached(ttl=5)(profile)(1) == "user-1"  # the same function: same entries
+    holder = types.ModuleType("_rp_cached_holder")
+    holder.cache = cache  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "_rp_cached_holder", holder)
+    (tmp_path / "_rp_cached_mod.py").write_text(
+        "from _rp_cached_holder import cache\n\n\n"
+        "@cache.cached(ttl=60)\n"
+        "def double(n):\n"
+        "    return 2 * n\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("_rp_cached_mod")
+    try:
+        assert mod.double(2) == 4
+        assert importlib.reload(mod).double(3) == 6
+    finally:
+        sys.modules.pop("_rp_cached_mod", None)
+
+    def make(table: str) -> Callable[[int], str]:  # a fixture, say, run for each test
+        @cache.cached(ttl=60)
+        def load(row: int, sep: str = ":") -> str:
+            return f"{table}{sep}{row}"
+
+        return load
+
+    assert make("users")(1) == "users:1"
+    assert make("users")(1) == "users:1"  # made again from the same values: one function
+    with pytest.raises(TypeError, match="pass key="):
+        make("orders")
+
+    class Repo:
+        def __init__(self, table: str) -> None:
+            self.table = table
+
+        def get(self, row: int) -> str:
+            return f"{self.table}/{row}"
+
+    users = Repo("users")
+    assert cache.cached()(users.get)(1) == "users/1"
+    assert cache.cached()(users.get)(1) == "users/1"  # the same object's method again
+    with pytest.raises(TypeError, match="pass key="):  # another object's: other values
+        cache.cached()(Repo("orders").get)
+    second = cache.cached()(lambda n: n + 1)
+    with pytest.raises(TypeError, match="pass key="):  # two lambdas of one module
+        cache.cached()(lambda n: n - 1)
+    assert second(1) == 2
+
+
 def test_pickle_requires_opt_in(make_cache: Callable[..., Cache]) -> None:
     value = {"when": datetime.date(2024, 1, 2), "ids": {1, 2}}
     cache = make_cache()

@@ -37,6 +37,7 @@ import os
 import random
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
@@ -86,6 +87,41 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _one_function(a: Any, b: Any) -> bool:
+    """Are ``a`` and ``b`` one function for ``cached()``'s default key (its
+    qualified name)? The same object; the same code with the same closure and
+    defaults (a factory or a test fixture making it again from the same
+    values); a module-level function without a closure made again (a module
+    reloaded); a method of the same object. Not: a factory's functions made
+    from other values, two lambdas, the methods of two objects."""
+    if a is b:
+        return True
+    if isinstance(a, types.MethodType) and isinstance(b, types.MethodType):
+        return a.__self__ is b.__self__ and _one_function(a.__func__, b.__func__)
+    if not (isinstance(a, types.FunctionType) and isinstance(b, types.FunctionType)):
+        return False
+    code = b.__code__
+    if a.__closure__ is None and b.__closure__ is None and "<" not in b.__qualname__:
+        return True
+    if a.__code__ is not code:
+        return False
+    try:
+        cells = [
+            (x.cell_contents, y.cell_contents)
+            for x, y in zip(a.__closure__ or (), b.__closure__ or (), strict=True)
+        ]
+    except ValueError:  # an empty cell
+        return False
+    da, db = a.__defaults__ or (), b.__defaults__ or ()
+    kw_a, kw_b = a.__kwdefaults__ or {}, b.__kwdefaults__ or {}
+    return (
+        len(da) == len(db)
+        and all(x is y for x, y in (*cells, *zip(da, db, strict=True)))
+        and kw_a.keys() == kw_b.keys()
+        and all(kw_a[k] is kw_b[k] for k in kw_a)
+    )
 
 
 class LoaderError(Exception):
@@ -184,7 +220,7 @@ class Cache(HelperBase):
             writer_queue, name=f"redispool-cache-{namespace}", owner=self
         )
         self._flight = SingleFlight()
-        self._cached_names: set[str] = set()  # cached() without key=: see there
+        self._cached_names: dict[str, Any] = {}  # cached() without key=: see there
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_COUNTERS, 0)
         _CACHES.add(self)
@@ -538,9 +574,12 @@ class Cache(HelperBase):
         The key is ``key(*args, **kwargs)`` if given (so ``invalidate()`` can
         name it), else the function's qualified name and a hash of its JSON-encoded
         arguments (pass ``key`` for arguments JSON cannot encode, such as ``self``).
-        Without ``key``, a second function of the same qualified name on this
-        cache is refused (``TypeError``): functions a factory makes share that
-        name, and would read each other's values.
+        Without ``key``, a second function of the same qualified name made by a
+        factory from other values (or a second lambda of one module) is refused
+        on this cache (``TypeError``): such functions share that name, and would
+        read each other's values. The same function decorated again, one a
+        factory or fixture makes again from the same values, or a module-level
+        function made again (a module reloaded), is not refused.
         """
         if ttl is not None:
             self._check_ttl("ttl", ttl)
@@ -553,8 +592,9 @@ class Cache(HelperBase):
             name = f"{fn.__module__}.{fn.__qualname__}"
             if key is None:
                 with self._lock:
-                    taken = name in self._cached_names
-                    self._cached_names.add(name)
+                    taken = not _one_function(self._cached_names.get(name, fn), fn)
+                    if not taken:
+                        self._cached_names[name] = fn
                 if taken:
                     raise TypeError(
                         f"cached: {name} is already cached here without key=: two "
