@@ -675,6 +675,44 @@ def test_a_forked_childs_first_writes_from_several_threads_are_all_kept(
     assert admin.get("fork8:c:{parent}:0") == b"1"
 
 
+def test_a_write_during_a_forked_childs_buffer_reset_waits_for_it(
+    pool: RedisPool, admin: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reset of a forked child's buffer set the child's pid first: a thread
+    writing in the middle of it saw its pid, skipped the fork lock, and wrote
+    into the parent's buffer (under the parent's lock, which a thread that did
+    not fork may hold) that the reset then replaced: the write was lost."""
+    a = Analytics(pool, namespace="fork9", buffered=True, flush_interval=60, clock=FakeClock(0))
+    a._pid = -1  # as in a forked child: the buffer and its lock are the parent's
+    in_reset, go_on = threading.Event(), threading.Event()
+    resetter: list[threading.Thread] = []
+
+    class PausingThreading:  # the module's threading: the reset pauses at its new lock
+        def __getattr__(self, name: str) -> Any:
+            return getattr(threading, name)
+
+        def Lock(self) -> Any:
+            if not resetter and threading.current_thread() is not threading.main_thread():
+                resetter.append(threading.current_thread())
+                in_reset.set()
+                go_on.wait(5)
+            return threading.Lock()
+
+    monkeypatch.setattr(analytics_mod, "threading", PausingThreading())
+    first = threading.Thread(target=a.incr, args=("child",))
+    first.start()
+    assert in_reset.wait(5)
+    second = threading.Thread(target=a.incr, args=("child", 10))
+    second.start()
+    second.join(0.2)  # (with the fix it waits for the reset: the fork lock)
+    go_on.set()
+    first.join(5)
+    second.join(5)
+    monkeypatch.undo()
+    a.close()
+    assert admin.get("fork9:c:{child}:0") == b"11"
+
+
 def test_close_writes_the_buffer_even_while_the_breaker_is_open(
     pool: RedisPool, admin: redis.Redis
 ) -> None:

@@ -162,8 +162,9 @@ class Analytics(HelperBase):
             pool.on_close(self.close)  # flushed before the pool closes, whatever the exit order
 
     def _reset_buffer(self) -> None:
-        """Fresh buffer state (at start, and in a forked child)."""
-        self._pid = os.getpid()
+        """Fresh buffer state (at start, and in a forked child). The pid comes
+        last: a thread of the child that sees it uses the new state (see
+        _after_fork)."""
         self._lock = threading.Lock()
         self._flushing = threading.Lock()  # one flush at a time (see flush)
         self._buf: dict[str, int | set[bytes]] = {}  # counter key -> n, HLL key -> members
@@ -172,6 +173,7 @@ class Analytics(HelperBase):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
 
     def _after_fork(self) -> None:
         """Forked: the parent's buffer and thread are not ours. Replaced once,
