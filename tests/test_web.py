@@ -83,6 +83,46 @@ def test_health_detail_levels(redis_url: str) -> None:
     pool.close()
 
 
+def test_health_is_down_when_every_connection_waits_on_a_stalled_redis(
+    redis_server_factory: Any,
+) -> None:
+    """A pool whose every connection waits on a Redis that answers nothing (a
+    stalled or partitioned server) gives the probe no connection either: that
+    wait timeout is no busy pool, and 'degraded' (200) kept a load balancer
+    sending traffic to a worker whose Redis calls all hang."""
+    import threading
+
+    server = redis_server_factory()
+    pool = RedisPool(server.url, min_size=0, max_size=1, socket_timeout=10)
+    holding, paused = threading.Event(), threading.Event()
+
+    def caller() -> None:
+        with pool.client() as r:
+            r.ping()
+            holding.set()
+            paused.wait(5)
+            try:
+                r.get("k")  # waits on the stalled server
+            except redis.RedisError:
+                pass
+
+    t = threading.Thread(target=caller, daemon=True)
+    t.start()
+    assert holding.wait(5)
+    server.pause()
+    try:
+        paused.set()
+        time.sleep(0.05)
+        status, body = pool_health(pool, ping_timeout=0.3)
+        assert status == 503 and body["status"] == "down"
+    finally:
+        server.resume()
+    t.join(15)
+    status, body = pool_health(pool)
+    assert status == 200 and body["status"] == "up"
+    pool.close()
+
+
 def test_health_degraded_when_callers_wait(redis_url: str) -> None:
     """A saturated pool is busy, not down: a 503 here makes a load balancer (or
     the compose healthcheck) pull every worker just when traffic peaks."""

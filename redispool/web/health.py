@@ -88,10 +88,30 @@ def _probe(
                 server = server_details(r)
     except Exception as exc:  # any other failure means "down" here
         # A wait timeout without a cause: the pool is saturated (as the helpers
-        # judge it), Redis is answering the callers who hold its connections.
+        # judge it), if Redis answers a connection of the probe's own; else
+        # every connection waits on a Redis that answers nothing.
         busy = isinstance(exc, PoolTimeout) and exc.__cause__ is None
-        return None, type(exc).__name__, server, busy
+        return None, type(exc).__name__, server, busy and _answers(pool, timeout)
     return rtt, None, server, False
+
+
+def _answers(pool: RedisPool | RedisClusterPool, timeout: float) -> bool:
+    """Does Redis (a cluster: its default node) answer a PING within ``timeout``
+    on a connection made for it (outside the pool, closed after)?"""
+    from ..cluster import RedisClusterPool
+
+    try:
+        target = pool._node_for(None) if isinstance(pool, RedisClusterPool) else pool
+        conn = target._new_connection(time.monotonic() + timeout)
+    except Exception as exc:  # (at maxclients Redis answers, refusing one more)
+        return "max number of clients reached" in str(exc)
+    try:
+        conn.send_command("PING", check_health=False)
+        return conn.read_response(timeout=timeout) in (b"PONG", "PONG")
+    except Exception:
+        return False
+    finally:
+        target._destroy_connection(conn)
 
 
 def pool_health(
@@ -103,8 +123,9 @@ def pool_health(
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body). ``status`` is ``up``, ``degraded`` (answers, but
     callers wait, time out or connections fail to open; also when no
-    connection came free for the PING in ``ping_timeout``) or ``down`` (no PING
-    for another reason: 503). ``detail``: ``status`` (only that), ``basic`` (+ pool occupancy) or
+    connection came free for the PING in ``ping_timeout`` but Redis answers
+    one on a connection the probe makes for it) or ``down`` (no PING for
+    another reason: 503). ``detail``: ``status`` (only that), ``basic`` (+ pool occupancy) or
     ``full`` (+ counters and wait times). ``show_details`` adds the pool's
     name and address and a ``server`` section (version, mode,
     ``connected_clients``, ``maxclients``: one more round trip). Connection
