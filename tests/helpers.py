@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
+from typing import Any
 
 
 class FakeClock:
@@ -63,3 +65,18 @@ class Factory:
     @staticmethod
     def check(r: Resource) -> bool:
         return r.healthy
+
+
+def refuse_threads(monkeypatch: Any, prefix: str) -> Callable[..., None]:
+    """Make ``threading.Thread.start`` raise, as Python 3.12+ does at interpreter
+    shutdown, for threads whose name starts with ``prefix``; returns the real
+    ``start`` (``monkeypatch.setattr(threading.Thread, "start", it)`` undoes it)."""
+    start = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:
+        if self.name.startswith(prefix):
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    return start

@@ -26,7 +26,7 @@ from redispool.helpers import analytics as analytics_mod
 from redispool.helpers.analytics import Analytics
 from redispool.testing import RedisServer
 
-from .helpers import FakeClock
+from .helpers import FakeClock, refuse_threads
 
 WEEK = 7 * 86400
 HOUR = timedelta(hours=1)
@@ -462,14 +462,7 @@ def test_a_write_goes_straight_to_redis_when_no_flush_thread_can_start(
     """At interpreter shutdown Python 3.12 refuses new threads: a first buffered
     write in an atexit hook raised that RuntimeError (after buffering it, where
     nothing would flush it). It is written at once instead."""
-    start = threading.Thread.start
-
-    def refused(self: threading.Thread) -> None:
-        if self.name.startswith("redispool-analytics-flush"):
-            raise RuntimeError("can't create new thread at interpreter shutdown")
-        start(self)
-
-    monkeypatch.setattr(threading.Thread, "start", refused)
+    start = refuse_threads(monkeypatch, "redispool-analytics-flush")
     a = Analytics(pool, namespace="nt", buffered=True, flush_interval=60, clock=FakeClock(0))
     try:
         assert a.incr("x", 3) == 3  # written, not buffered

@@ -27,6 +27,7 @@ from redispool.helpers import CircuitBreaker, HelperUnavailable
 from redispool.helpers.cache import Cache, LoaderError
 from redispool.testing import RedisServer
 
+from .helpers import refuse_threads
 from .lua_keys import script_keys
 
 SECRET = b"test-secret"
@@ -109,14 +110,7 @@ def test_write_back_runs_in_the_caller_when_no_writer_thread_can_start(
     """At interpreter shutdown (an atexit hook) Python 3.12 refuses new threads:
     the first write-back raised that RuntimeError to ``get_with_fallback``'s
     caller, after the loader had run. It is written by the caller instead."""
-    start = threading.Thread.start
-
-    def refused(self: threading.Thread) -> None:
-        if self.name.startswith("redispool-cache"):
-            raise RuntimeError("can't create new thread at interpreter shutdown")
-        start(self)
-
-    monkeypatch.setattr(threading.Thread, "start", refused)
+    start = refuse_threads(monkeypatch, "redispool-cache")
     cache = make_cache()
     loads: list[int] = []
     assert cache.get_with_fallback("k", lambda: loads.append(1) or "v") == "v"

@@ -12,7 +12,7 @@ import pytest
 from redispool import ObjectPool, PoolClosed, PoolTimeout, TooManyWaiters
 from redispool.backoff import backoff_ceiling, full_jitter
 
-from .helpers import Factory, FakeClock, Resource
+from .helpers import Factory, FakeClock, Resource, refuse_threads
 
 
 def make_pool(factory: Factory | None = None, **kw: Any) -> ObjectPool[Resource]:
@@ -710,14 +710,7 @@ def test_a_borrow_goes_on_when_the_upkeep_thread_cannot_start(
     """At interpreter shutdown (an atexit flush) Python 3.12 refuses new threads;
     the first borrow there failed with that RuntimeError. The upkeep thread is
     background work: the borrow goes on, and a later one that creates starts it."""
-    start = threading.Thread.start
-
-    def refused(self: threading.Thread) -> None:
-        if self.name.startswith("redispool-upkeep"):
-            raise RuntimeError("can't create new thread at interpreter shutdown")
-        start(self)
-
-    monkeypatch.setattr(threading.Thread, "start", refused)
+    start = refuse_threads(monkeypatch, "redispool-upkeep")
     factory = Factory()
     pool = ObjectPool(factory, max_size=2, background=True, name="p")
     try:
