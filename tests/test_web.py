@@ -482,3 +482,14 @@ def test_every_path_flask_routes_to_the_view_matches_the_rule(noise: list[list[s
     rule = Rule(r"/api/auth/login$", limiter, methods=["POST"])
     if ran:
         assert rule.matches("POST", raw), raw
+
+
+def test_plain_metrics_values_are_written_in_full(redis_url: str) -> None:
+    pool = RedisPool(redis_url, min_size=0, max_size=2, name="full")
+    pool.redis.ping()
+    pool._retired_commands += 1234566  # as after a day's traffic
+    text = render_metrics([pool])
+    assert 'redispool_commands_total{pool_name="full"} 1234567\n' in text
+    pool.redis.ping()
+    assert 'redispool_commands_total{pool_name="full"} 1234568\n' in render_metrics([pool])
+    pool.close()

@@ -30,6 +30,12 @@ def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _number(value: float) -> str:
+    """A sample value in full (as prometheus_client writes it): ``%g`` kept 6
+    digits, so a counter past a million moved in steps of ten or more."""
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
 def _samples(s: RedisPoolStats) -> list[tuple[str, str, str, dict[str, str], float]]:
     """(name, type, help, extra labels, value) for one pool."""
     return [
@@ -78,7 +84,7 @@ def _render_plain(pools: Sequence[RedisPool | RedisClusterPool]) -> str:
             lines.append(f"# HELP {family} {help_}")
             lines.append(f"# TYPE {family} {'summary' if family != name else kind}")
         label_text = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
-        lines.append(f"{name}{{{label_text}}} {float(value):.6g}")
+        lines.append(f"{name}{{{label_text}}} {_number(value)}")
     return "\n".join(lines) + "\n"
 
 
