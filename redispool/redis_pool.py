@@ -305,8 +305,7 @@ class RedisPool:
         self._stats_lock = threading.Lock()
         self._close_hooks = CloseHooks()
         _POOLS.add(self)  # its lock is remade in a forked child
-        self._retired_commands = 0
-        self._retired_errors = 0
+        self._reset_command_counts()
         self._pool = _ConnectionPool(
             self._new_connection,
             destroy=self._destroy_connection,
@@ -417,12 +416,24 @@ class RedisPool:
             conn.socket_connect_timeout = self.connection_kwargs.get("socket_connect_timeout")
             set_io_timeout(conn, conn.socket_timeout)
         conn._rp_commands = conn._rp_errors = 0  # the handshake is not the user's
+        with self._stats_lock:
+            self._counted.add(conn)
         return conn  # type: ignore[no-any-return]
+
+    def _reset_command_counts(self) -> None:
+        """``commands``/``command_errors`` from zero: the retired connections'
+        sums plus ``_counted``, the connections not yet retired (changed together
+        under ``_stats_lock``, so a connection leaving is never counted in neither)."""
+        self._retired_commands = 0
+        self._retired_errors = 0
+        self._counted: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     def _destroy_connection(self, conn: Connection) -> None:
         with self._stats_lock:
-            self._retired_commands += conn._rp_commands  # type: ignore[attr-defined]
-            self._retired_errors += conn._rp_errors  # type: ignore[attr-defined]
+            if conn in self._counted:
+                self._counted.discard(conn)
+                self._retired_commands += conn._rp_commands  # type: ignore[attr-defined]
+                self._retired_errors += conn._rp_errors  # type: ignore[attr-defined]
         conn.disconnect()
 
     def _ping(self, conn: Connection) -> bool:
@@ -550,10 +561,11 @@ class RedisPool:
     def stats(self) -> RedisPoolStats:
         """The pool's numbers plus ``commands`` and ``command_errors``."""
         base = self._pool.stats()
-        commands, errors = self._retired_commands, self._retired_errors
-        for conn in self._pool.objects():
-            commands += conn._rp_commands  # type: ignore[attr-defined]
-            errors += conn._rp_errors  # type: ignore[attr-defined]
+        with self._stats_lock:
+            commands, errors = self._retired_commands, self._retired_errors
+            for conn in list(self._counted):
+                commands += conn._rp_commands  # type: ignore[attr-defined]
+                errors += conn._rp_errors  # type: ignore[attr-defined]
         fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(PoolStats)}
         return RedisPoolStats(
             **fields,

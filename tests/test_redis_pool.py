@@ -361,3 +361,35 @@ def test_short_wait_does_not_shorten_the_connection_timeouts(pool: RedisPool) ->
         assert io_timeout(c) == 2.0
         c.can_read(timeout=0)  # a parser short read: restores the parser's value
         assert io_timeout(c) == 2.0
+
+
+def test_commands_never_go_down_while_a_connection_is_retired(redis_url: str) -> None:
+    """A counter: a connection off the pool's books but not yet retired (its
+    destroy running) was in neither sum, and ``commands`` fell back meanwhile."""
+    import threading
+
+    pool = RedisPool(redis_url, min_size=0, max_size=2, timeout=2)
+    for _ in range(3):
+        pool.redis.ping()
+    before = pool.stats()
+    in_destroy, go_on = threading.Event(), threading.Event()
+    destroy = pool._pool._destroy
+    assert destroy is not None
+
+    def slow_destroy(conn: Any) -> None:
+        in_destroy.set()
+        go_on.wait(10)
+        destroy(conn)
+
+    pool._pool._destroy = slow_destroy
+    drainer = threading.Thread(target=pool.drain)
+    drainer.start()
+    try:
+        assert in_destroy.wait(10)
+        during = pool.stats()
+    finally:
+        go_on.set()
+        drainer.join(10)
+    assert (during.commands, during.command_errors) == (before.commands, before.command_errors)
+    assert pool.stats().commands == before.commands == 3
+    pool.close()
