@@ -183,6 +183,7 @@ _POOLS: weakref.WeakSet[RedisPool] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for pool in list(_POOLS):  # a lock held by a thread of the parent would never open
         pool._stats_lock = threading.Lock()
+        pool._reset_command_counts()  # counted since the fork, as the pool's own numbers
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -392,4 +393,28 @@ def test_commands_never_go_down_while_a_connection_is_retired(redis_url: str) ->
         drainer.join(10)
     assert (during.commands, during.command_errors) == (before.commands, before.command_errors)
     assert pool.stats().commands == before.commands == 3
+    pool.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_command_counts_start_from_zero_in_a_forked_child(redis_url: str) -> None:
+    """As the pool's other counters: a worker forked from a parent that had
+    used the pool (gunicorn --preload) published the parent's commands again."""
+    pool = RedisPool(redis_url, min_size=0, max_size=2, timeout=2)
+    for _ in range(5):
+        pool.redis.ping()
+    pool.drain()  # the parent's connection retired: its commands in the pool's sum
+    assert pool.stats().commands == 5
+    pid = os.fork()
+    if pid == 0:
+        try:
+            s = pool.stats()
+            pool.redis.ping()
+            ok = (s.commands, s.borrows, pool.stats().commands) == (0, 0, 1)
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert pool.stats().commands == 5
     pool.close()
