@@ -493,3 +493,33 @@ def test_plain_metrics_values_are_written_in_full(redis_url: str) -> None:
     pool.redis.ping()
     assert 'redispool_commands_total{pool_name="full"} 1234568\n' in render_metrics([pool])
     pool.close()
+
+
+def test_pool_metrics_counters_keep_counting_a_pool_made_again(redis_url: str) -> None:
+    """A pool made again under a name (a cluster node back after a failover, a
+    pool replaced) counts from zero: its counts were dropped until they passed
+    the old pool's."""
+    from prometheus_client import REGISTRY
+
+    from redispool.web.metrics import PoolMetrics
+
+    def commands() -> float | None:
+        return REGISTRY.get_sample_value("redispool_commands_total", {"pool_name": "again"})
+
+    pools = [RedisPool(redis_url, min_size=0, max_size=2, name="again")]
+    metrics = PoolMetrics(pools)
+    start = commands() or 0.0
+    for _ in range(5):
+        pools[0].redis.ping()
+    metrics.update(force=True)
+    assert commands() == start + 5
+    pools[0].close()
+    pools[0] = RedisPool(redis_url, min_size=0, max_size=2, name="again")
+    for _ in range(2):
+        pools[0].redis.ping()
+    metrics.update(force=True)
+    assert commands() == start + 7
+    pools[0].redis.ping()
+    metrics.update(force=True)
+    assert commands() == start + 8
+    pools[0].close()

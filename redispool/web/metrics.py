@@ -170,10 +170,12 @@ class PoolMetrics:
             child = counter.labels(name)  # made at 0: alert rules see it before it moves
             value = float(getattr(s, field))
             key = (name, field)
-            delta = value - self._sent.get(key, 0.0)
-            if delta > 0:
-                child.inc(delta)
-                self._sent[key] = value
+            sent = self._sent.get(key, 0.0)
+            if value < sent:  # counted afresh: a pool made again under the name
+                sent = 0.0  # (a cluster node back after a failover, a pool replaced)
+            if value > sent:
+                child.inc(value - sent)
+            self._sent[key] = value
 
 
 def render_metrics(
