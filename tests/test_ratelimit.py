@@ -300,3 +300,12 @@ def test_limiters_with_other_limits_keep_their_own_state(pool: Any, algorithm: s
     assert allowed == [True] * 5 + [False] * 3
     assert api.peek(who).remaining == 992
     assert api.key_for(who) != login.key_for(who)
+
+
+@pytest.mark.parametrize("algorithm", ["fixed", "sliding"])
+def test_the_window_is_the_period_to_the_millisecond(pool: RedisPool, algorithm: str) -> None:
+    """1.005 * 1000 is 1004.999...: truncated, a 1.005 s window was 1004 ms."""
+    for period in (1.005, 0.001, 2.5, 60.0, 4.35):
+        rl = RateLimiter(pool, 3, period=period, algorithm=algorithm)
+        assert rl._argv(1, False)[1] == round(period * 1000), period
+        assert rl.hit("k").reset_after <= period

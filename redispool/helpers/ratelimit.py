@@ -277,7 +277,7 @@ class RateLimiter(HelperBase):
         self.on_error = on_error
         self._script = _SCRIPTS[algorithm]
         self._secret = check_secret(secret) or default_secret()
-        self._period_ms = int(self.period * 1000)
+        self._period_ms = round(self.period * 1000)  # int() made 1.005 s 1004 ms
         if algorithm in ("gcra", "token_bucket"):
             self._unit, self._period_units = _gcra_unit(self.limit, self.period)
         self.allowed = self.denied = self.failed_open = self.failed_closed = 0
