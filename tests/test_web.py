@@ -523,3 +523,19 @@ def test_pool_metrics_counters_keep_counting_a_pool_made_again(redis_url: str) -
     metrics.update(force=True)
     assert commands() == start + 8
     pools[0].close()
+
+
+def test_wsgi_a_request_refused_by_one_bucket_counts_in_none(redis_url: str) -> None:
+    """An API key behind an address others used up (a shared NAT): its refused
+    requests were counted against the key, which was then refused everywhere."""
+    pool = RedisPool(redis_url, min_size=0, max_size=2)
+    rl = RateLimiter(pool, "2/minute", algorithm="fixed", namespace="both")
+    app = RateLimitMiddleware(_hello, [Rule("/api/", rl, key=api_key())])
+    for other in ("a", "b"):  # others behind the address use it up
+        assert _wsgi_call(app, "/api/x", HTTP_X_API_KEY=other)[0][:3] == "200"
+    for _ in range(3):
+        assert _wsgi_call(app, "/api/x", HTTP_X_API_KEY="mine")[0][:3] == "429"
+    elsewhere = {"HTTP_X_API_KEY": "mine", "REMOTE_ADDR": "198.51.100.7"}
+    statuses = [_wsgi_call(app, "/api/x", **elsewhere)[0][:3] for _ in range(3)]
+    assert statuses == ["200", "200", "429"]
+    pool.close()

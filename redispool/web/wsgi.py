@@ -152,11 +152,18 @@ def _bounded(who: str) -> str:
 
 def _hit(limiter: RateLimiter, rule: str, who: str | tuple[str, ...] | None) -> RateLimitResult:
     """Count the request in each of its buckets; the first that refuses, or
-    the one with the least left, answers."""
+    the one with the least left, answers. With several buckets, a request one
+    of them refuses counts in none: each is asked first (``peek``)."""
     buckets = who if isinstance(who, tuple) and who else (who or "-",)
+    keys = [(rule, _bounded(str(bucket))) for bucket in buckets]
+    if len(keys) > 1:
+        for key in keys:
+            result = limiter.peek(key)
+            if not result.allowed:
+                return result
     tightest: RateLimitResult | None = None
-    for bucket in buckets:
-        result = limiter.hit((rule, _bounded(str(bucket))))
+    for key in keys:
+        result = limiter.hit(key)
         if not result.allowed:
             return result
         if tightest is None or result.remaining < tightest.remaining:
