@@ -114,30 +114,29 @@ if w ~= idx then
   if w == idx - 1 then prev = cur else prev = 0 end
   cur = 0
 end
-local weight = (period - elapsed) / period
-local used = prev * weight + cur
+-- in units of count x ms (integers: exact while under 2**53): the room left
+-- is limit - prev * (period - elapsed) / period - cur, times period
 local reset = period - elapsed
-if used + cost > limit then
+local room = limit * period - prev * reset - cur * period
+if room < cost * period then
   local retry
-  if cur + cost <= limit and prev > 0 then
-    retry = math.ceil(period * (1 - (limit - cur - cost) / prev) - elapsed)
-  elseif cur + cost <= limit then
-    retry = 1
-  elseif cost <= limit then
-    retry = reset + math.ceil(period * (1 - (limit - cost) / cur))
+  if cur + cost <= limit then  -- this window: until prev's weight is low enough
+    retry = reset - math.floor((limit - cur - cost) * period / prev)
+  elseif cost <= limit then  -- the next window, where cur is the previous one
+    retry = reset + period - math.floor((limit - cost) * period / cur)
   else
     retry = -1
   end
   if retry ~= -1 and retry < 1 then retry = 1 end
-  return {0, math.max(0, math.floor(limit - used)), reset, retry}
+  return {0, math.max(0, math.floor(room / period)), reset, retry}
 end
 if not peek then
   cur = cur + cost
   redis.call('HSET', KEYS[1], 'w', idx, 'c', cur, 'p', prev)
   redis.call('PEXPIRE', KEYS[1], 2 * period)
-  used = used + cost
+  room = room - cost * period
 end
-return {1, math.max(0, math.floor(limit - used)), reset, 0}
+return {1, math.max(0, math.floor(room / period)), reset, 0}
 """
 )
 
