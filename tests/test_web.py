@@ -539,3 +539,28 @@ def test_wsgi_a_request_refused_by_one_bucket_counts_in_none(redis_url: str) -> 
     statuses = [_wsgi_call(app, "/api/x", **elsewhere)[0][:3] for _ in range(3)]
     assert statuses == ["200", "200", "429"]
     pool.close()
+
+
+def test_pool_metrics_pools_of_one_name_are_one_series(redis_url: str) -> None:
+    """Two pools on one URL share a name: each update published one's counts
+    over the other's (gauges: the last one's), as if a pool were made again."""
+    from prometheus_client import REGISTRY
+
+    from redispool.web.metrics import PoolMetrics
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"pool_name": "twice", **labels}) or 0.0
+
+    pools = [RedisPool(redis_url, min_size=0, max_size=2, name="twice") for _ in range(2)]
+    metrics = PoolMetrics(pools)
+    start = sample("redispool_commands_total")
+    for n, pool in zip((5, 2), pools, strict=True):
+        for _ in range(n):
+            pool.redis.ping()
+    for _ in range(3):
+        metrics.update(force=True)
+    assert sample("redispool_commands_total") == start + 7
+    assert sample("db_client_connection_max") == 4
+    assert sample("db_client_connection_count", state="idle") == 2
+    for pool in pools:
+        pool.close()

@@ -154,21 +154,28 @@ class PoolMetrics:
             if self._pid != os.getpid():  # a forked worker starts from zero
                 self._pid = os.getpid()
                 self._sent.clear()
+            # One series per name: pools that share one (two pools on one URL)
+            # are summed, as the exposition would show them.
+            totals: dict[str, dict[str, float]] = {}
             for pool in self.pools:
                 for s in _series(pool.stats()):
-                    self._publish(s)
+                    fields = ("idle", "in_use", "max_size", "min_size", "waiting", *self.counters)
+                    total = totals.setdefault(s.name, dict.fromkeys(fields, 0.0))
+                    for field in fields:
+                        total[field] += getattr(s, field)
+            for name, total in totals.items():
+                self._publish(name, total)
 
-    def _publish(self, s: RedisPoolStats) -> None:
-        name = s.name
-        self.count.labels(name, "idle").set(s.idle)
-        self.count.labels(name, "used").set(s.in_use)
-        self.max.labels(name).set(s.max_size)
-        self.idle_max.labels(name).set(s.max_size)
-        self.idle_min.labels(name).set(s.min_size)
-        self.pending.labels(name).set(s.waiting)
+    def _publish(self, name: str, s: dict[str, float]) -> None:
+        self.count.labels(name, "idle").set(s["idle"])
+        self.count.labels(name, "used").set(s["in_use"])
+        self.max.labels(name).set(s["max_size"])
+        self.idle_max.labels(name).set(s["max_size"])
+        self.idle_min.labels(name).set(s["min_size"])
+        self.pending.labels(name).set(s["waiting"])
         for field, counter in self.counters.items():
             child = counter.labels(name)  # made at 0: alert rules see it before it moves
-            value = float(getattr(s, field))
+            value = s[field]
             key = (name, field)
             sent = self._sent.get(key, 0.0)
             if value < sent:  # counted afresh: a pool made again under the name
