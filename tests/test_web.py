@@ -564,3 +564,18 @@ def test_pool_metrics_pools_of_one_name_are_one_series(redis_url: str) -> None:
     assert sample("db_client_connection_count", state="idle") == 2
     for pool in pools:
         pool.close()
+
+
+def test_plain_metrics_pools_of_one_name_are_one_series(redis_url: str) -> None:
+    """A series twice in one scrape: Prometheus refuses the whole scrape."""
+    pools = [RedisPool(redis_url, min_size=0, max_size=2, name="same") for _ in range(2)]
+    for n, pool in zip((3, 1), pools, strict=True):
+        for _ in range(n):
+            pool.redis.ping()
+    lines = render_metrics(pools).splitlines()
+    series = [line.rsplit(" ", 1)[0] for line in lines if not line.startswith("#")]
+    assert len(series) == len(set(series))
+    assert 'redispool_commands_total{pool_name="same"} 4' in lines
+    assert 'db_client_connection_max{pool_name="same"} 4' in lines
+    for pool in pools:
+        pool.close()

@@ -70,12 +70,14 @@ def _series(stats: RedisPoolStats) -> list[RedisPoolStats]:
 def _render_plain(pools: Sequence[RedisPool | RedisClusterPool]) -> str:
     lines: list[str] = []
     seen: set[str] = set()
-    rows: list[tuple[str, str, str, dict[str, str], float]] = []
+    rows: dict[tuple[str, tuple[tuple[str, str], ...]], list[Any]] = {}
     for pool in pools:
         for each in _series(pool.stats()):
             for name, kind, help_, labels, value in _samples(each):
-                rows.append((name, kind, help_, {"pool_name": each.name, **labels}, value))
-    for name, kind, help_, labels, value in sorted(rows, key=lambda r: r[0]):
+                labels = {"pool_name": each.name, **labels}
+                row = rows.setdefault((name, tuple(labels.items())), [name, kind, help_, labels, 0])
+                row[4] += value  # pools of one name (two on one URL): one series, summed
+    for name, kind, help_, labels, value in sorted(rows.values(), key=lambda r: r[0]):
         family = name
         if "_seconds_" in name:  # a summary's _sum and _count
             family = name.removesuffix("_sum").removesuffix("_count")
