@@ -182,7 +182,7 @@ _POOLS: weakref.WeakSet[RedisPool] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for pool in list(_POOLS):  # a lock held by a thread of the parent would never open
-        pool._stats_lock = threading.Lock()
+        pool._stats_lock = threading.RLock()
         pool._reset_command_counts()  # counted since the fork, as the pool's own numbers
 
 
@@ -303,7 +303,7 @@ class RedisPool:
         _trial_connection(self._conn_class, kwargs, options)
         self.connection_kwargs: dict[str, Any] = kwargs
         self._dns = DNSCache(ttl=dns_ttl) if issubclass(cls, Connection) else None
-        self._stats_lock = threading.Lock()
+        self._stats_lock = threading.RLock()
         self._close_hooks = CloseHooks()
         _POOLS.add(self)  # its lock is remade in a forked child
         self._reset_command_counts()
@@ -428,6 +428,8 @@ class RedisPool:
         self._retired_commands = 0
         self._retired_errors = 0
         self._counted: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # (an RLock: a signal handler or finalizer may call stats() in the
+        # middle of the bookkeeping, in the thread that holds it)
 
     def _destroy_connection(self, conn: Connection) -> None:
         with self._stats_lock:

@@ -418,3 +418,22 @@ def test_command_counts_start_from_zero_in_a_forked_child(redis_url: str) -> Non
     assert os.waitstatus_to_exitcode(status) == 0
     assert pool.stats().commands == 5
     pool.close()
+
+
+@pytest.mark.timeout(20)
+def test_stats_from_a_signal_handler_amid_the_command_bookkeeping(redis_url: str) -> None:
+    """stats() takes the lock a connection's create and destroy take for its
+    counts: a handler interrupting them in the same thread must not hang."""
+    import signal
+
+    pool = RedisPool(redis_url, min_size=0, max_size=2, timeout=2)
+    pool.redis.ping()
+    seen: list[int] = []
+    old = signal.signal(signal.SIGUSR1, lambda *_: seen.append(pool.stats().commands))
+    try:
+        with pool._stats_lock:
+            signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert seen == [1]
+    pool.close()
