@@ -94,6 +94,12 @@ _TRACED_REDIS = str(ROOT / "redispool" / "redis_pool.py")
 _REDIS_FUNCS = {"_new_connection", "_make", "_ping", "_destroy_connection", "__enter__"}
 
 
+def _held(lock: Any) -> bool:
+    """Is ``lock`` held (an RLock: by this thread)?"""
+    owned = getattr(lock, "_is_owned", None)
+    return bool(owned()) if owned is not None else bool(lock.locked())
+
+
 class _Injector:
     """A ``sys.settrace`` function raising ``Injected`` at the ``n``-th call or
     line of the pool's code (0: count only), except while this thread holds the
@@ -117,7 +123,7 @@ class _Injector:
         if (
             event in ("call", "line")
             and not self.lock._is_owned()
-            and not any(lock.locked() for lock in self.also)
+            and not any(_held(lock) for lock in self.also)
         ):
             self.count += 1
             if self.count == self.n:
