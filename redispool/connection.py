@@ -78,20 +78,31 @@ _cache: dict[Any, int] = {}
 
 def _classify(name: Any) -> int:
     """Classify a command name (str or bytes, any case); cached, bounded."""
-    kind = _cache.get(name)
+    exact = type(name) is str or type(name) is bytes  # (a subclass may hash as another)
+    kind = _cache.get(name) if exact else None
     if kind is not None:
         return kind
     try:
-        text = name.decode("latin-1") if isinstance(name, (bytes, bytearray)) else str(name)
+        text = _text(name)
     except Exception:
         return 0
     words = text.upper().split()
     kind = _NAMES.get(words[0], 0) if words else 0
     if kind == _CLIENT and len(words) > 1:
         kind = _DIRTY if words[1] in _CLIENT_DIRTY else 0
-    if len(_cache) < 4096 and isinstance(name, (str, bytes)):
+    if len(_cache) < 4096 and exact:
         _cache[name] = kind
     return kind
+
+
+def _text(arg: Any) -> str:
+    """A command word as redis-py sends it: bytes-like as its bytes, a str
+    subclass (a ``(str, Enum)`` member) as its str value, not its ``str()``."""
+    if isinstance(arg, (bytes, bytearray, memoryview)):
+        return bytes(arg).decode("latin-1")
+    if isinstance(arg, str):
+        return str.__str__(arg)
+    return str(arg)
 
 
 class _PooledMixin:
@@ -146,7 +157,7 @@ class _PooledMixin:
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         self._rp_sent += 1
         self._rp_pending += 1
-        if not args or args[0] not in _PLAIN:
+        if not args or not isinstance(args[0], (str, bytes)) or args[0] not in _PLAIN:
             self._rp_note(args)
         super().send_command(*args, **kwargs)  # type: ignore[misc]
 
@@ -377,7 +388,7 @@ def _size(command: Any) -> int:
 
 def _classify_sub(sub: Any) -> bool:
     try:
-        text = sub.decode("latin-1") if isinstance(sub, (bytes, bytearray)) else str(sub)
+        text = _text(sub)
     except Exception:
         return True
     return text.upper() in _CLIENT_DIRTY

@@ -10,6 +10,7 @@ next borrower of the same slot sees exactly a fresh connection's session
 from __future__ import annotations
 
 import collections
+import enum
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -258,6 +259,35 @@ def test_each_stateful_command_once_answered_makes_it_dirty(
     with pool.client() as r:
         assert r.echo("mine") == b"mine"
         assert _client_info(r)["flags"] == "N"
+    assert pool.stats().destroyed_by_reason == {"dirty": 1}
+
+
+class _Command(str, enum.Enum):  # str() is "_Command.SELECT"; redis-py sends "SELECT"
+    SELECT = "SELECT"
+    SETNAME = "SETNAME"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        (_Command.SELECT, 1),
+        ("CLIENT", _Command.SETNAME, "x"),
+        (memoryview(b"SELECT"), 1),  # sent as its bytes (redis-py fails after the reply)
+    ],
+    ids=["str-enum", "str-enum-subcommand", "memoryview"],
+)
+def test_a_command_word_of_another_type_is_classified_as_sent(
+    make_pool: Callable[..., RedisPool], command: tuple[Any, ...]
+) -> None:
+    pool = make_pool(protocol=2)
+    with pool.client() as r:
+        try:
+            r.execute_command(*command)
+        except AttributeError:  # redis-py's reply callback lookup on a memoryview
+            pass
+    with pool.client() as r:
+        info = _client_info(r)
+        assert (info["db"], info["name"]) == ("0", "")
     assert pool.stats().destroyed_by_reason == {"dirty": 1}
 
 
