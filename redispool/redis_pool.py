@@ -67,6 +67,15 @@ DEFAULT_HEALTH_CHECK_INTERVAL = 30.0
 DEFAULT_MIN_SIZE = 5
 
 
+class _Default(float):
+    """A timeout's default, told apart by identity: the URL's ``?socket_timeout=``
+    or ``?socket_connect_timeout=`` applies unless the argument was given."""
+
+    __slots__ = ()
+
+
+_DEFAULT_TIMEOUT = _Default(2.0)
+
 # socket.settimeout() overflows a little past 9.2e9 s; nobody needs more than this.
 MAX_SOCKET_TIMEOUT = 1e7
 # Options whose values an error message must never show.
@@ -229,8 +238,8 @@ class RedisPool:
         min_size: int | None = None,
         max_size: int = 20,
         timeout: float | None = 4.0,
-        connect_timeout: float | None = 2.0,
-        socket_timeout: float | None = 2.0,
+        connect_timeout: float | None = _DEFAULT_TIMEOUT,
+        socket_timeout: float | None = _DEFAULT_TIMEOUT,
         max_idle_time: float = 300.0,
         max_lifetime: float = 1800.0,
         health_check_interval: float | None = None,
@@ -252,8 +261,7 @@ class RedisPool:
         if "socket_connect_timeout" in options:
             connect_timeout = options.pop("socket_connect_timeout")
             connect_name = "socket_connect_timeout"
-        _socket_timeout(connect_name, connect_timeout)
-        _socket_timeout("socket_timeout", socket_timeout)
+        given_timeouts = connect_timeout, socket_timeout  # (the read pool's URL may differ)
         _number("dns_ttl", dns_ttl, minimum=0)
         if min_size is None:  # follows a small max_size down
             min_size = DEFAULT_MIN_SIZE
@@ -265,6 +273,20 @@ class RedisPool:
             except (TypeError, ValueError) as exc:  # its messages are redacted
                 raise type(exc)(f"read_url: {exc}") from None
         kwargs = parse_redis_url(url)
+        # A timeout not given as an argument: the URL's, if it has one.
+        timeout_name = "socket_timeout"
+        if connect_timeout is _DEFAULT_TIMEOUT and "socket_connect_timeout" in kwargs:
+            connect_timeout = kwargs["socket_connect_timeout"]
+            connect_name = "the url's socket_connect_timeout"
+        if socket_timeout is _DEFAULT_TIMEOUT and "socket_timeout" in kwargs:
+            socket_timeout = kwargs["socket_timeout"]
+            timeout_name = "the url's socket_timeout"
+        _socket_timeout(connect_name, connect_timeout)
+        _socket_timeout(timeout_name, socket_timeout)
+        if isinstance(connect_timeout, _Default):
+            connect_timeout = float(connect_timeout)
+        if isinstance(socket_timeout, _Default):
+            socket_timeout = float(socket_timeout)
         kwargs.update(options)
         if health_check_interval is None:  # maybe ?health_check_interval= in the URL
             health_check_interval = kwargs.get("health_check_interval")
@@ -335,8 +357,8 @@ class RedisPool:
                 min_size=min_size,
                 max_size=max_size,
                 timeout=timeout,
-                connect_timeout=connect_timeout,
-                socket_timeout=socket_timeout,
+                connect_timeout=given_timeouts[0],
+                socket_timeout=given_timeouts[1],
                 max_idle_time=max_idle_time,
                 max_lifetime=max_lifetime,
                 health_check_interval=given_interval,

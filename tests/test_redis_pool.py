@@ -220,6 +220,29 @@ def test_bad_options_name_themselves() -> None:
         RedisPool("redis://localhost").client(timeout=-0.1)
 
 
+def test_the_urls_timeouts_apply_unless_given(redis_url: str) -> None:
+    """?socket_timeout= / ?socket_connect_timeout= in the URL (REDIS_URL) were
+    accepted and silently replaced by the 2 s defaults."""
+    url = redis_url + "?socket_timeout=7&socket_connect_timeout=3"
+    pool = RedisPool(url, min_size=0)
+    try:
+        kw = pool.connection_kwargs
+        assert (kw["socket_timeout"], kw["socket_connect_timeout"]) == (7.0, 3.0)
+        with pool.connection() as conn:
+            assert conn.socket_timeout == 7.0
+    finally:
+        pool.close()
+    pool = RedisPool(url, min_size=0, socket_timeout=1, connect_timeout=None)  # given: win
+    assert (pool.connection_kwargs["socket_timeout"], pool._ping_timeout) == (1, 1)
+    assert pool.connection_kwargs["socket_connect_timeout"] is None
+    pool.close()
+    pool = RedisPool(redis_url, min_size=0)  # nothing in the URL: the defaults
+    assert pool.connection_kwargs["socket_timeout"] == 2.0
+    pool.close()
+    with pytest.raises(ValueError, match="url's socket_timeout must be > 0"):
+        RedisPool(redis_url + "?socket_timeout=0", min_size=0)
+
+
 def test_parse_and_redact_urls() -> None:
     kw = parse_redis_url("rediss://alice:s3cret@cache.example:6380/2")
     assert kw["host"] == "cache.example" and kw["port"] == 6380 and kw["db"] == 2
