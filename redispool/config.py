@@ -60,7 +60,12 @@ def parse_redis_url(url: str) -> dict[str, Any]:
 
 def _check_url_parts(scheme: str, url: str, kwargs: dict[str, Any]) -> str | None:
     """What redis-py's parser lets through but cannot work; None if fine."""
-    if scheme != "unix":
+    if scheme == "unix":
+        if not kwargs.get("path"):  # redis-py leaves it out; every connect fails
+            return "a unix:// url needs the socket's path (unix:///path/to/redis.sock)"
+    else:
+        if urlsplit(url).port == 0:  # redis-py silently takes 6379 instead
+            return "the port must be between 1 and 65535, got 0"
         path = urlsplit(url).path
         # redis-py silently ignores "/abc" and reads "/1/2" as db 12
         if path not in ("", "/") and not re.fullmatch(r"/\d{1,9}", path):

@@ -115,12 +115,14 @@ class ConnectionPool:
         if not issubclass(cls, UnixDomainSocketConnection):
             options.setdefault("host", "localhost")
             options.setdefault("port", 6379)
-        url = _display_url(cls, options)
+        url = name = _display_url(cls, options)
         try:
             parse_redis_url(url)
-        except ValueError:  # an odd host: RedisPool names it from the options
-            url = "redis://"
-        options.setdefault("name", url)
+        except ValueError:  # an odd host (or a relative socket path): RedisPool
+            url = "redis://"  # names it from the options
+            if not issubclass(cls, UnixDomainSocketConnection):
+                name = url
+        options.setdefault("name", name)
         pool = RedisPool(url, connection_class=cls, **options)
         self._attach(pool)
         self.maint_notifications_config = maint

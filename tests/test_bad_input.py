@@ -281,6 +281,12 @@ REDIS_POOL: dict[str, Case] = {
     "url-no-scheme": (lambda c: RedisPool("127.0.0.1:6379"), ValueError, ("url",)),
     "url-port-abc": (lambda c: RedisPool("redis://127.0.0.1:abc/0"), ValueError, ("url",)),
     "url-port-range": (lambda c: RedisPool("redis://127.0.0.1:99999/0"), ValueError, ("url",)),
+    "url-port-zero": (  # redis-py silently took 6379
+        lambda c: RedisPool("redis://:hunter2@127.0.0.1:0/0"),
+        ValueError,
+        ("url", "port", "65535"),
+    ),
+    "url-unix-no-path": (lambda c: RedisPool("unix://?db=1"), ValueError, ("url", "path")),
     "url-ipv6-open": (lambda c: RedisPool("redis://[::1/0"), ValueError, ("url",)),
     "url-db-abc": (lambda c: RedisPool(_url(c, "/abc")), ValueError, ("url", "path")),
     "url-db-nested": (lambda c: RedisPool(_url(c, "/1/2")), ValueError, ("url", "path")),
