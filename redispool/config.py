@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from redis.connection import parse_url
 
@@ -27,8 +27,16 @@ def redact_url(url: str) -> str:
         # A password with an unencoded '/', '?' or '#' (a malformed URL): hide
         # everything up to the last '@' rather than show a piece of it.
         out = re.sub(r"^((?:[a-zA-Z][a-zA-Z0-9+.-]*://)?[^/?#@:]*):.*@", r"\1:***@", url)
-    # query-string secrets (?password=...)
+    # query-string secrets (?password=...), their names percent-encoded too
+    # (?passwor%64=...: redis-py's parser decodes the names)
+    out = re.sub(r"([?&])([^=&#]*)=([^&#]*)", _hide_query_secret, out)
     return re.sub(r"(?i)(password|ssl_password)=[^&#]*", r"\1=***", out)
+
+
+def _hide_query_secret(match: re.Match[str]) -> str:
+    if unquote_plus(match.group(2)).lower() in ("password", "ssl_password"):
+        return f"{match.group(1)}{match.group(2)}=***"
+    return match.group(0)
 
 
 def parse_redis_url(url: str) -> dict[str, Any]:

@@ -276,6 +276,9 @@ def _with_password(password: str) -> list[Any]:
         pytest.param(lambda: RedisPool(f"{USER}:{p}@{HOST}:6379"), id="no-scheme"),
         pytest.param(lambda: RedisPool(f"redis://:{p}@{HOST}:6379/0?db=x"), id="query"),
         pytest.param(lambda: RedisPool(f"redis://{HOST}/0?password={p}&bogus=1"), id="query-pw"),
+        pytest.param(  # the name percent-encoded: redis-py's parser decodes it
+            lambda: RedisPool(f"redis://{HOST}/0?passwor%64={p}&db=x"), id="query-pw-encoded"
+        ),
         # a password with an unencoded '#', '/' or '?': the URL parser splits it apart
         pytest.param(lambda: RedisPool(f"redis://{USER}:{p}#x@{HOST}:6379/0"), id="hash"),
         pytest.param(lambda: RedisPool(f"redis://{USER}:{p}/x@{HOST}:6379/0"), id="slash"),
@@ -304,6 +307,19 @@ def _with_password(password: str) -> list[Any]:
         ),
         pytest.param(lambda: _flask_with_url(f"redis://{USER}:{p}@{HOST}:x/0"), id="flask"),
     ]
+
+
+def test_a_query_password_under_an_encoded_name_is_not_shown() -> None:
+    for url in (
+        f"redis://{HOST}/0?passwor%64={SECRET}",
+        f"rediss://{HOST}/0?ssl_%70assword={SECRET}",
+    ):
+        pool = RedisPool(url, min_size=0)
+        assert SECRET in str(pool.connection_kwargs)  # the secret is really in play
+        seen = Seen()
+        seen.add(pool, pool.url, pool.name, pool.as_redis_pool(), pool.stats().as_dict())
+        seen.check(SECRET)
+        pool.close()
 
 
 def _flask_with_url(url: str) -> None:
