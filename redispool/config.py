@@ -68,6 +68,11 @@ def parse_redis_url(url: str) -> dict[str, Any]:
 
 def _check_url_parts(scheme: str, url: str, kwargs: dict[str, Any]) -> str | None:
     """What redis-py's parser lets through but cannot work; None if fine."""
+    decode = kwargs.get("decode_responses")
+    if isinstance(decode, str):  # redis-py passes the text on: "false" is truthy
+        if decode.strip().lower() not in _TRUE | _FALSE:
+            return f"decode_responses must be true or false, got {decode!r}"
+        kwargs["decode_responses"] = decode.strip().lower() in _TRUE
     if scheme == "unix":
         if not kwargs.get("path"):  # redis-py leaves it out; every connect fails
             return "a unix:// url needs the socket's path (unix:///path/to/redis.sock)"

@@ -112,6 +112,11 @@ def _check_connection_options(kwargs: dict[str, Any]) -> None:
         raise ValueError(
             f"client_name must be a str of printable ASCII without spaces, got {name!r}"
         )
+    decode = kwargs.get("decode_responses")
+    if decode is not None and not isinstance(decode, int):  # a str such as "no" is truthy
+        raise TypeError(
+            f"decode_responses must be a bool, got {decode!r} ({type(decode).__name__})"
+        )
     retry = kwargs.get("retry")
     if retry is not None and not isinstance(retry, Retry):
         raise TypeError(f"retry must be a redis.retry.Retry or None, got {retry!r}")

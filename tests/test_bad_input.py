@@ -297,6 +297,16 @@ REDIS_POOL: dict[str, Case] = {
         ValueError,
         ("url", "socket_timeout"),
     ),
+    "url-query-decode": (
+        lambda c: RedisPool(_url(c, "/0?decode_responses=maybe")),
+        ValueError,
+        ("url", "decode_responses"),
+    ),
+    "decode-str": (
+        lambda c: RedisPool(c.url, decode_responses="no"),
+        TypeError,
+        ("decode_responses",),
+    ),
     "url-query-unknown": (lambda c: RedisPool(_url(c, "/0?bogus=1")), TypeError, ("bogus",)),
     "url-huge-host": (
         lambda c: RedisPool("redis://" + "h" * 100_000 + ":6379/0"),

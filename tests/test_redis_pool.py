@@ -243,6 +243,18 @@ def test_the_urls_timeouts_apply_unless_given(redis_url: str) -> None:
         RedisPool(redis_url + "?socket_timeout=0", min_size=0)
 
 
+def test_the_urls_decode_responses_false_is_false(redis_url: str) -> None:
+    """redis-py's parser passes ?decode_responses= on as text: "false" decoded."""
+    for value, expected in (("false", b"x"), ("0", b"x"), ("true", "x"), ("1", "x")):
+        pool = RedisPool(f"{redis_url}?decode_responses={value}", min_size=0)
+        try:
+            assert pool.redis.echo("x") == expected, value
+            with pool.client() as r:
+                assert r.echo("x") == expected, value
+        finally:
+            pool.close()
+
+
 def test_parse_and_redact_urls() -> None:
     kw = parse_redis_url("rediss://alice:s3cret@cache.example:6380/2")
     assert kw["host"] == "cache.example" and kw["port"] == 6380 and kw["db"] == 2
