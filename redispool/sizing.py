@@ -73,13 +73,17 @@ def server_maxclients(url: str, **options: Any) -> int:
     kwargs.setdefault("socket_timeout", 5)
     kwargs.setdefault("socket_connect_timeout", 5)
     kwargs.update(options)
-    client = redis.Redis(**kwargs)
+    # A pool takes what the URL gives (connection_class for rediss://, path for
+    # unix://); redis.Redis(**kwargs) refuses both.
+    pool = redis.ConnectionPool(**kwargs)
+    client = redis.Redis(connection_pool=pool)
     try:
         value = client.info("clients").get("maxclients")
         if value is None:
             value = client.config_get("maxclients").get("maxclients")
     finally:
         client.close()
+        pool.disconnect()
     if value is None:
         raise RuntimeError("the server reports no maxclients (INFO clients, CONFIG GET)")
     return int(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import redis
 from redispool import RedisPool, budget
 from redispool.__main__ import main as cli
 from redispool.sizing import server_maxclients
+from redispool.testing import RedisServer
 
 # -- min_size follows max_size -------------------------------------------------
 
@@ -101,6 +103,16 @@ def test_budget_reads_the_servers_maxclients(redis_url: str) -> None:
     finally:
         admin.config_set("maxclients", old)
         admin.close()
+
+
+def test_budget_reads_maxclients_over_a_unix_socket(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """redis.Redis(**parse_redis_url(url)) refused a unix:// URL's path (and a
+    rediss:// URL's connection_class): the budget CLI failed on both."""
+    server = redis_server_factory(unixsocket=True)
+    assert server_maxclients(server.unix_url) == 10000
+    assert cli(["budget", "--url", server.unix_url, "--workers-per-host", "9"]) == 0
 
 
 def test_budget_cli(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
