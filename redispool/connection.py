@@ -53,7 +53,7 @@ __all__ = [
 IN_MULTI, WATCHING, DIRTY, TIMEOUT_SET = 1, 2, 4, 8
 
 # What a command does to the session once the server accepts it: 0 nothing, else
-# one of these (``_CLIENT`` is resolved by its subcommand).
+# one of these (``_CLIENT``: resolved by its subcommand, see ``_SUBCOMMANDS``).
 _MULTI, _EXEC, _WATCH, _UNWATCH, _DIRTY, _CLIENT = 1, 2, 3, 4, 5, 6
 _NAMES = {
     "MULTI": _MULTI,
@@ -62,6 +62,7 @@ _NAMES = {
     "WATCH": _WATCH,
     "UNWATCH": _UNWATCH,
     "CLIENT": _CLIENT,
+    "SCRIPT": _CLIENT,
 }
 _STATEFUL = (
     "SELECT SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE MONITOR "
@@ -73,6 +74,11 @@ for _name in _STATEFUL.split():
 _CLIENT_DIRTY = frozenset(
     ["TRACKING", "REPLY", "SETNAME", "SETINFO", "NO-EVICT", "NO-TOUCH", "CACHING", "KILL"]
 )
+_SUBCOMMANDS = {
+    "CLIENT": _CLIENT_DIRTY,
+    # SCRIPT DEBUG YES|SYNC: this connection's next EVAL opens a Lua debugging session
+    "SCRIPT": frozenset(["DEBUG"]),
+}
 _cache: dict[Any, int] = {}
 
 
@@ -89,7 +95,7 @@ def _classify(name: Any) -> int:
     words = text.upper().split()
     kind = _NAMES.get(words[0], 0) if words else 0
     if kind == _CLIENT and len(words) > 1:
-        kind = _DIRTY if words[1] in _CLIENT_DIRTY else 0
+        kind = _DIRTY if words[1] in _SUBCOMMANDS[words[0]] else 0
     if len(_cache) < 4096 and exact:
         _cache[name] = kind
     return kind
@@ -144,7 +150,7 @@ class _PooledMixin:
         """Remember a stateful command (the last one counted) until its reply."""
         kind = _classify(args[0]) if args else 0
         if kind == _CLIENT:
-            kind = _DIRTY if len(args) > 1 and _classify_sub(args[1]) else 0
+            kind = _DIRTY if len(args) > 1 and _classify_sub(args[0], args[1]) else 0
         if kind:
             self._rp_mark(kind)
 
@@ -386,12 +392,13 @@ def _size(command: Any) -> int:
     return len(command)
 
 
-def _classify_sub(sub: Any) -> bool:
+def _classify_sub(name: Any, sub: Any) -> bool:
+    """Whether subcommand ``sub`` of ``name`` (CLIENT, SCRIPT) changes the session."""
     try:
-        text = _text(sub)
+        command, text = _text(name).upper().split()[0], _text(sub)
     except Exception:
         return True
-    return text.upper() in _CLIENT_DIRTY
+    return text.upper() in _SUBCOMMANDS.get(command, ())
 
 
 # The commands most sent: skip classification for them.

@@ -244,6 +244,8 @@ def test_connect_callbacks_make_it_dirty(make_pool: Callable[..., RedisPool]) ->
         ("READONLY",),  # refused without cluster mode: an error reply is doubt too
         ("WATCH", "k"),
         ("MULTI",),
+        ("SCRIPT", "DEBUG", "YES"),
+        ("script debug", "sync"),
     ],
     ids=lambda c: " ".join(c),
 )
@@ -259,6 +261,21 @@ def test_each_stateful_command_once_answered_makes_it_dirty(
     with pool.client() as r:
         assert r.echo("mine") == b"mine"
         assert _client_info(r)["flags"] == "N"
+    assert pool.stats().destroyed_by_reason == {"dirty": 1}
+
+
+@pytest.mark.parametrize("mode", ["YES", "SYNC"])
+def test_script_debug_does_not_reach_the_next_borrowers_eval(
+    make_pool: Callable[..., RedisPool], mode: str
+) -> None:
+    """SCRIPT DEBUG shows nowhere in CLIENT INFO; kept, the next borrower's EVAL
+    opened a Lua debugging session and got the debugger's output (SYNC: blocking
+    the server)."""
+    pool = make_pool()
+    with pool.client() as r:
+        assert r.execute_command("SCRIPT", "DEBUG", mode) == b"OK"
+    with pool.client() as r:
+        assert r.eval("return 7", 0) == 7
     assert pool.stats().destroyed_by_reason == {"dirty": 1}
 
 
