@@ -70,9 +70,21 @@ _STATEFUL = (
 )
 for _name in _STATEFUL.split():
     _NAMES[_name] = _DIRTY
-# CLIENT subcommands that change what this connection sees or is.
+# CLIENT subcommands that change what this connection sees or is (CAPA: Valkey 8's
+# -REDIRECT replies; MAINT_NOTIFICATIONS: Redis 8's maintenance pushes).
 _CLIENT_DIRTY = frozenset(
-    ["TRACKING", "REPLY", "SETNAME", "SETINFO", "NO-EVICT", "NO-TOUCH", "CACHING", "KILL"]
+    [
+        "TRACKING",
+        "REPLY",
+        "SETNAME",
+        "SETINFO",
+        "NO-EVICT",
+        "NO-TOUCH",
+        "CACHING",
+        "KILL",
+        "CAPA",
+        "MAINT_NOTIFICATIONS",
+    ]
 )
 _SUBCOMMANDS = {
     "CLIENT": _CLIENT_DIRTY,

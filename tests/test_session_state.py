@@ -244,6 +244,8 @@ def test_connect_callbacks_make_it_dirty(make_pool: Callable[..., RedisPool]) ->
         ("READONLY",),  # refused without cluster mode: an error reply is doubt too
         ("WATCH", "k"),
         ("MULTI",),
+        ("CLIENT", "CAPA", "redirect"),  # Valkey 8 (refused here: still in doubt)
+        ("CLIENT", "MAINT_NOTIFICATIONS", "ON"),  # Redis 8 (refused here: in doubt)
         ("SCRIPT", "DEBUG", "YES"),
         ("script debug", "sync"),
     ],
