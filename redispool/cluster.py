@@ -270,8 +270,9 @@ class RedisClusterPool:
                 f"READ_{prefix}URL is not used with a cluster: set read_from_replicas=True"
             )
         url = opts.pop("url", None)
-        if url is None:
-            raise ValueError(f"{prefix}URL is not set")
+        env = os.environ if environ is None else environ
+        if url is None or not (env.get(f"{prefix}URL") or env.get(f"WRITE_{prefix}URL")):
+            raise ValueError(f"{prefix}URL is not set")  # (TLS mode alone gives localhost)
         opts.update(overrides)
         return cls(url, **opts)
 

@@ -116,7 +116,8 @@ def env_options(prefix: str = "REDIS_", environ: Mapping[str, str] | None = None
     ``{prefix}POOL_MAX_LIFETIME``, ``{prefix}HEALTH_CHECK_INTERVAL``,
     ``{prefix}CONNECT_TIMEOUT``, ``{prefix}SOCKET_TIMEOUT``, ``{prefix}DNS_TTL``,
     ``{prefix}CLIENT_NAME``; ``ENABLE_{prefix}TLS_MODE=1`` turns ``redis://`` into
-    ``rediss://``. A malformed value raises ``ValueError`` naming the variable.
+    ``rediss://`` (the default URL too; a ``unix://`` URL is refused). A malformed
+    value raises ``ValueError`` naming the variable.
     """
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, got {prefix!r} ({type(prefix).__name__})")
@@ -142,6 +143,8 @@ def env_options(prefix: str = "REDIS_", environ: Mapping[str, str] | None = None
         if value:
             if tls and value.lower().startswith("redis://"):
                 value = "rediss://" + value[len("redis://") :]
+            elif tls and value.strip().lower().startswith("unix://"):
+                raise ValueError(f"{tls_var} is set but {var} is a unix:// socket (no TLS there)")
             try:
                 parse_redis_url(value)  # messages are redacted
             except ValueError as exc:
@@ -150,6 +153,8 @@ def env_options(prefix: str = "REDIS_", environ: Mapping[str, str] | None = None
                 opts[key] = value
                 continue
             raise ValueError(f"{var}: {detail}")
+    if tls and "url" not in opts:  # RedisPool's default URL (Sentinel: its scheme), with TLS
+        opts["url"] = "rediss://localhost:6379/0"
     for suffix, (option, kind, minimum) in _ENV.items():
         var = prefix + suffix
         raw = get(var)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.connection import SSLConnection
 
 from redispool import PoolError, RedisPool
 from redispool.config import env_options, parse_redis_url, redact_url
@@ -187,6 +188,22 @@ def test_env_options_tls_mode_and_bad_values() -> None:
     with pytest.raises(ValueError, match="ENABLE_REDIS_TLS_MODE must be true or false"):
         env_options(environ={"ENABLE_REDIS_TLS_MODE": "maybe"})
     assert env_options(prefix="CACHE_", environ={"CACHE_URL": "redis://c"}) == {"url": "redis://c"}
+
+
+def test_env_tls_mode_is_never_dropped_silently() -> None:
+    """ENABLE_REDIS_TLS_MODE=1 without REDIS_URL gave the plaintext default URL
+    (with REDIS_SENTINELS: plaintext data nodes), and with a unix:// URL no TLS."""
+    tls = {"ENABLE_REDIS_TLS_MODE": "1"}
+    assert env_options(environ=tls) == {"url": "rediss://localhost:6379/0"}
+    pool = RedisPool.from_env(environ=tls, min_size=0)
+    assert pool.url.startswith("rediss://") and issubclass(pool._conn_class, SSLConnection)
+    pool.close()
+    with_sentinels = {**tls, "REDIS_SENTINELS": "127.0.0.1:1", "REDIS_SENTINEL_SERVICE": "m"}
+    pool = RedisPool.from_env(environ=with_sentinels, min_size=0, background=False)
+    assert issubclass(pool._conn_class, SSLConnection)
+    pool.close()
+    with pytest.raises(ValueError, match="ENABLE_REDIS_TLS_MODE is set but REDIS_URL is a unix"):
+        env_options(environ={**tls, "REDIS_URL": "unix:///tmp/redis.sock"})
 
 
 @pytest.mark.parametrize(

@@ -180,6 +180,8 @@ def test_from_env_and_startup_node_list(redis_cluster: RedisClusterServer) -> No
         assert pool.redis.set("{s}k", 1) and pool.redis.get("{s}k") == b"1"
     with pytest.raises(ValueError, match="REDIS_CLUSTER_URL is not set"):
         RedisClusterPool.from_env(environ={})
+    with pytest.raises(ValueError, match="REDIS_CLUSTER_URL is not set"):
+        RedisClusterPool.from_env(environ={"ENABLE_REDIS_CLUSTER_TLS_MODE": "1"})
     with pytest.raises(ValueError, match="READ_REDIS_CLUSTER_URL"):
         RedisClusterPool.from_env(environ={**env, "READ_REDIS_CLUSTER_URL": redis_cluster.url})
 
