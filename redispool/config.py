@@ -103,6 +103,8 @@ _ENV: dict[str, tuple[str, type, float]] = {
     "DNS_TTL": ("dns_ttl", float, 0),
     "CLIENT_NAME": ("client_name", str, 0),
 }
+# What RedisPool refuses beyond the minimum: checked here, so the error names the variable.
+_MAXIMUM = {"CONNECT_TIMEOUT": 1e7, "SOCKET_TIMEOUT": 1e7}  # (redis_pool.MAX_SOCKET_TIMEOUT)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -169,6 +171,12 @@ def env_options(prefix: str = "REDIS_", environ: Mapping[str, str] | None = None
         if kind is not str and not (math.isfinite(value) and value >= minimum):
             what = "an integer" if kind is int else "a finite number"
             raise ValueError(f"{var} must be {what} >= {minimum:g}, got {raw!r}")
+        if suffix in _MAXIMUM and value > _MAXIMUM[suffix]:
+            raise ValueError(f"{var} must be <= {_MAXIMUM[suffix]:g} seconds, got {raw!r}")
+        if kind is str and not all(33 <= ord(c) <= 126 for c in value):
+            raise ValueError(
+                f"{var} ({option}) must be printable ASCII without spaces, got {raw!r}"
+            )
         opts[option] = value
     return opts
 
@@ -215,6 +223,10 @@ def sentinel_env(
     ``{prefix}SENTINELS``. The data nodes' credentials, db and TLS come from
     ``{prefix}URL`` as usual (its host and port are ignored)."""
     env = os.environ if environ is None else environ
+    for suffix in ("SENTINELS", "SENTINEL_SERVICE", "SENTINEL_USERNAME", "SENTINEL_PASSWORD"):
+        value = env.get(prefix + suffix)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{prefix}{suffix} must be a str, got {type(value).__name__}")
     raw = (env.get(f"{prefix}SENTINELS") or "").strip()
     if not raw:
         return None

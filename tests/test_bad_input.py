@@ -466,12 +466,30 @@ FROM_ENV: dict[str, tuple[dict[str, Any], dict[str, Any], type[Exception], tuple
     ),
     "dns-ttl-abc": ({"REDIS_DNS_TTL": "30s"}, {}, ValueError, ("REDIS_DNS_TTL",)),
     "tls-maybe": ({"ENABLE_REDIS_TLS_MODE": "maybe"}, {}, ValueError, ("ENABLE_REDIS_TLS_MODE",)),
-    "client-name-space": ({"REDIS_CLIENT_NAME": "my app"}, {}, ValueError, ("client_name",)),
+    "client-name-space": (
+        {"REDIS_CLIENT_NAME": "my app"},
+        {},
+        ValueError,
+        ("REDIS_CLIENT_NAME", "client_name"),
+    ),
     "min>max": (
         {"REDIS_POOL_MIN_SIZE": "9", "REDIS_POOL_MAX_SIZE": "3"},
         {},
         ValueError,
         ("min_size", "max_size"),
+    ),
+    # refused by RedisPool after env_options accepted them: named as the option only
+    "socket-timeout-huge": (
+        {"REDIS_SOCKET_TIMEOUT": "1e8"},
+        {},
+        ValueError,
+        ("REDIS_SOCKET_TIMEOUT",),
+    ),
+    "sentinels-not-str": (
+        {"REDIS_SENTINELS": 26379, "REDIS_SENTINEL_SERVICE": "m"},
+        {},
+        TypeError,
+        ("REDIS_SENTINELS",),
     ),
     "override-unknown": ({}, {"bogus": 1}, TypeError, ("bogus",)),
     "override-bad": ({}, {"max_size": -1}, ValueError, ("max_size",)),
