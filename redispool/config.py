@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
-from redis.connection import parse_url
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
 
 __all__ = ["env_options", "parse_redis_url", "redact_url"]
 
@@ -61,7 +61,9 @@ def parse_redis_url(url: str) -> dict[str, Any]:
             return kwargs
         detail = problem
     if shown != url:  # the parser quotes pieces of the URL: maybe of the password
-        detail = re.sub(r"'[^']*'", "'***'", detail)
+        named = re.fullmatch(r"Invalid value for '(\w+)' in connection URL\.", detail)
+        if named is None or named.group(1) not in URL_QUERY_ARGUMENT_PARSERS:
+            detail = re.sub(r"'[^']*'", "'***'", detail)  # (but not the bad option's name)
     # Raised outside the except block: no __context__ holding the raw URL text.
     raise ValueError(f"url {shown!r} is invalid: {detail}")
 

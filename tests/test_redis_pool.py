@@ -212,6 +212,9 @@ def test_env_tls_mode_is_never_dropped_silently() -> None:
         ("http://h:6379", ValueError, "url must start with redis://"),
         ("", ValueError, "url must not be empty"),
         ("redis://:hunter2@h:notaport", ValueError, "is invalid"),
+        # with a password in the URL, the bad option is still named
+        ("redis://:hunter2@h?db=abc", ValueError, "Invalid value for 'db'"),
+        ("redis://u:hunter2@h/0?socket_timeout=x", ValueError, "value for 'socket_timeout'"),
         (6379, TypeError, "url must be a str"),
     ],
 )
