@@ -112,6 +112,18 @@ def _check_connection_options(kwargs: dict[str, Any]) -> None:
         raise ValueError(
             f"client_name must be a str of printable ASCII without spaces, got {name!r}"
         )
+    # Read at each TLS handshake: a missing file failed every connect, reported as
+    # a network error ("network:ConnectionError"), not as the option.
+    for key, exists in (
+        ("ssl_ca_certs", os.path.isfile),
+        ("ssl_certfile", os.path.isfile),
+        ("ssl_keyfile", os.path.isfile),
+        ("ssl_ca_path", os.path.isdir),
+    ):
+        path = kwargs.get(key)
+        if isinstance(path, (str, os.PathLike)) and not exists(path):
+            what = "directory" if exists is os.path.isdir else "file"
+            raise ValueError(f"{key}: no such {what} {os.fspath(path)!r}")
     decode = kwargs.get("decode_responses")
     if decode is not None and not isinstance(decode, int):  # a str such as "no" is truthy
         raise TypeError(

@@ -307,6 +307,18 @@ REDIS_POOL: dict[str, Case] = {
         TypeError,
         ("decode_responses",),
     ),
+    "url-ssl-ca-missing": (  # every TLS handshake failed, reported as a network error
+        lambda c: RedisPool("rediss://127.0.0.1:6379/0?ssl_ca_certs=/nonexistent/ca.pem"),
+        ValueError,
+        ("ssl_ca_certs", "/nonexistent/ca.pem"),
+    ),
+    "ssl-certfile-missing": (
+        lambda c: RedisPool(
+            "rediss://127.0.0.1:6379/0", ssl_certfile="/nonexistent/c.pem", ssl_keyfile="/k"
+        ),
+        ValueError,
+        ("ssl_certfile", "/nonexistent/c.pem"),
+    ),
     "url-query-unknown": (lambda c: RedisPool(_url(c, "/0?bogus=1")), TypeError, ("bogus",)),
     "url-huge-host": (
         lambda c: RedisPool("redis://" + "h" * 100_000 + ":6379/0"),
