@@ -12,6 +12,7 @@ discarded unless it is connected, owes no reply and holds no session state.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import inspect
 import os
@@ -124,6 +125,27 @@ def _check_connection_options(kwargs: dict[str, Any]) -> None:
         if isinstance(path, (str, os.PathLike)) and not exists(path):
             what = "directory" if exists is os.path.isdir else "file"
             raise ValueError(f"{key}: no such {what} {os.fspath(path)!r}")
+    # Options that failed every connect (TypeError from getaddrinfo, LookupError,
+    # AttributeError, "network:ConnectionError"), not naming themselves.
+    host = kwargs.get("host")
+    if host is not None and "path" not in kwargs and not isinstance(host, str):
+        raise TypeError(f"host must be a str, got {host!r} ({type(host).__name__})")
+    for key, lookup in (("encoding", codecs.lookup), ("encoding_errors", codecs.lookup_error)):
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        try:
+            lookup(value)
+        except (LookupError, TypeError):
+            raise ValueError(f"{key}: unknown {key.replace('_', ' ')} {value!r}") from None
+    keepalive = kwargs.get("socket_keepalive_options")
+    if keepalive is not None and not isinstance(keepalive, Mapping):
+        raise TypeError(
+            f"socket_keepalive_options must be a mapping (option: value), got {keepalive!r}"
+        )
+    read_size = kwargs.get("socket_read_size")
+    if read_size is not None:
+        _number("socket_read_size", read_size, minimum=1, integer=True)
     decode = kwargs.get("decode_responses")
     if decode is not None and not isinstance(decode, int):  # a str such as "no" is truthy
         raise TypeError(

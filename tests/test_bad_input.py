@@ -319,6 +319,24 @@ REDIS_POOL: dict[str, Case] = {
         ValueError,
         ("ssl_certfile", "/nonexistent/c.pem"),
     ),
+    # accepted, then every connect failed (TypeError, LookupError, AttributeError)
+    "host-int": (lambda c: RedisPool(c.url, host=5), TypeError, ("host",)),
+    "encoding-unknown": (lambda c: RedisPool(c.url, encoding="nope"), ValueError, ("encoding",)),
+    "encoding-errors-unknown": (
+        lambda c: RedisPool(c.url, encoding_errors="nope"),
+        ValueError,
+        ("encoding_errors",),
+    ),
+    "keepalive-options-str": (
+        lambda c: RedisPool(c.url, socket_keepalive=True, socket_keepalive_options="x"),
+        TypeError,
+        ("socket_keepalive_options",),
+    ),
+    "read-size-0": (
+        lambda c: RedisPool(c.url, socket_read_size=0),
+        ValueError,
+        ("socket_read_size",),
+    ),
     "url-query-unknown": (lambda c: RedisPool(_url(c, "/0?bogus=1")), TypeError, ("bogus",)),
     "url-huge-host": (
         lambda c: RedisPool("redis://" + "h" * 100_000 + ":6379/0"),
