@@ -506,3 +506,96 @@ def test_next_borrower_always_gets_a_fresh_session(
         side.close()
     # Not vacuous: clean connections were reused, dirty ones replaced.
     assert seen["reused"] > _EXAMPLES // 4 and seen["fresh"] > _EXAMPLES // 4, seen
+
+
+# -- command words in every form redis-py sends --------------------------------
+
+
+class _Word(str, enum.Enum):
+    SELECT = "SELECT"
+    CLIENT = "CLIENT"
+    SCRIPT = "SCRIPT"
+
+
+def _word_forms(word: str, first: bool) -> st.SearchStrategy[Any]:
+    """``word`` as a caller may write it; each one reaches the server as ``word``
+    (redis-py splits the first argument at whitespace)."""
+    forms: list[Any] = [word, word.lower(), word.title()]
+    forms += [word.encode(), word.lower().encode(), memoryview(word.encode())]
+    if first:
+        forms.append(f" {word.lower()}\t")
+    if word in _Word.__members__:
+        forms.append(_Word[word])
+    return st.sampled_from(forms)
+
+
+# (words, arguments): stateful ones and a plain one
+_WORD_COMMANDS = [
+    (("SELECT",), ("1",)),
+    (("CLIENT", "SETNAME"), ("who",)),
+    (("CLIENT", "TRACKING"), ("ON",)),
+    (("SCRIPT", "DEBUG"), ("YES",)),
+    (("HELLO",), ("3",)),
+    (("ECHO",), ("plain",)),
+]
+
+
+@st.composite
+def _word_command(draw: st.DrawFn) -> tuple[Any, ...]:
+    words, args = draw(st.sampled_from(_WORD_COMMANDS))
+    return (*(draw(_word_forms(w, i == 0)) for i, w in enumerate(words)), *args)
+
+
+def test_command_words_in_any_form_never_reach_the_next_borrower(
+    redis_url: str,
+) -> None:
+    """Random blocks of commands whose words are str (any case, padded), bytes,
+    memoryview or a (str, Enum) member, sent raw, packed or in a pipeline: the
+    next borrower sees a fresh session and its EVAL is not debugged."""
+    pool = RedisPool(redis_url, min_size=0, max_size=1, timeout=5, protocol=2)
+    fresh = _fresh_session(pool)
+
+    def send(conn: Any, how: str, command: tuple[Any, ...]) -> None:
+        try:
+            if how == "raw":
+                conn.send_command(*command)
+            else:
+                conn.send_packed_command(conn.pack_command(*command))
+            conn.read_response()
+        except Exception:  # HELLO 3 on a RESP2 parser: that block's own trouble
+            pass
+
+    @settings(max_examples=120, deadline=None, derandomize=True, database=None)
+    @given(
+        st.lists(
+            st.tuples(st.sampled_from(["raw", "packed", "pipeline"]), _word_command()),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    def run(block: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with pool.connection() as conn:
+            for how, command in block:
+                if how == "pipeline":
+                    continue
+                send(conn, how, command)
+        with pool.client() as r:
+            for how, command in block:
+                if how == "pipeline" and not isinstance(command[0], memoryview):
+                    with r.pipeline(transaction=False) as pipe:
+                        try:
+                            pipe.execute_command(*command).execute()
+                        except Exception:
+                            pass
+        with pool.client() as r:
+            try:
+                assert _probe(r) == fresh
+                assert r.eval("return 7", 0) == 7
+            except BaseException:
+                pool.drain()
+                raise
+
+    try:
+        run()
+    finally:
+        pool.close()
