@@ -139,6 +139,8 @@ class _PooledMixin:
     _rp_base = 0  # ``_rp_sent`` when the command count was last set
     _rp_errors = 0  # error replies and failed reads
     _rp_poll: Any = None
+    _rp_own = False  # inside our send_command: what it sends is the command it counted
+    _rp_packed: Any = None  # what pack_command(s) last returned, until it is sent
     _rp_timeout: float | None = None  # the per-operation timeout while TIMEOUT_SET
     _rp_kernel = 0.0  # the socket's timeout when the kernel keeps it (see _sockio), or 0
     _rp_dns: DNSCache | None = None
@@ -177,24 +179,35 @@ class _PooledMixin:
         self._rp_pending += 1
         if not args or not isinstance(args[0], (str, bytes)) or args[0] not in _PLAIN:
             self._rp_note(args)
-        super().send_command(*args, **kwargs)  # type: ignore[misc]
+        own, self._rp_own = self._rp_own, True
+        try:
+            super().send_command(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._rp_own = own
 
     def pack_command(self, *args: Any) -> Any:
-        self._rp_sent += 1
+        packed = super().pack_command(*args)  # type: ignore[misc]
+        self._rp_sent += 1  # (counted once packed: a DataError packs nothing)
         self._rp_pending += 1
         self._rp_note(args)
-        return super().pack_command(*args)  # type: ignore[misc]
+        self._rp_packed = packed
+        return packed
 
     def pack_commands(self, commands: Any) -> Any:
         commands = list(commands)
+        packed = super().pack_commands(commands)  # type: ignore[misc]
         for cmd in commands:
             self._rp_sent += 1
             self._rp_pending += 1
             self._rp_note(cmd)
-        return super().pack_commands(commands)  # type: ignore[misc]
+        self._rp_packed = packed
+        return packed
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        if self._rp_flushed == self._rp_sent:  # bytes we did not pack: effect unknown
+        if command is self._rp_packed:
+            self._rp_packed = None
+        elif not self._rp_own:  # bytes we did not pack: effect unknown
+            # (not the commands packed before and still unsent: those stay owed)
             self._rp_sent += 1
             self._rp_pending += 1
             self._rp_mark(_DIRTY)

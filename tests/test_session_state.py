@@ -208,6 +208,29 @@ def test_bytes_packed_elsewhere_make_it_dirty(make_pool: Callable[..., RedisPool
     assert pool.stats().destroyed_by_reason == {"dirty": 1}
 
 
+_RAW_SELECT = [b"*2\r\n$6\r\nSELECT\r\n$1\r\n1\r\n"]
+
+
+@pytest.mark.parametrize("before", ["packed-unsent", "data-error"])
+def test_raw_bytes_after_a_command_never_sent_make_it_dirty(
+    make_pool: Callable[..., RedisPool], before: str
+) -> None:
+    """Raw bytes were taken for the commands already counted but never sent (one
+    packed and kept, one whose packing raised DataError): SELECT went unseen."""
+    pool = make_pool()
+    with pool.connection() as conn:
+        if before == "packed-unsent":
+            conn.pack_command("GET", "k")
+        else:
+            with pytest.raises(redis.DataError):
+                conn.send_command("SET", "k", None)
+        conn.send_packed_command(_RAW_SELECT)
+        assert conn.read_response() == b"OK"
+    with pool.client() as r:
+        assert _client_info(r)["db"] == "0"
+    assert pool.stats().destroyed_by_reason == {"dirty": 1}
+
+
 def test_connect_callbacks_make_it_dirty(make_pool: Callable[..., RedisPool]) -> None:
     """Connect callbacks (PubSub's re-subscription) run after the handshake: user state."""
 
