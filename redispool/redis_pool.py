@@ -16,6 +16,7 @@ import codecs
 import dataclasses
 import inspect
 import os
+import ssl
 import threading
 import time
 import weakref
@@ -146,6 +147,7 @@ def _check_connection_options(kwargs: dict[str, Any]) -> None:
     read_size = kwargs.get("socket_read_size")
     if read_size is not None:
         _number("socket_read_size", read_size, minimum=1, integer=True)
+    _check_tls_context_options(kwargs)
     decode = kwargs.get("decode_responses")
     if decode is not None and not isinstance(decode, int):  # a str such as "no" is truthy
         raise TypeError(
@@ -154,6 +156,30 @@ def _check_connection_options(kwargs: dict[str, Any]) -> None:
     retry = kwargs.get("retry")
     if retry is not None and not isinstance(retry, Retry):
         raise TypeError(f"retry must be a redis.retry.Retry or None, got {retry!r}")
+
+
+def _check_tls_context_options(kwargs: dict[str, Any]) -> None:
+    """ssl_min_version / ssl_ciphers as the TLS context takes them at each handshake
+    (a bad one failed every connect: ValueError, TypeError or network:ConnectionError)."""
+    version, ciphers = kwargs.get("ssl_min_version"), kwargs.get("ssl_ciphers")
+    if version is None and not ciphers:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if version is not None:
+        try:
+            context.minimum_version = version
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(
+                f"ssl_min_version must be an ssl.TLSVersion (TLSVersion.TLSv1_2, ...), "
+                f"got {version!r}"
+            ) from None
+    if ciphers:
+        try:
+            context.set_ciphers(ciphers)
+        except (TypeError, ssl.SSLError):
+            raise ValueError(
+                f"ssl_ciphers selects no cipher (OpenSSL cipher list), got {ciphers!r}"
+            ) from None
 
 
 _HImportRegistry: Callable[[], Any] | None

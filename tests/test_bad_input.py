@@ -337,6 +337,21 @@ REDIS_POOL: dict[str, Case] = {
         ValueError,
         ("socket_read_size",),
     ),
+    "url-ssl-min-version": (  # every TLS handshake failed (ValueError, TypeError)
+        lambda c: RedisPool("rediss://127.0.0.1:6379/0?ssl_min_version=99"),
+        ValueError,
+        ("ssl_min_version",),
+    ),
+    "ssl-min-version-str": (
+        lambda c: RedisPool("rediss://127.0.0.1:6379/0", ssl_min_version="TLSv1_2"),
+        ValueError,
+        ("ssl_min_version",),
+    ),
+    "ssl-ciphers-none": (  # ... reported as network:ConnectionError
+        lambda c: RedisPool("rediss://127.0.0.1:6379/0", ssl_ciphers="NOPE"),
+        ValueError,
+        ("ssl_ciphers",),
+    ),
     "url-query-unknown": (lambda c: RedisPool(_url(c, "/0?bogus=1")), TypeError, ("bogus",)),
     "url-huge-host": (
         lambda c: RedisPool("redis://" + "h" * 100_000 + ":6379/0"),
