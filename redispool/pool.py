@@ -64,6 +64,7 @@ __all__ = ["ObjectPool"]
 T = TypeVar("T")
 log = logging.getLogger("redispool.pool")
 _NO_TICKET = _Ticket()  # written to instead of a missing ticket (a store, not a branch)
+_RECLAIM_EVERY = 0.5  # how often a queued borrower looks for abandoned leases (see _wait)
 _obj_of = attrgetter("obj")
 
 _new = object.__new__  # (a lease without a call to __init__)
@@ -362,7 +363,8 @@ class ObjectPool(Generic[T]):
     def _reclaim(self) -> None:
         """Destroy the objects of leases dropped without their ``__exit__`` (see
         ``_poolparts._Out``): their blocks may have left them in any state. Run
-        before a borrow queues or creates, by upkeep, and by ``close()``."""
+        before a borrow queues or creates, by queued borrowers (see ``_wait``),
+        by upkeep, and by ``close()``."""
         abandoned = self._abandoned
         while abandoned:
             try:
@@ -445,12 +447,20 @@ class ObjectPool(Generic[T]):
         An interruption is the caller's to handle: its ticket says what it holds.
         """
         lock = ticket.lock
-        if deadline == _INF:
-            handed = lock.acquire()
-        else:
-            # A huge finite timeout is "forever" (acquire() overflows past TIMEOUT_MAX).
-            left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
-            handed = lock.acquire(True, left)
+        while True:
+            left = deadline - time.monotonic()
+            if left > _RECLAIM_EVERY:
+                # In slices: a lease dropped without its __exit__ while this waits
+                # frees a slot only once reclaimed (see _reclaim), and no return
+                # or borrow may come to do it.
+                handed = lock.acquire(True, _RECLAIM_EVERY)
+                if not handed:
+                    if self._abandoned:
+                        self._reclaim()
+                    continue
+            else:
+                handed = lock.acquire(True, max(0.0, left))
+            break
         if handed:  # out of the queue: whoever released the lock wrote the result
             ticket.lock = None  # (under the pool's lock, before the release) and
             result = ticket.result  # counted the wait; no need to take that lock again

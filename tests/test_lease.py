@@ -509,3 +509,48 @@ def test_a_subclass_own_borrow_and_release_run_inside_acquire(cls: type[_CountsC
         base: ObjectPool[Resource] = plain(Factory(), background=False)
         assert type(base.acquire()) is _Lease
         base.close()
+
+
+def test_a_borrower_already_waiting_gets_the_slot_of_a_lease_dropped_without_exit() -> None:
+    """A lease cut short at ``__exit__``'s first instruction queues its object
+    for the reclaim, which ran only when a borrow was about to queue or create,
+    at upkeep (up to a minute away) and at close: a borrower queued before it
+    waited on past that, until its timeout (``None``: until upkeep, or for good
+    without it). Queued borrowers now reclaim too."""
+    pool = ObjectPool(Factory(), destroy=Factory.destroy, max_size=1, background=False)
+    lease = pool.acquire()
+    code = type(lease).__exit__.__code__
+    got: list[Any] = []
+
+    def waiter() -> None:
+        t0 = time.monotonic()
+        try:
+            with pool.acquire(5.0) as obj:
+                got.append((obj, time.monotonic() - t0))
+        except PoolTimeout as exc:
+            got.append((exc, time.monotonic() - t0))
+
+    def hook(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is code and event == "call":
+            sys.settrace(None)
+            raise Interrupt
+        return None
+
+    thread = threading.Thread(target=waiter)
+    try:
+        with pytest.raises(Interrupt):
+            with lease as first:
+                thread.start()
+                while not pool.stats().waiting:
+                    time.sleep(0.005)
+                sys.settrace(hook)
+    finally:
+        sys.settrace(None)
+    del lease  # (its object is queued for the reclaim; nobody borrows after it)
+    thread.join(10)
+    [(second, waited)] = got
+    assert not isinstance(second, PoolTimeout), f"still waiting after {waited:.1f} s"
+    assert second is not first and first.destroyed and waited < 2.0
+    s = pool.stats()
+    assert s.in_use == 0 and s.size == 1 and s.destroyed_by_reason == {"dirty": 1}, s
+    pool.close()
