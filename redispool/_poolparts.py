@@ -98,6 +98,11 @@ class _Out:
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A copy (copy.copy, deepcopy, pickle) would be entered too, with this
+        # finalizer: dropped, it would hand back the object this lease still lends.
+        raise TypeError(f"an entered lease ({type(self).__name__}) cannot be copied")
+
 
 _L = TypeVar("_L")
 

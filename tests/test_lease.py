@@ -5,6 +5,7 @@ step of a lease (nothing lost)."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import random
@@ -20,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from redispool import ObjectPool, PoolTimeout
 from redispool._poolparts import _Lease
+from redispool.redis_pool import _ClientLease, _ConnectionLease
 
 from .helpers import Factory, FakeClock, Resource
 from .test_slots import Injected, _Injector  # raises at the n-th step of the pool's code
@@ -554,3 +556,30 @@ def test_a_borrower_already_waiting_gets_the_slot_of_a_lease_dropped_without_exi
     s = pool.stats()
     assert s.in_use == 0 and s.size == 1 and s.destroyed_by_reason == {"dirty": 1}, s
     pool.close()
+
+
+@pytest.mark.parametrize("how", ["acquire", "tuned", "methods"])
+def test_a_copy_of_an_entered_lease_does_not_give_its_object_back(how: str) -> None:
+    """An entered lease has a finalizer that hands its object back (see
+    ``_poolparts._Out``); ``copy.copy`` made a second entered lease, and once
+    that copy was dropped the pool destroyed the object under its borrower,
+    whose exit then raised ValueError. An entered lease refuses to be copied."""
+    cls = _CountsCalls if how == "methods" else ObjectPool
+    pool = cls(Factory(), destroy=Factory.destroy, max_size=2, background=False)
+    lease = pool.acquire(1.0) if how == "tuned" else pool.acquire()
+    with lease as obj:
+        for copier in (copy.copy, copy.deepcopy):
+            with pytest.raises(TypeError, match="lease"):
+                copier(lease)
+        gc.collect()
+        pool.release(pool.borrow())  # (a borrow that would reclaim)
+        pool.release(pool.borrow())
+        pool._reclaim()
+        assert not obj.destroyed and pool.stats().in_use == 1
+    s = pool.stats()
+    assert s.in_use == 0 and s.destroyed == 0, s
+    copy.copy(pool.acquire())  # (one not entered holds nothing: it may be)
+    pool.close()
+    for redis_lease in (_ConnectionLease, _ClientLease):  # (theirs too)
+        with pytest.raises(TypeError, match="lease"):
+            copy.copy(object.__new__(redis_lease._out))
