@@ -127,6 +127,19 @@ def test_random_outcomes_never_leave_the_breaker_stuck(threshold: int, steps: li
     assert breaker.enter() is not None
 
 
+def test_a_failed_trial_counts_as_the_breaker_opening_again() -> None:
+    """``opened`` (in stats and health) counts each time it opens: a failed
+    half-open trial reopens it, and was not counted."""
+    breaker = half_open()
+    assert breaker.opened == 1
+    ticket = breaker.enter()
+    assert ticket  # the trial
+    breaker.failure(ticket)
+    assert breaker.opened == 2 and breaker.state != "closed"
+    breaker.failure()  # a late failure while open: not another opening
+    assert breaker.opened == 2
+
+
 def test_a_late_verdict_of_an_earlier_call_does_not_end_the_trial() -> None:
     """Found by the random test: a call let through while closed (ticket 0) fails
     after the breaker went half-open and its trial began; that failure counts,

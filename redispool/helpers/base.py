@@ -250,10 +250,11 @@ class CircuitBreaker:
         """A call found Redis unable to serve (``ticket`` as for ``success``)."""
         with self._lock:
             self.failures += 1
+            trial = bool(self._trial) and (ticket is None or ticket == self._trial)
             if ticket is None or ticket == self._trial:
                 self._trial = 0
             if self.failures >= self.threshold:
-                if self.failures == self.threshold:
+                if self.failures == self.threshold or trial:  # (a failed trial reopens)
                     self.opened += 1
                 jitter = 0.5 + random.random()  # 0.5x .. 1.5x
                 self._open_until = self._clock() + self.cooldown * jitter

@@ -307,10 +307,8 @@ class RateLimiter(HelperBase):
         return self._run(key, cost, peek=True)
 
     def _run(self, key: Any, cost: int, *, peek: bool) -> RateLimitResult:
-        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
-            raise ValueError(f"cost must be an int >= 0, got {cost!r}")
-        if cost == 0:
-            raise ValueError("cost must be >= 1")
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+            raise ValueError(f"cost must be an int >= 1, got {cost!r}")
         redis_key = self.key_for(key)
         args = self._argv(cost, peek)
         try:
