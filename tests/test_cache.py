@@ -654,6 +654,47 @@ def test_under_gevent_monkey_patching(redis_url: str) -> None:
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+_GEVENT_KILLED_WRITER = """
+from gevent import monkey
+monkey.patch_all()
+import gc, gevent, sys
+from redispool import RedisPool
+from redispool.helpers.cache import Cache
+
+pool = RedisPool(sys.argv[1], min_size=1, max_size=4)
+cache = Cache(pool, namespace="killed-writer")
+cache.invalidate_all()
+cache.get_with_fallback("a", lambda: 1)
+assert cache.flush(2)
+thread = cache._writer._thread
+greenlets = [g for g in gc.get_objects() if isinstance(g, gevent.Greenlet)]
+writer = next(g for g in greenlets if id(g) == thread.ident)
+writer.kill()  # (or a signal handler's exception: the writer runs on the main thread)
+assert not thread.is_alive()
+cache.get_with_fallback("b", lambda: 2)
+assert cache.flush(2), cache.stats()["pending_writes"]
+assert cache.get("b") == 2
+assert cache.close(2)
+print("ok")
+"""
+
+
+def test_under_gevent_a_killed_writer_is_replaced(redis_url: str) -> None:
+    # Regression: a writer greenlet killed (greenlet.kill, or an exception a
+    # signal handler raised while it ran) stayed the writer: later write-backs
+    # queued for ever, flush() never succeeded, the leases waited out their TTL.
+    pytest.importorskip("gevent")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", _GEVENT_KILLED_WRITER, redis_url],
+        capture_output=True,
+        env=env,
+        timeout=30,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_namespace_and_tag_invalidation(
     make_cache: Callable[..., Cache], admin: redis.Redis
 ) -> None:

@@ -63,9 +63,11 @@ class BackgroundWriter:
             self._pending = 0
             self._idle = threading.Condition()
             self._pid = pid
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
+            # (not alive: killed, e.g. a greenlet.kill or, under gevent, a signal
+            # handler's exception landing in it: a new one runs what is queued)
             with self._lock:
-                if self._thread is None:
+                if self._thread is None or not self._thread.is_alive():
                     thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                     self._thread = thread
                     try:
