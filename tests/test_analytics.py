@@ -822,3 +822,43 @@ def test_counts_exact_with_redis_refusing_writes_at_random(
         assert {k: int(v or 0) for k, v in zip(keys, got, strict=True)} == dict(expected)
         assert a.stats()["buffered"] == 0 and a.stats()["dropped"] == 0
     admin.close()
+
+
+_GEVENT_KILLED_FLUSHER = """
+from gevent import monkey
+monkey.patch_all()
+import gc, gevent, os, sys
+from redispool import RedisPool
+from redispool.helpers.analytics import Analytics
+
+pool = RedisPool(sys.argv[1], min_size=1, max_size=4)
+stats = Analytics(pool, namespace=f"killed{os.getpid()}", buffered=True, flush_interval=0.05)
+stats.incr("x")
+thread = stats._thread
+greenlets = [g for g in gc.get_objects() if isinstance(g, gevent.Greenlet)]
+flusher = next(g for g in greenlets if id(g) == thread.ident)
+flusher.kill()  # (or a signal handler's exception: the flusher runs on the main thread)
+assert not thread.is_alive()
+stats.incr("x")
+gevent.sleep(0.5)
+assert stats.stats()["buffered"] == 0, stats.stats()
+assert stats.get("x") == 2
+stats.close()
+print("ok")
+"""
+
+
+def test_under_gevent_a_killed_flush_thread_is_replaced(redis_url: str) -> None:
+    # Regression: a flush greenlet killed (greenlet.kill, or an exception a
+    # signal handler raised while it ran) stayed the flusher: buffered writes
+    # were not flushed any more until close().
+    pytest.importorskip("gevent")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-c", _GEVENT_KILLED_FLUSHER, redis_url],
+        capture_output=True,
+        env=env,
+        timeout=30,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -319,7 +319,9 @@ class Analytics(HelperBase):
         with self._lock:
             if self._closed:
                 return False
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
+                # (not alive: killed, e.g. a greenlet.kill or, under gevent, a
+                # signal handler's exception landing in it: a new one flushes)
                 thread = threading.Thread(
                     target=_flusher,
                     args=(weakref.ref(self), self._wake, self._stop, self.flush_interval),
