@@ -196,13 +196,23 @@ def _upkeep_loop(ref: weakref.ref[ObjectPool[Any]], wake: threading.Event, gen: 
             log.exception("pool %r: upkeep failed", pool.name)
             delay = 1.0
         except BaseException:
-            # The thread is going away (interpreter exit, gevent kill): let the
-            # next borrow start a new one.
-            with pool._lock:
-                if pool._upkeep is threading.current_thread():
-                    pool._upkeep_claimed = False
-                    pool._upkeep = None
+            _let_go(pool)
             raise
         del pool
-        wake.wait(min(delay, 60.0))
+        try:
+            wake.wait(min(delay, 60.0))
+        except BaseException:  # (where a kill finds it: it waits most of the time)
+            pool = ref()
+            if pool is not None:
+                _let_go(pool)
+            raise
         wake.clear()
+
+
+def _let_go(pool: ObjectPool[Any]) -> None:
+    """The upkeep thread is going away (interpreter exit, a gevent kill, under
+    gevent a signal handler's exception): let the next borrow start a new one."""
+    with pool._lock:
+        if pool._upkeep is threading.current_thread():
+            pool._upkeep_claimed = False
+            pool._upkeep = None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -492,3 +495,49 @@ def test_stats_from_a_signal_handler_amid_the_command_bookkeeping(redis_url: str
         signal.signal(signal.SIGUSR1, old)
     assert seen == [1]
     pool.close()
+
+
+_GEVENT_KILLED_UPKEEP = """
+from gevent import monkey
+monkey.patch_all()
+import gc, gevent, sys, time
+from redispool import RedisPool
+
+pool = RedisPool(sys.argv[1], min_size=2, max_size=4)
+
+
+def wait_for(cond):
+    end = time.monotonic() + 5
+    while not cond() and time.monotonic() < end:
+        gevent.sleep(0.01)
+    return cond()
+
+
+pool.redis.ping()  # (starts the upkeep, which fills up to min_size)
+assert wait_for(lambda: pool.stats().idle == 2), pool.stats()
+thread = pool._pool._upkeep
+greenlets = [g for g in gc.get_objects() if isinstance(g, gevent.Greenlet)]
+next(g for g in greenlets if id(g) == thread.ident).kill()  # as it waits for its next round
+assert not thread.is_alive()
+pool.drain()
+pool.redis.ping()  # a borrow starts a new upkeep, which fills up to min_size again
+assert wait_for(lambda: pool.stats().idle == 2), pool.stats()
+pool.close()
+print("ok")
+"""
+
+
+def test_under_gevent_a_killed_upkeep_is_replaced(redis_url: str) -> None:
+    # Regression: an upkeep greenlet killed as it waited for its next round (where
+    # it spends its time; or a signal handler's exception landing there) stayed
+    # the pool's upkeep: no refill to min_size, no idle or lifetime retirement.
+    pytest.importorskip("gevent")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-c", _GEVENT_KILLED_UPKEEP, redis_url],
+        capture_output=True,
+        env=env,
+        timeout=30,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
