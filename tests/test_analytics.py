@@ -862,3 +862,59 @@ def test_under_gevent_a_killed_flush_thread_is_replaced(redis_url: str) -> None:
         text=True,
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+_MADE_BEFORE_PATCHING = """
+import faulthandler, os, sys, time
+faulthandler.dump_traceback_later(10, exit=True)  # (a deadlock: the process froze)
+from redispool import RedisPool
+from redispool.helpers.analytics import Analytics
+
+pool = RedisPool(sys.argv[1], min_size=0, max_size=4)
+stats = Analytics(pool, namespace=f"early{os.getpid()}", buffered=True, flush_interval=0.05)
+
+from gevent import monkey
+monkey.patch_all()
+import gevent
+
+
+def beat(out):
+    start = time.monotonic()
+    for _ in range(20):
+        gevent.sleep(0.01)
+    out.append(time.monotonic() - start)
+
+
+def work():
+    for i in range(20):
+        stats.incr("x")
+        if i % 5 == 0:
+            stats.flush()
+
+
+out = []
+jobs = [gevent.spawn(beat, out)] + [gevent.spawn(work) for _ in range(10)]
+gevent.joinall(jobs, timeout=8)
+assert all(j.successful() for j in jobs), [j.exception for j in jobs]
+assert out[0] < 1.0, out  # (a native wait would hold up every greenlet)
+stats.close()
+assert stats.get("x") == 200
+print("ok")
+"""
+
+
+def test_under_gevent_made_before_patching(redis_url: str) -> None:
+    # Regression: made before gevent's monkey-patching (in the same process),
+    # a buffered Analytics kept native locks and events: the first write took
+    # its lock and started the flush greenlet, which switched away; the next
+    # greenlet to write blocked the whole process on that lock for ever.
+    pytest.importorskip("gevent")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-c", _MADE_BEFORE_PATCHING, redis_url],
+        capture_output=True,
+        env=env,
+        timeout=30,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -173,15 +173,21 @@ class Analytics(HelperBase):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._made_with = threading.Lock  # (gevent's once patched: see _after_fork)
         self._pid = os.getpid()
 
     def _after_fork(self) -> None:
         """Forked: the parent's buffer and thread are not ours. Replaced once,
-        by the first thread of the child to get here (the others wait)."""
-        if self._pid != os.getpid():
+        by the first thread of the child to get here (the others wait). So are
+        locks and events made before gevent's monkey-patching, if no flush thread
+        uses them yet: native ones, they would block the whole process (the
+        flush greenlet holds ``_flushing`` across its I/O, waits on ``_wake``)."""
+        if self._pid != os.getpid() or self._made_with is not threading.Lock:
             with _FORK_LOCK:
                 if self._pid != os.getpid():
                     self._reset_buffer()
+                elif self._made_with is not threading.Lock and self._thread is None:
+                    self._reset_buffer()  # (nothing buffered: no thread flushes yet)
 
     # -- keys and input --------------------------------------------------------
 
