@@ -105,8 +105,7 @@ class SwitchListener:
         if not socks:
             self._stop.wait(_TICK)
             return
-        readable, _, _ = select.select(list(socks), [], [], _TICK)
-        for sock in readable:
+        for sock in _readable(list(socks), _TICK):
             index = socks[sock]
             link = links[index]
             try:
@@ -119,6 +118,22 @@ class SwitchListener:
                 log.info("sentinel listener: lost %s (%s); reconnecting", name, exc)
                 _drop(link)
                 link.next_try = time.monotonic()
+
+
+def _readable(socks: list[Any], timeout: float) -> list[Any]:
+    """Those of ``socks`` with something to read (or closed) within ``timeout``.
+    With poll: select() refuses descriptors from 1024 on, which a process with
+    many open files gives its new sockets. Looked up at each call: gevent's
+    monkey-patching (also after import) makes it cooperative."""
+    poll_class = getattr(select, "poll", None)
+    if poll_class is None:  # pragma: no cover - no poll (Windows)
+        return select.select(socks, [], [], timeout)[0]
+    poller = poll_class()
+    by_fd = {}
+    for sock in socks:
+        by_fd[sock.fileno()] = sock
+        poller.register(sock, select.POLLIN)
+    return [by_fd[fd] for fd, _ in poller.poll(timeout * 1000) if fd in by_fd]
 
 
 def _subscribe(service: SentinelService, index: int, link: _Link, now: float) -> bool:
