@@ -100,6 +100,7 @@ class SwitchListener:
                 _keep_alive(service, index, link, now)
         if subscribed:
             service.resync()
+        service.recheck_fallback(_PING_EVERY)
         socks = {link.conn._sock: i for i, link in enumerate(links) if link.conn is not None}
         socks.pop(None, None)
         if not socks:

@@ -125,6 +125,13 @@ class SentinelService:
         self._pid = os.getpid()
         self._settled = threading.Event()  # cleared while a switch is being taken in
         self._settled.set()
+        # A replica pool that fell back to the primary: when (monotonic) it last
+        # did, or last looked for replicas since; None when it has not.
+        self.fallback_at: float | None = None
+        # Doubled by each drain for a replica, reset when one is reached: a
+        # replica Sentinel calls healthy that this host cannot reach must not
+        # drain the pool every few seconds.
+        self._fallback_wait = 0.0
 
     # -- the pool ---------------------------------------------------------
 
@@ -353,6 +360,10 @@ class SentinelService:
                     errors.append(f"{address[0]}:{address[1]}: the primary changed meanwhile")
                     break
                 conn._rp_sgen = found
+                if expected == "master" and self.role == "replica":
+                    self.fallback_at = time.monotonic()
+                elif expected == "slave":
+                    self._fallback_wait = 0.0
                 return
             else:
                 break
@@ -460,6 +471,27 @@ class SentinelService:
         address = self.newest_primary()
         if address is not None and self.address is not None and address != self.address:
             self.switch(address, why="found after reconnecting to Sentinel")
+
+    def recheck_fallback(self, every: float) -> None:
+        """A replica pool that fell back to the primary (at least ``every``
+        seconds ago): once Sentinel lists a healthy replica again, drain, so
+        that new connections go to replicas (else the primary served reads until
+        each connection reached ``max_lifetime``). If no replica is reached after
+        all, the next drain waits twice as long (up to a minute)."""
+        since = self.fallback_at
+        if since is None or time.monotonic() - since < max(every, self._fallback_wait):
+            return
+        self.fallback_at = time.monotonic()
+        if next(self.replicas([]), None) is None:
+            return
+        self.fallback_at = None
+        self._fallback_wait = min(max(2 * self._fallback_wait, every), 60.0)
+        log.info(
+            "sentinel service %r: a replica is healthy again; draining the replica "
+            "pool's connections to the primary",
+            self.service_name,
+        )
+        self._drain()
 
     def demoted(self, address: Address) -> None:
         """A primary connection to ``address`` answered READONLY."""

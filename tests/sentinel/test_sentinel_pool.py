@@ -50,6 +50,29 @@ def test_replica_pool_falls_back_to_the_primary_without_replicas(sentinel_setup_
         pool.close()
 
 
+def test_replica_pool_leaves_the_primary_when_a_replica_is_back(sentinel_setup_factory):
+    # Fallen back to the primary, a replica pool kept its connections there
+    # until each reached max_lifetime (30 minutes by default), the replica back
+    # long since: reads stayed on the primary.
+    setup = sentinel_setup_factory()
+    pool = RedisPool.sentinel(setup.addresses, setup.service, role="replica", min_size=0)
+    try:
+        setup.replica.kill()
+        with pool.client(wait=5) as r:
+            assert r.execute_command("ROLE")[0] == b"master"
+        setup.replica.restart()
+        setup.wait_ready(20)
+
+        def role() -> bytes:
+            with pool.client(wait=5) as r:
+                return r.execute_command("ROLE")[0]
+
+        wait_until(lambda: role() == b"slave", 5, "reads on the replica again")
+        assert ports_in_pool(pool) <= {setup.replica.port}
+    finally:
+        pool.close()
+
+
 def test_sentinel_password_and_acl_user_separate_and_never_shown(sentinel_setup_factory):
     setup = sentinel_setup_factory(
         password=DATA_PW, sentinel_password=SENTINEL_PW, sentinel_user=("app", USER_PW)
