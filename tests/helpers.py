@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -80,3 +84,17 @@ def refuse_threads(monkeypatch: Any, prefix: str) -> Callable[..., None]:
 
     monkeypatch.setattr(threading.Thread, "start", refused)
     return start
+
+
+def assert_child_ok(script: str, *args: str, timeout: float = 30) -> None:
+    """Run ``python -c script *args`` with this checkout importable: it must
+    exit 0 having printed ``ok`` (else its stderr is shown)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        env=env,
+        timeout=timeout,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

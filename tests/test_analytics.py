@@ -26,7 +26,7 @@ from redispool.helpers import analytics as analytics_mod
 from redispool.helpers.analytics import Analytics
 from redispool.testing import RedisServer
 
-from .helpers import FakeClock, refuse_threads
+from .helpers import FakeClock, assert_child_ok, refuse_threads
 
 WEEK = 7 * 86400
 HOUR = timedelta(hours=1)
@@ -853,15 +853,7 @@ def test_under_gevent_a_killed_flush_thread_is_replaced(redis_url: str) -> None:
     # signal handler raised while it ran) stayed the flusher: buffered writes
     # were not flushed any more until close().
     pytest.importorskip("gevent")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run(
-        [sys.executable, "-c", _GEVENT_KILLED_FLUSHER, redis_url],
-        capture_output=True,
-        env=env,
-        timeout=30,
-        text=True,
-    )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_child_ok(_GEVENT_KILLED_FLUSHER, redis_url)
 
 
 _MADE_BEFORE_PATCHING = """
@@ -909,12 +901,4 @@ def test_under_gevent_made_before_patching(redis_url: str) -> None:
     # its lock and started the flush greenlet, which switched away; the next
     # greenlet to write blocked the whole process on that lock for ever.
     pytest.importorskip("gevent")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run(
-        [sys.executable, "-c", _MADE_BEFORE_PATCHING, redis_url],
-        capture_output=True,
-        env=env,
-        timeout=30,
-        text=True,
-    )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_child_ok(_MADE_BEFORE_PATCHING, redis_url)

@@ -27,7 +27,7 @@ from redispool.helpers import CircuitBreaker, HelperUnavailable
 from redispool.helpers.cache import Cache, LoaderError
 from redispool.testing import RedisServer
 
-from .helpers import refuse_threads
+from .helpers import assert_child_ok, refuse_threads
 from .lua_keys import script_keys
 
 SECRET = b"test-secret"
@@ -643,15 +643,7 @@ print("ok")
 
 def test_under_gevent_monkey_patching(redis_url: str) -> None:
     pytest.importorskip("gevent")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, "-c", _GEVENT_CHILD, redis_url],
-        capture_output=True,
-        env=env,
-        timeout=30,
-        text=True,
-    )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_child_ok(_GEVENT_CHILD, redis_url)
 
 
 _GEVENT_KILLED_WRITER = """
@@ -684,15 +676,7 @@ def test_under_gevent_a_killed_writer_is_replaced(redis_url: str) -> None:
     # signal handler raised while it ran) stayed the writer: later write-backs
     # queued for ever, flush() never succeeded, the leases waited out their TTL.
     pytest.importorskip("gevent")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, "-c", _GEVENT_KILLED_WRITER, redis_url],
-        capture_output=True,
-        env=env,
-        timeout=30,
-        text=True,
-    )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_child_ok(_GEVENT_KILLED_WRITER, redis_url)
 
 
 def test_namespace_and_tag_invalidation(

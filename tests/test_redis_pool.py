@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +14,8 @@ from redispool import PoolError, RedisPool
 from redispool.config import env_options, parse_redis_url, redact_url
 from redispool.connection import io_timeout, is_alive
 from redispool.dns import DNSCache
+
+from .helpers import assert_child_ok
 
 
 @pytest.fixture
@@ -532,12 +531,4 @@ def test_under_gevent_a_killed_upkeep_is_replaced(redis_url: str) -> None:
     # it spends its time; or a signal handler's exception landing there) stayed
     # the pool's upkeep: no refill to min_size, no idle or lifetime retirement.
     pytest.importorskip("gevent")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run(
-        [sys.executable, "-c", _GEVENT_KILLED_UPKEEP, redis_url],
-        capture_output=True,
-        env=env,
-        timeout=30,
-        text=True,
-    )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_child_ok(_GEVENT_KILLED_UPKEEP, redis_url)
