@@ -248,6 +248,7 @@ def main(url: str, seed: int, seconds: float = 1.5) -> None:
     storm = ClusterStorm(seed)
     wrong: list[str] = []
     other_errors: dict[str, int] = {}
+    samples: dict[str, str] = {}  # the first message of each (shown if the test fails)
     r = random.Random(seed + 1)
 
     def other(n: int) -> None:
@@ -256,6 +257,7 @@ def main(url: str, seed: int, seconds: float = 1.5) -> None:
         except EXPECTED as exc:
             name = type(exc).__name__
             other_errors[name] = other_errors.get(name, 0) + 1
+            samples.setdefault(f"other {name}", str(exc)[:400])
 
     helper, stop = alongside(other, ())
     main_errors: dict[str, int] = {}
@@ -266,6 +268,7 @@ def main(url: str, seed: int, seconds: float = 1.5) -> None:
         except EXPECTED as exc:
             name = type(exc).__name__
             main_errors[name] = main_errors.get(name, 0) + 1
+            samples.setdefault(f"main {name}", str(exc)[:400])
 
     def stuck() -> bool:  # a node pool's lock left held by this thread (no call of
         # the pool's here: the storm is still on)
@@ -284,6 +287,7 @@ def main(url: str, seed: int, seconds: float = 1.5) -> None:
         "ops": ops, "raised": storm.raised, "skipped": storm.skipped, "where": storm.where,
         "by_file": storm.by_file,
         "errors": main_errors, "other_errors": other_errors, "wrong": wrong[:5],
+        "samples": samples,
         "other_done": not helper.is_alive(),
     }  # fmt: skip
     out["locks_free"] = _locks_free(pool)
