@@ -212,6 +212,7 @@ class NodePool(ConnectionPool):
                 held = _HELD[ident] = {}
             held.setdefault(self.node, []).append(conn)
             conn._rp_held = (ident, held)
+            conn._rp_lender = self
             returned = _RETURNED.get(ident)
             if returned:
                 returned.discard(id(conn))  # borrowed again: its next return is real
@@ -237,11 +238,17 @@ class NodePool(ConnectionPool):
             if returned is not None and id(connection) in returned:
                 log.debug("%s: a second return of a connection ignored", self.node)
                 return  # (redis-py's retry loop: see one_return_per_borrow)
+            # redis-py's cluster transaction gives its connection back to the pool of
+            # the node that owns it now (find_connection_owner): after a refresh that
+            # replaced the node's pool (the node missing from CLUSTER SLOTS for a
+            # moment, as after a failover), not the pool that lent it. It goes there.
+            lender: NodePool = getattr(connection, "_rp_lender", self)
+            objects = lender.redis_pool._pool
             lent = objects._in_use.get(id(connection))
             if lent is not None:
                 uses = lent.uses
             _unhold(connection, self.node)
-            super().release(connection)
+            ConnectionPool.release(lender, connection)
             if returned is not None:
                 returned.add(id(connection))
         except BaseException:

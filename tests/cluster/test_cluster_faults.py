@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ from redis.crc import key_slot
 from redis.exceptions import MovedError
 
 from redispool import ClusterPoolTimeout, PoolError, RedisClusterPool
+from redispool.cluster_nodes import _HELD
 from redispool.helpers.ratelimit import RateLimiter
 from redispool.testing import RedisClusterServer
 
@@ -409,4 +411,43 @@ def test_helpers_and_pinned_clients_follow_a_failover(
         except MovedError:
             moved += 1
     assert moved <= 1  # at most the first block; the slot table followed
+    assert pool.stats().in_use == 0
+
+
+def test_a_cluster_transaction_gives_its_connection_back_to_the_pool_that_lent_it(
+    cluster_pool: Make, redis_cluster: RedisClusterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a moment after a failover the old primary is in no node's CLUSTER
+    SLOTS (0.1-0.3 s here): a refresh then closes its node pool and the next one
+    makes a new pool for it. redis-py's cluster transaction gives its connection
+    back to the pool of the node that owns it now (``find_connection_owner``):
+    the new one, which never lent it; the old one kept it borrowed for good."""
+    pool = cluster_pool(max_size=2)
+    r = pool.redis
+    key = "{txflap}k"
+    r.set(key, 1)
+    node = pool.node_of(key)
+    lender = pool.node_pools()[node]
+    pipe = r.pipeline(transaction=True)
+    pipe.watch(key)  # borrows the transaction's connection
+    assert lender.stats().in_use == 1
+    victim = redis_cluster.node_for_key(key)
+    redis_cluster.failover(redis_cluster.replica_of(victim))
+    real = redis.Redis.execute_command
+
+    def without_victim(self: redis.Redis, *args: Any, **kwargs: Any) -> Any:
+        reply = real(self, *args, **kwargs)
+        if args == ("CLUSTER SLOTS",):  # as seen in that moment
+            reply = [[*s[:2], *(n for n in s[2:] if int(n[1]) != victim.port)] for s in reply]
+        return reply
+
+    monkeypatch.setattr(redis.Redis, "execute_command", without_victim)
+    r.nodes_manager.initialize()
+    monkeypatch.undo()
+    assert node not in pool.node_pools() and lender.closed
+    r.nodes_manager.initialize()
+    assert pool.node_pools()[node] is not lender  # the node is back, with a new pool
+    pipe.reset()  # UNWATCH, and the connection goes back
+    assert lender.stats().in_use == 0, lender.stats()
+    assert threading.get_ident() not in _HELD
     assert pool.stats().in_use == 0

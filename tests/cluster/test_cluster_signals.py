@@ -73,7 +73,7 @@ def test_a_signal_raising_in_cluster_operations_loses_nothing_and_misdelivers_no
     "func, text",
     [
         (NodePool.release, "_unhold(connection, self.node)"),  # what it was lent as read
-        (NodePool.release, "super().release(connection)"),  # off the held list, not back
+        (NodePool.release, "ConnectionPool.release(lender, connection)"),  # off held, not back
         (_unhold, "connection._rp_held = None"),  # off the held list, still marked
         (RedisPool._put, None),  # at the start of the return proper (None: its first line)
     ],
