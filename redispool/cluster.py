@@ -42,6 +42,7 @@ from .cluster_nodes import (
     cluster_connection_class,
     guarded_pipelines,
     one_return_per_borrow,
+    owner_that_lent,
     skip_when_busy,
 )
 from .config import env_options, parse_redis_url, redact_url
@@ -373,6 +374,7 @@ class RedisClusterPool:
             )
             manager = cluster.nodes_manager
             manager.initialize = skip_when_busy(manager.initialize)  # type: ignore[method-assign]
+            manager.find_connection_owner = owner_that_lent(manager.find_connection_owner)  # type: ignore[method-assign]
             cluster._execute_command = one_return_per_borrow(cluster._execute_command)  # type: ignore[method-assign]
             cluster.pipeline = guarded_pipelines(cluster.pipeline)  # type: ignore[method-assign]
             with self._lock:

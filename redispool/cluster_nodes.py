@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from redis.connection import Connection
@@ -42,6 +43,7 @@ __all__ = [
     "cluster_connection_class",
     "guarded_pipelines",
     "one_return_per_borrow",
+    "owner_that_lent",
     "skip_when_busy",
 ]
 
@@ -115,6 +117,27 @@ def skip_when_busy(initialize: Callable[..., Any]) -> Callable[..., Any]:
         return initialize(*args, **kwargs)
 
     return guarded
+
+
+def owner_that_lent(find: Callable[..., Any]) -> Callable[..., Any]:
+    """``NodesManager.find_connection_owner``, which redis-py's cluster
+    transactions ask where to give their connection back, finding the node pool
+    that lent a connection of a node no longer in the slot table (redis-py finds
+    none and gives it back nowhere: borrowed for good, and its thread marked as
+    holding it). (No ``connection_pool`` of its own, as a real node: redis-py's
+    switch of a transaction to a new node while watching fails as before.)"""
+
+    @functools.wraps(find)
+    def owner(connection: Any) -> Any:
+        node = find(connection)
+        lender = getattr(connection, "_rp_lender", None) if node is None else None
+        if lender is None:
+            return node
+        return SimpleNamespace(
+            name=lender.node, redis_connection=SimpleNamespace(connection_pool=lender)
+        )
+
+    return owner
 
 
 # Per thread (greenlet), while a RedisCluster command runs in it: the ids of

@@ -451,3 +451,38 @@ def test_a_cluster_transaction_gives_its_connection_back_to_the_pool_that_lent_i
     assert lender.stats().in_use == 0, lender.stats()
     assert threading.get_ident() not in _HELD
     assert pool.stats().in_use == 0
+
+
+def test_a_cluster_transaction_on_a_node_that_left_the_topology_gives_its_connection_back(
+    cluster_pool: Make, redis_cluster: RedisClusterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the transaction ends while its node is out of the slot
+    table: redis-py finds no owner and gave the connection back to no pool (the
+    closed node pool kept it borrowed and the thread stayed marked as holding a
+    connection of that node, so it never waited for a node ordered before it)."""
+    pool = cluster_pool(max_size=2)
+    r = pool.redis
+    key = "{txgone}k"
+    r.set(key, 1)
+    node = pool.node_of(key)
+    lender = pool.node_pools()[node]
+    pipe = r.pipeline(transaction=True)
+    pipe.watch(key)
+    victim = redis_cluster.node_for_key(key)
+    redis_cluster.failover(redis_cluster.replica_of(victim))
+    real = redis.Redis.execute_command
+
+    def without_victim(self: redis.Redis, *args: Any, **kwargs: Any) -> Any:
+        reply = real(self, *args, **kwargs)
+        if args == ("CLUSTER SLOTS",):
+            reply = [[*s[:2], *(n for n in s[2:] if int(n[1]) != victim.port)] for s in reply]
+        return reply
+
+    monkeypatch.setattr(redis.Redis, "execute_command", without_victim)
+    r.nodes_manager.initialize()
+    assert node not in pool.node_pools() and lender.closed
+    pipe.reset()  # UNWATCH, and the connection goes back
+    monkeypatch.undo()
+    assert lender.stats().in_use == 0, lender.stats()
+    assert threading.get_ident() not in _HELD
+    assert pool.stats().in_use == 0
