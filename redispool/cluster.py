@@ -294,7 +294,12 @@ class RedisClusterPool:
         pool = NodePool(name=f"{self.name} {node}", **self._pool_opts, **opts)
         pool.node = node
         with self._lock:
-            self._pools[id(pool)] = pool
+            closed = self._closed
+            if not closed:
+                self._pools[id(pool)] = pool
+        if closed:  # a refresh still running when this pool closed (nothing would close it)
+            pool.redis_pool.close(0)
+            raise RedisPoolClosed(f"pool {self.name!r} is closed")
         return pool
 
     def _after_refresh(self) -> None:

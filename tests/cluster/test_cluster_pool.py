@@ -230,6 +230,27 @@ def test_close_leaves_no_socket_on_any_node(
         pool.redis  # noqa: B018
 
 
+def test_a_refresh_running_into_close_opens_no_node_pool(
+    redis_cluster_url: str, redis_cluster: RedisClusterServer
+) -> None:
+    """A command still running when the pool closes may refresh the topology
+    (redis-py's every 5th MOVED asks the node named in it, through a node pool
+    made for that): the pool it makes is closed too, not left open for good
+    (with its upkeep thread, refilling it to ``min_size``)."""
+    pool = RedisClusterPool(redis_cluster_url, min_size=1, max_size=2, client_name="rp-late")
+    r = pool.redis
+    r.ping()
+    pool.close()
+    node = redis_cluster.primaries()[0]
+    try:
+        r.nodes_manager.initialize(additional_startup_nodes_info=[(node.host, node.port)])
+    except (redis.RedisError, RedisClusterException):
+        pass
+    assert all(p.closed for p in pool.node_pools().values())
+    time.sleep(0.3)  # (an upkeep thread left running would have refilled by now)
+    assert sum(redis_cluster.clients_named("rp-late").values()) == 0
+
+
 def test_concurrent_first_use_discovers_once(cluster_pool: Make) -> None:
     """Callers racing on a fresh pool share one discovery (a second one would
     close the node pools the first is still using)."""
