@@ -41,6 +41,7 @@ __all__ = [
     "ClusterTooManyWaiters",
     "NodePool",
     "cluster_connection_class",
+    "gives_back_on_failure",
     "guarded_pipelines",
     "one_return_per_borrow",
     "owner_that_lent",
@@ -176,13 +177,45 @@ def one_return_per_borrow(execute: Callable[..., Any]) -> Callable[..., Any]:
 
 def guarded_pipelines(pipeline: Callable[..., Any]) -> Callable[..., Any]:
     """``RedisCluster.pipeline`` whose pipelines' own ``_execute_command`` (their
-    one-by-one fallback) is guarded too (``one_return_per_borrow``)."""
+    one-by-one fallback) is guarded too (``one_return_per_borrow``), and whose
+    transactions give their connection back when their reset fails
+    (``gives_back_on_failure``)."""
 
     @functools.wraps(pipeline)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         pipe = pipeline(*args, **kwargs)
         pipe._execute_command = one_return_per_borrow(pipe._execute_command)
+        strategy = getattr(pipe, "_execution_strategy", None)
+        if hasattr(strategy, "_transaction_connection"):  # pipeline(transaction=True)
+            strategy.reset = gives_back_on_failure(strategy)  # type: ignore[union-attr]
         return pipe
+
+    return guarded
+
+
+def gives_back_on_failure(strategy: Any) -> Callable[[], None]:
+    """A cluster transaction's ``reset`` that, when it fails (UNWATCH timing out
+    on a hung node: redis-py gives the connection back only after UNWATCH, or on
+    a ``ConnectionError``), closes the connection and gives it back to the node
+    pool that lent it, then resets the rest and raises. (It stayed borrowed, its
+    thread marked as holding it: for good if the pipeline's ``__del__`` failed too.)"""
+    reset = strategy.reset
+
+    def guarded() -> None:
+        try:
+            reset()
+        except BaseException:
+            conn = strategy._transaction_connection
+            if conn is not None:
+                strategy._transaction_connection = None
+                try:
+                    conn.disconnect()  # (a reply may still come: never reuse it)
+                finally:
+                    lender = getattr(conn, "_rp_lender", None)
+                    if lender is not None:
+                        lender.release(conn)
+                reset()  # no connection now: only the transaction's state
+            raise
 
     return guarded
 

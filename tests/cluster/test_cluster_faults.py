@@ -486,3 +486,30 @@ def test_a_cluster_transaction_on_a_node_that_left_the_topology_gives_its_connec
     assert lender.stats().in_use == 0, lender.stats()
     assert threading.get_ident() not in _HELD
     assert pool.stats().in_use == 0
+
+
+def test_a_cluster_transaction_whose_unwatch_times_out_gives_its_connection_back(
+    cluster_pool: Make, redis_cluster: RedisClusterServer
+) -> None:
+    """redis-py's cluster transaction gives its connection back on reset() after
+    UNWATCH, unless UNWATCH fails with anything but a connection error: a read
+    timeout (a hung node) left it borrowed, and the thread marked as holding a
+    connection of that node, until the pipeline was collected (and for good if
+    its reset then failed too: the node still hung)."""
+    pool = cluster_pool(max_size=2, socket_timeout=0.1, connect_timeout=0.1)
+    r = pool.redis
+    key = "{txhung}k"
+    r.set(key, 1)
+    lender = pool.node_pools()[pool.node_of(key)]
+    pipe = r.pipeline(transaction=True)
+    pipe.watch(key)
+    node = redis_cluster.node_for_key(key)
+    node.pause()  # well under the cluster's node timeout: no failover
+    try:
+        with pytest.raises(redis.TimeoutError):
+            pipe.reset()  # UNWATCH times out
+        del pipe  # (its __del__ resets once more, and fails the same way)
+    finally:
+        node.resume()
+    assert lender.stats().in_use == 0, lender.stats()
+    assert threading.get_ident() not in _HELD
