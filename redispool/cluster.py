@@ -315,8 +315,10 @@ class RedisClusterPool:
             return
         manager = cluster.nodes_manager
         # Not in the middle of a refresh (from another thread: a MOVED patch
-        # dispatches outside it): its new pools are not in nodes_cache yet.
-        with manager._initialization_lock, manager._lock:
+        # dispatches outside it): its new pools are not in nodes_cache yet. Nor
+        # while a node gets its first pool outside one (get_redis_connection, under
+        # the client's lock; a node learnt of from a MOVED): made, not yet the node's.
+        with manager._initialization_lock, cluster._lock, manager._lock:
             nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
             live = {id(n.redis_connection.connection_pool) for n in nodes if n.redis_connection}
             with self._lock:

@@ -513,3 +513,43 @@ def test_a_cluster_transaction_whose_unwatch_times_out_gives_its_connection_back
         node.resume()
     assert lender.stats().in_use == 0, lender.stats()
     assert threading.get_ident() not in _HELD
+
+
+def test_a_node_pool_made_outside_a_refresh_is_not_closed_before_it_is_the_nodes(
+    cluster_pool: Make,
+) -> None:
+    """redis-py makes the pool of a node it learnt of from a MOVED (one missing
+    from the last refresh: a failover's moment, a new node) at the node's first
+    use, outside any refresh. Another thread's MOVED patch in the moment between
+    the pool's making and the node getting it used to close it as departed, and
+    the node kept the closed pool across refreshes: every command to it failed
+    with a ConnectionError, for good."""
+    pool = cluster_pool(max_size=2)
+    r = pool.redis
+    key = "{race}k"
+    r.set(key, "v")
+    slot = r.keyslot(key)
+    manager = r.nodes_manager
+    node = manager.get_node_from_slot(slot)
+    with manager._lock:  # a refresh in the moment the node was missing from CLUSTER SLOTS
+        del manager.nodes_cache[node.name]
+    pool._after_refresh()
+    manager.move_slot(MovedError(f"{slot} {node.host}:{node.port}"))  # a new ClusterNode
+    make = manager.connection_pool_class
+
+    def made_then_another_thread_patches_a_slot(**kwargs: Any) -> Any:
+        made = make(**kwargs)
+        # (what a MOVED patch's refresh event does, from a thread of its own: it
+        # must wait for the node to have its pool, not look now)
+        other = threading.Thread(target=pool._after_refresh)
+        other.start()
+        other.join(0.2)
+        return made
+
+    manager.connection_pool_class = made_then_another_thread_patches_a_slot
+    try:
+        assert r.get(key) == b"v"
+    finally:
+        manager.connection_pool_class = make
+    assert r.get(key) == b"v"
+    assert not manager.get_node_from_slot(slot).redis_connection.connection_pool.redis_pool.closed
