@@ -288,6 +288,12 @@ class RedisClusterServer(contextlib.AbstractContextManager["RedisClusterServer"]
                 info = c.info("replication")
                 if info.get("role") == "slave" or node.port in self.slot_owners():
                     continue
+                # A replica just promoted (its primary killed) serves slots before
+                # the others' views say so: not a removed node (CLUSTER REPLICATE
+                # would refuse it for good: "must be empty").
+                view = c.execute_command("CLUSTER NODES")
+                if any("myself" in n["flags"] and n["slots"] for n in view.values()):
+                    continue
             self._replicate(node, self.node_id(self._primary_short_of_replicas()), timeout)
         self.wait_ready(timeout)
 
