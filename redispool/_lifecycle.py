@@ -187,6 +187,9 @@ def pool_stats(pool: ObjectPool[T]) -> PoolStats:
     """A consistent snapshot of the pool's numbers."""
     pool._check_fork()
     with pool._lock:
+        # A borrow whose object then fails its check is taken back (_discard,
+        # _abandon): shown meanwhile, it stays shown, as a counter never goes down.
+        borrows = pool._borrows_shown = max(pool._borrows, pool._borrows_shown)
         return PoolStats(
             name=pool.name,
             size=pool._size,
@@ -197,7 +200,7 @@ def pool_stats(pool: ObjectPool[T]) -> PoolStats:
             waiting=len(pool._waiters),
             min_size=pool._min_size,
             max_size=pool._max_size,
-            borrows=pool._borrows,
+            borrows=borrows,
             timeouts=pool._timeouts,
             created=pool._created,
             create_errors=pool._create_errors,

@@ -200,6 +200,7 @@ class ObjectPool(Generic[T]):
         self._next_retry = 0.0
         self._outage = OutageLog(log, f"pool {self.name!r}: creating a {self.noun}")
         self._borrows = self._timeouts = self._created = self._create_errors = 0
+        self._borrows_shown = 0  # the most stats() showed (see _lifecycle.pool_stats)
         self._destroyed: dict[str, int] = {}
         self._wait_total = self._wait_max = self._create_total = self._use_total = 0.0
         self._gen = _fork_gen  # last: the fast paths trust the state once it matches

@@ -529,6 +529,40 @@ def test_stats_snapshot_and_as_dict() -> None:
     assert "snap" in repr(pool)
 
 
+def test_borrows_never_go_down_when_a_checked_object_is_taken_back() -> None:
+    """A stats() taken while an idle object's check runs counts that borrow; the
+    check fails and the borrow is taken back (here the replacement's create
+    fails too): the counter must not go down, or a Prometheus scrape reads a
+    reset (PoolMetrics added the whole count again)."""
+    factory = Factory()
+    checking, go = threading.Event(), threading.Event()
+
+    def check(r: Resource) -> bool:
+        checking.set()
+        go.wait(5)
+        return False
+
+    pool = make_pool(factory, check=check, min_size=0, max_size=1)
+    pool.release(pool.borrow())  # one idle object (a new one is not checked)
+    errors: list[BaseException] = []
+
+    def borrow() -> None:
+        try:
+            pool.borrow(timeout=0)
+        except PoolTimeout as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=borrow)
+    t.start()
+    assert checking.wait(5)
+    during = pool.stats().borrows
+    factory.fail_next = 1
+    go.set()
+    t.join(5)
+    assert len(errors) == 1 and during == 2
+    assert pool.stats().borrows == during  # not 1: the number shown stays
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc", "needle"),
     [
