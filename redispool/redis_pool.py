@@ -514,6 +514,9 @@ class RedisPool:
         under ``_stats_lock``, so a connection leaving is never counted in neither)."""
         self._retired_commands = 0
         self._retired_errors = 0
+        # The most stats() showed: a reconnect's handshake counts while it runs
+        # (see connection._rp_connect), and a counter shown never goes down.
+        self._commands_shown = self._errors_shown = 0
         self._counted: weakref.WeakSet[Connection] = weakref.WeakSet()
         # (an RLock: a signal handler or finalizer may call stats() in the
         # middle of the bookkeeping, in the thread that holds it)
@@ -656,6 +659,8 @@ class RedisPool:
             for conn in list(self._counted):
                 commands += conn._rp_commands  # type: ignore[attr-defined]
                 errors += conn._rp_errors  # type: ignore[attr-defined]
+            commands = self._commands_shown = max(commands, self._commands_shown)
+            errors = self._errors_shown = max(errors, self._errors_shown)
         fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(PoolStats)}
         return RedisPoolStats(
             **fields,

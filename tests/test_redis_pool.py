@@ -496,6 +496,38 @@ def test_stats_from_a_signal_handler_amid_the_command_bookkeeping(redis_url: str
     pool.close()
 
 
+def test_command_counts_never_go_down_across_a_reconnect_in_a_block(
+    redis_url: str, redis_server: Any
+) -> None:
+    """A connection killed in a block reconnects at its next command; its
+    handshake (CLIENT SETINFO, ...) counted in ``commands`` while it ran and was
+    taken out after: a stats() in between saw a number that then went down, and
+    PoolMetrics read that as a new pool (the whole count added again)."""
+    pool_box: list[RedisPool] = []
+    during: list[int] = []
+
+    def on_connect(conn: Any) -> None:  # (a stats() from another thread, in effect)
+        conn.on_connect()
+        if pool_box:
+            during.append(pool_box[0].stats().commands)
+
+    pool = RedisPool(
+        redis_url, min_size=0, max_size=1, client_name="counts", redis_connect_func=on_connect
+    )
+    pool.redis.ping()
+    pool_box.append(pool)
+    admin = redis_server.client()
+    with pool.client() as r:
+        assert admin.client_kill_filter(_id=r.client_id()) == 1
+        with pytest.raises(redis.ConnectionError):
+            r.ping()
+        r.ping()  # reconnects
+    assert len(during) == 1
+    assert pool.stats().commands >= during[0]
+    admin.close()
+    pool.close()
+
+
 _GEVENT_KILLED_UPKEEP = """
 from gevent import monkey
 monkey.patch_all()
