@@ -13,6 +13,7 @@ import time
 from itertools import starmap
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _poolparts
 from ._poolparts import _INF, _acquire_anyway, _Entry, _Ticket
 from .backoff import full_jitter
 
@@ -59,10 +60,14 @@ def create_in_slot(
     """
     t0 = time.monotonic()
     epoch = pool._epoch  # before connecting: a drain() meanwhile retires it
+    gen = _poolparts._fork_gen  # (see forked_meanwhile)
     box: list[T] = []  # what _make returned: filled inside one C call, so that
     try:  # a signal handler raising as _make returns cannot lose it
         box.extend(starmap(make_one, ((pool, deadline),)))
         made = box[0]
+        if _poolparts._fork_gen != gen:
+            forked_meanwhile(pool, ticket, box)
+            return RuntimeError(f"pool {pool.name!r}: forked while creating a {pool.noun}")
         now = pool._clock()
         entry = _Entry(made, now, expiry(pool, now), epoch)
         took = time.monotonic() - t0
@@ -75,6 +80,9 @@ def create_in_slot(
             raise
         if not isinstance(exc, Exception):
             raise
+        if _poolparts._fork_gen != gen:
+            forked_meanwhile(pool, ticket, [])
+            return exc
         with pool._lock:
             ticket.result = None
             pool._size -= 1
@@ -166,6 +174,17 @@ def create_in_slot(
     if pending is not None:
         raise pending
     return None if closed else entry
+
+
+def forked_meanwhile(pool: ObjectPool[T], ticket: _Ticket, made: list[T]) -> None:
+    """The process forked while the factory ran, and the call goes on in the
+    child (gevent copies every greenlet into it): its slot is the parent's and
+    its object, made on the parent's behalf, may share a socket with the
+    parent's. Neither goes on the child's books; the object joins the orphans
+    (never closed, as the rest the parent had) and the caller starts afresh."""
+    pool._orphans.extend(made)
+    ticket.result = None
+    pool._check_fork()
 
 
 def make_one(pool: ObjectPool[T], deadline: float | None) -> T:
