@@ -128,11 +128,13 @@ class _Ticket:
     vetted (interrupted then, it is discarded). ``doomed``: an object counted
     in ``closing`` (for ``reason``) that is yet to be destroyed. ``lock``:
     released on hand-off to a queued ticket; ``start``: when its borrow began
-    (the hand-off counts the wait)."""
+    (the hand-off counts the wait); ``gen``: the fork generation it was made in
+    (see ``ObjectPool._forked``)."""
 
-    __slots__ = ("checking", "doomed", "lock", "reason", "result", "start")
+    __slots__ = ("checking", "doomed", "gen", "lock", "reason", "result", "start")
 
     def __init__(self, result: object = None) -> None:
+        self.gen = _fork_gen
         self.result = result
         self.checking = False
         self.doomed: _Entry | None = None

@@ -349,6 +349,8 @@ class ObjectPool(Generic[T]):
         while True:
             if ticket.result is None:
                 handed = self._obtain(ticket, start, deadline)
+                if self._forked(ticket):
+                    continue
             held = ticket.result
             if held is _SLOT:
                 made = _create.create_for(self, ticket, start, deadline, make_by)
@@ -360,6 +362,19 @@ class ObjectPool(Generic[T]):
             # it turns the slot into a new object instead of queueing again.
             elif self._vet(ticket, cast(_Entry, held), keep_slot=handed):
                 return cast(_Entry, held)
+
+    def _forked(self, ticket: _Ticket) -> bool:
+        """Did the process fork since ``ticket`` was made, this borrow going on in
+        the child? (gevent copies every greenlet into it, one that yielded in a
+        wait, a check or a create included.) What it holds is the parent's: it is
+        forgotten, and the borrow starts afresh on the child's pool."""
+        if ticket.gen == _fork_gen:
+            return False
+        ticket.result = ticket.lock = ticket.doomed = None
+        ticket.checking = False
+        ticket.gen = _fork_gen
+        self._check_fork()
+        return True
 
     def _reclaim(self) -> None:
         """Destroy the objects of leases dropped without their ``__exit__`` (see
@@ -456,12 +471,16 @@ class ObjectPool(Generic[T]):
                 # or borrow may come to do it.
                 handed = lock.acquire(True, _RECLAIM_EVERY)
                 if not handed:
+                    if ticket.gen != _fork_gen:  # in a forked child (see _forked)
+                        return
                     if self._abandoned:
                         self._reclaim()
                     continue
             else:
                 handed = lock.acquire(True, max(0.0, left))
             break
+        if ticket.gen != _fork_gen:  # handed over, or not, in the parent (see _forked)
+            return
         if handed:  # out of the queue: whoever released the lock wrote the result
             ticket.lock = None  # (under the pool's lock, before the release) and
             result = ticket.result  # counted the wait; no need to take that lock again
@@ -481,6 +500,8 @@ class ObjectPool(Generic[T]):
     def _abandon(self, ticket: _Ticket) -> None:
         """An interrupted borrow: give back what its ticket holds (a slot; an
         object, discarded if interrupted mid-check), or leave the queue."""
+        if ticket.gen != _fork_gen:  # what it holds is the parent's (see _forked)
+            return
         pending = _acquire_anyway(self._lock)
         dubious = False
         try:
@@ -550,6 +571,8 @@ class ObjectPool(Generic[T]):
             return False
         ticket.checking = True  # interrupted from here on: discarded
         reason = self._failed_check(entry.obj, now - entry.last_used)
+        if self._forked(ticket):  # (the check may yield: a PING under gevent)
+            return False
         if reason is not None:
             self._discard(ticket, entry, reason, keep_slot)
             return False

@@ -347,3 +347,114 @@ def test_under_gevent_a_create_a_fork_cut_short_stays_out_of_the_childs_pool() -
     connection on a socket both processes read)."""
     pytest.importorskip("gevent")
     assert_child_ok(_GEVENT_FORK_MID_CREATE)
+
+
+_GEVENT_FORK_MID_BORROW = """
+from gevent import monkey; monkey.patch_all()
+import os, sys
+import gevent, gevent.event
+from redispool import ObjectPool
+
+made = {}  # object -> pid that made it
+
+
+def factory():
+    obj = object()
+    made[obj] = os.getpid()
+    return obj
+
+
+def mine(obj):
+    return obj is not None and made.get(obj) == os.getpid()
+
+
+gates = [gevent.event.Event(), gevent.event.Event()]
+
+
+def checker(i):
+    def check(obj):
+        gates[i].wait()
+        return os.getpid() == parent or i == 0  # the second fails in the child
+    return check
+
+
+parent = os.getpid()
+got = {}
+
+
+def borrower(name, pool):
+    try:
+        got[name] = pool.borrow(timeout=2)
+    except Exception as exc:
+        got[name] = exc
+
+
+# 1, 2: a borrower whose check yields when the fork comes; 3: a queued waiter;
+# 4: a waiter handed an object just before the fork.
+checked = [ObjectPool(factory, max_size=2, check=checker(i), check_interval=0, background=False)
+           for i in range(2)]
+for pool in checked:
+    pool.release(pool.borrow())  # idle, due a check at its next borrow
+queued = ObjectPool(factory, max_size=1, background=False)
+held = queued.borrow()
+handed = ObjectPool(factory, max_size=1, background=False)
+held2 = handed.borrow()
+lets = [gevent.spawn(borrower, "check-pass", checked[0]),
+        gevent.spawn(borrower, "check-fail", checked[1]),
+        gevent.spawn(borrower, "queued", queued),
+        gevent.spawn(borrower, "handed", handed)]
+gevent.sleep(0.05)
+assert queued.stats().waiting == 1 and handed.stats().waiting == 1
+handed.release(held2)  # handed to the waiter, which has not run yet
+pid = os.fork()
+if pid == 0:
+    bad = []
+    if "handed" in got:
+        bad.append("handed: borrowed before the fork")
+    try:
+        for gate in gates:
+            gate.set()
+        gevent.joinall(lets, timeout=3)
+        for name, pool in [("check-pass", checked[0]), ("check-fail", checked[1]),
+                           ("queued", queued), ("handed", handed)]:
+            obj = got.get(name)
+            if not mine(obj):
+                bad.append(f"{name}: got {obj!r}, not an object of the child's")
+                continue
+            s = pool.stats()
+            if (s.size, s.in_use, s.idle, s.creating, s.closing, s.waiting) != (1, 1, 0, 0, 0, 0):
+                bad.append(f"{name}: {s}")
+            pool.release(obj)
+            s = pool.stats()
+            if (s.size, s.in_use, s.idle) != (1, 0, 1):
+                bad.append(f"{name} after release: {s}")
+    except BaseException as exc:
+        bad.append(repr(exc))
+    finally:
+        if bad:
+            sys.stderr.write("\\n".join(bad) + "\\n")
+            sys.stderr.flush()
+        os._exit(1 if bad else 0)
+_, status = os.waitpid(pid, 0)
+queued.release(held)
+code = os.waitstatus_to_exitcode(status)
+assert code == 0, code
+for gate in gates:
+    gate.set()
+gevent.joinall(lets, timeout=3)
+for name in got:
+    assert mine(got[name]), (name, got[name])
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_under_gevent_a_borrow_a_fork_cut_short_starts_afresh_in_the_child() -> None:
+    """gevent copies every greenlet into a forked child: a borrower caught in its
+    check (a PING), queued, or handed an object it had not yet taken went on
+    there with the parent's object, slot or queue: it lent the parent's object
+    (a socket both processes read), discarded it on the child's fresh books
+    (one slot too many for good) or timed out on a queue nobody served. It now
+    borrows afresh on the child's pool; the parent's borrows are unchanged."""
+    pytest.importorskip("gevent")
+    assert_child_ok(_GEVENT_FORK_MID_BORROW)
