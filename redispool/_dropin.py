@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.client import Monitor
 
 from .redis_adapter import ConnectionPool
 
@@ -32,6 +33,35 @@ class _OneCommand(redis.Redis):
 
     def __del__(self) -> None:  # redis-py's would give the connection back again
         pass
+
+
+class _Monitor(Monitor):
+    """``pool.redis.monitor()``: redis-py's borrows when made and gives back in
+    ``__exit__``, which does not run when MONITOR fails in ``__enter__`` (no
+    permission, a timeout), nor for a monitor never entered: the connection
+    goes back then too (once)."""
+
+    _rp_done = False
+
+    def __enter__(self) -> _Monitor:
+        try:
+            super().__enter__()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        if not self._rp_done:  # (a second release of it would be ignored anyway)
+            super().__exit__(*args)
+            self._rp_done = True
+
+    def __del__(self) -> None:
+        try:
+            if not self._rp_done and getattr(self, "connection", None) is not None:
+                self.__exit__()
+        except Exception:  # (as redis-py's PubSub.__del__)
+            pass
 
 
 class DropInRedis(redis.Redis):
@@ -53,6 +83,10 @@ class DropInRedis(redis.Redis):
     def client(self) -> redis.Redis:
         """As redis-py's: a client holding one connection until ``close()``."""
         return redis.Redis(connection_pool=self.connection_pool, single_connection_client=True)
+
+    def monitor(self) -> Monitor:
+        """As redis-py's, giving its connection back however ``__enter__`` ends."""
+        return _Monitor(self.connection_pool)
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         pool = self._rp_pool

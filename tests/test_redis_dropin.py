@@ -242,6 +242,36 @@ def test_pubsub_run_in_thread(pool: RedisPool, client: redis.Redis) -> None:
     assert client.publish("events", "e2") == 0
 
 
+def test_monitor_refused_at_enter_gives_its_connection_back(redis_url: str) -> None:
+    """``with pool.redis.monitor()``: redis-py's ``Monitor`` borrows when made and
+    gives back in ``__exit__``, which does not run when MONITOR fails in
+    ``__enter__`` (a user without the permission, a timeout): each try kept a
+    connection for good. Nor does it run for a monitor never entered."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser(
+        "nomonitor",
+        enabled=True,
+        passwords=["+pw"],
+        keys="*",
+        channels="*",
+        commands=["+@all", "-monitor"],
+    )
+    pool = _pool(redis_url, username="nomonitor", password="pw", max_size=2)
+    try:
+        for _ in range(3):  # more tries than connections
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                with pool.redis.monitor():
+                    pass
+        assert pool.stats().in_use == 0
+        pool.redis.monitor()  # made, never entered, dropped
+        assert pool.stats().in_use == 0
+        assert pool.redis.ping()
+    finally:
+        pool.close()
+        admin.acl_deluser("nomonitor")
+        admin.close()
+
+
 def test_lua_script_with_noscript_fallback(pool: RedisPool, client: redis.Redis) -> None:
     script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
     errors = pool.stats().command_errors
