@@ -234,6 +234,25 @@ class _PooledMixin:
                 sock.settimeout(None)
         self._rp_flushed = self._rp_sent
 
+    def check_health(self) -> None:
+        """redis-py's PING after ``health_check_interval`` without a reply goes out
+        ahead of the commands packed (and counted) but not yet sent: not counted, as
+        the handshake. If it reconnects, those commands are owed by the new session."""
+        sock, sent, flushed, marks = self._sock, self._rp_sent, self._rp_flushed, self._rp_marks
+        self._rp_marks = None  # (its reply settles none of theirs)
+        done = False
+        try:
+            super().check_health()  # type: ignore[misc]
+            done = True
+        finally:
+            self._rp_sent, self._rp_flushed, self._rp_marks = sent, flushed, marks
+            if self._sock is not sock:  # a new session (or none), its state already set
+                self._rp_pending = sent - flushed
+                while marks and marks[0][0] <= flushed:
+                    marks.popleft()
+            elif not done:  # cut short: its reply may be unread
+                self._rp_state |= DIRTY
+
     def _rp_give_up(self) -> None:
         """A send failed. Disconnected (redis-py closes on a failed write), its
         commands reach no session: nothing is owed. Still connected (a handshake

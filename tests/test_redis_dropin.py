@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from redispool import PoolError, RedisPool
 
@@ -713,6 +715,30 @@ def test_health_check_interval_is_honoured_on_connections(redis_url: str) -> Non
         p.redis.publish("ch", "hi")
         assert wait_message(ps, "message")["data"] == b"hi"
         ps.close()
+        admin.close()
+
+
+def test_a_health_check_that_reconnects_leaves_no_reply_owed_uncounted(redis_url: str) -> None:
+    """redis-py's health-check PING goes out ahead of a command already packed (and
+    counted). When it failed and the retry reconnected, that command was taken for
+    one sent to the old session, so its reply, read on the new one, left the count
+    of replies owed at -1; a command then sent and never read made it 0, "clean",
+    and the next borrower read that reply as its own (nil, for its ECHO)."""
+    retry = Retry(NoBackoff(), 1)
+    with _pool(redis_url, health_check_interval=0.2, min_size=0, max_size=1, retry=retry) as p:
+        admin = redis.Redis.from_url(redis_url)
+        with pytest.raises(KeyError), p.connection() as conn:
+            conn.send_command("CLIENT", "ID")
+            admin.client_kill_filter(_id=conn.read_response())
+            time.sleep(0.3)
+            conn.send_command("SET", "hc", "secret")  # the PING fails, reconnects, then SET
+            assert conn.read_response() == b"OK"
+            conn.send_command("BLPOP", "hc:list", 0.3)  # (its reply comes after the next borrow)
+            raise KeyError("the caller fails before reading")
+        with p.connection() as conn:
+            conn.send_command("ECHO", "mine")
+            assert conn.read_response() == b"mine"
+        assert p.stats().destroyed_by_reason.get("dirty") == 1
         admin.close()
 
 
