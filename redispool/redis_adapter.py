@@ -22,6 +22,7 @@ from redis.client import Pipeline, PubSub
 from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import RedisError
 
+from ._poolparts import abandon
 from .config import parse_redis_url, redact_url
 from .errors import PoolError
 
@@ -175,6 +176,13 @@ class ConnectionPool:
         try:
             if getattr(connection, "_rp_state", None) is None:  # not a pooled connection
                 log.debug("release of a foreign object %r ignored", type(connection).__name__)
+                return
+            if objects._lock._is_owned():
+                # From inside the pool's own bookkeeping, in the thread that holds
+                # its lock: a finalizer (redis-py's PubSub, Pipeline or Monitor
+                # collected there) or a signal handler. Queued for the pool to
+                # destroy once out of it, as a lease dropped unexited (see _Out).
+                abandon(objects, connection)
                 return
             lent = objects._in_use.get(id(connection))
             if lent is not None:

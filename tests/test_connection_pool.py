@@ -4,6 +4,7 @@ real redis-server."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -284,3 +285,34 @@ def test_health_check_interval_zero_means_redis_pys_default(
     conn = given.get_connection()
     assert conn.health_check_interval == 5
     given.release(conn)
+
+
+def test_a_release_from_a_finalizer_inside_the_pools_bookkeeping_waits_for_it(
+    redis_url: str, pools: list[ConnectionPool]
+) -> None:
+    """A redis-py object collected while this thread is inside the pool's own
+    code (a PubSub in a reference cycle, its ``__del__`` giving its connection
+    back): the release must not change the books halfway through a change of
+    the pool's. It is queued, and the connection destroyed once out of it."""
+    pool = ConnectionPool.from_url(redis_url, min_size=0, max_size=2)
+    pools.append(pool)
+    r = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+    p = r.pubsub()
+    p.subscribe("chan")
+    assert p.get_message(timeout=1)["type"] == "subscribe"
+    p.cycle = p  # type: ignore[attr-defined]  # (collected by the collector only)
+    del p
+    objects = pool.redis_pool._pool
+    assert len(objects._in_use) == 1
+    gc.disable()  # (no collection before the one below)
+    try:
+        with objects._lock:  # as if inside the pool's bookkeeping
+            gc.collect()  # the PubSub's __del__ gives its connection back
+            assert len(objects._in_use) == 1 and not objects._idle  # books untouched
+    finally:
+        gc.enable()
+    assert len(objects._abandoned) == 1
+    objects._reclaim()  # (as the next slow borrow, upkeep or close does)
+    s = pool.redis_pool.stats()
+    assert s.in_use == 0 and s.destroyed_by_reason == {"dirty": 1}, s
+    assert r.ping() and r.publish("chan", "x") == 0  # nobody subscribed any more
