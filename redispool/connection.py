@@ -271,9 +271,9 @@ class _PooledMixin:
         try:
             response = super().read_response(*args, **kwargs)  # type: ignore[misc]
         except ResponseError as exc:
-            self._rp_pending -= 1  # an error reply is still a reply
-            if self._rp_marks:
+            if self._rp_marks:  # (settled while still owed: interrupted, it stays dirty)
                 self._rp_settle(exc)
+            self._rp_pending -= 1  # an error reply is still a reply
             if not isinstance(exc, NoScriptError):  # EVALSHA's normal first miss
                 self._rp_errors += 1
             raise
@@ -287,9 +287,9 @@ class _PooledMixin:
             self._rp_errors += 1  # no reply read (redis-py disconnects, by default)
             raise
         if not kwargs.get("push_request"):  # a pushed message answers no command
-            self._rp_pending -= 1
             if self._rp_marks:
                 self._rp_settle(None)
+            self._rp_pending -= 1
         return response
 
     def _rp_read_unbounded(self, *args: Any, **kwargs: Any) -> Any:
@@ -306,9 +306,10 @@ class _PooledMixin:
                 self._rp_kernel = kept
 
     def _rp_settle(self, error: ResponseError | None) -> None:
-        """The reply just read may be a stateful command's: apply its effect."""
+        """The reply just read (still counted as owed) may be a stateful command's:
+        apply its effect."""
         marks = self._rp_marks
-        seq = self._rp_sent - self._rp_pending  # the command this reply answers
+        seq = self._rp_sent - self._rp_pending + 1  # the command this reply answers
         while marks and marks[0][0] <= seq:
             mark, kind = marks[0]  # popped once applied: an interruption leaves doubt
             state = self._rp_state

@@ -198,6 +198,36 @@ def test_handshake_cut_short_is_discarded(make_pool: Callable[..., RedisPool]) -
     assert pool.stats().destroyed_by_reason == {"dirty": 1}
 
 
+@pytest.mark.parametrize("command", [("WATCH", "watched"), ("MULTI",)])
+def test_an_interruption_once_a_stateful_reply_is_read_discards_it(
+    make_pool: Callable[..., RedisPool], side: redis.Redis, command: tuple[str, ...]
+) -> None:
+    """Interrupted after the reply of WATCH or MULTI was read, before its effect
+    was noted: the connection went back clean, the next borrower's EXEC aborted
+    by someone else's WATCH, its commands QUEUED in someone else's MULTI."""
+    pool = make_pool()
+
+    def interrupted(error: Any) -> None:
+        raise Interrupt  # a signal handler raising at _rp_settle's first line
+
+    with pytest.raises(Interrupt):
+        with pool.client() as r:
+            conn: Any = r.connection
+            conn._rp_settle = interrupted
+            try:
+                r.execute_command(*command)
+            finally:
+                del conn._rp_settle
+    side.set("watched", "changed")
+    with pool.client() as r:
+        assert r.echo("mine") == b"mine"
+        with r.pipeline() as pipe:
+            pipe.set("x", "1")
+            assert pipe.execute() == [True]
+        assert _client_info(r)["flags"] == "N"
+    assert pool.stats().destroyed_by_reason == {"dirty": 1}
+
+
 def test_bytes_packed_elsewhere_make_it_dirty(make_pool: Callable[..., RedisPool]) -> None:
     pool = make_pool()
     with pool.connection() as conn:
