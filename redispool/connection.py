@@ -512,16 +512,16 @@ def set_io_timeout(conn: Any, timeout: float | None, *, temporary: bool = False)
             if temporary and kept and timeout <= kept:
                 pass  # Python's timeout fires first; the kernel's stays for after
             elif kept == timeout or kernel_timeouts(sock, timeout):
-                if kept != timeout:
-                    set_kernel_timeout(sock, timeout)
+                if kept != timeout:  # noted first: interrupted now, the next call re-applies it
                     conn._rp_kernel = timeout
+                    set_kernel_timeout(sock, timeout)
                 timeout = None  # a blocking socket: one system call per read or write
             elif kept:
-                set_kernel_timeout(sock, None)
                 conn._rp_kernel = 0.0
+                set_kernel_timeout(sock, None)
         elif kept:
-            set_kernel_timeout(sock, None)
             conn._rp_kernel = 0.0
+            set_kernel_timeout(sock, None)
         if sock.gettimeout() != timeout:  # (settimeout is a system call, even unchanged)
             sock.settimeout(timeout)
     parser = getattr(conn, "_parser", None)

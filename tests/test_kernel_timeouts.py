@@ -76,6 +76,40 @@ def test_connections_block_in_the_kernel_with_the_configured_timeout(pool: Redis
         assert io_timeout(conn) == 0.5 and _kernel(sock)[0] == pytest.approx(0.5, abs=0.02)
 
 
+class _Interrupt(BaseException):
+    """Stands for an asynchronous exception (a signal handler raising)."""
+
+
+@linux_only
+def test_a_block_cut_short_as_it_sets_its_timeout_leaves_the_pools_bound(
+    pool: RedisPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted once the kernel had a block's longer timeout (1.5 s), before the
+    connection noted it: the next borrowers' reads were bounded by 1.5 s, not the
+    pool's 0.5 s (``io_timeout`` said 0.5)."""
+    from redispool import connection
+
+    real = connection.set_kernel_timeout
+
+    def then_interrupted(sock: Any, timeout: float | None) -> None:
+        real(sock, timeout)
+        monkeypatch.setattr(connection, "set_kernel_timeout", real)  # once
+        raise _Interrupt
+
+    with pool.client() as r:
+        sock = r.connection._sock
+    monkeypatch.setattr(connection, "set_kernel_timeout", then_interrupted)
+    with pytest.raises(_Interrupt):
+        with pool.client(timeout=1.5):
+            pass
+    for _ in range(2):
+        with pool.client() as r:
+            assert r.connection._sock is sock  # (not discarded: its state is clean)
+            assert sock.gettimeout() is None and io_timeout(r.connection) == 0.5
+            assert _kernel(sock) == (pytest.approx(0.5, abs=0.02),) * 2
+    assert pool.stats().in_use == 0
+
+
 @pytest.mark.parametrize("block_timeout", [0.3, 1.5])
 def test_a_blocks_own_timeout_bounds_its_reads_either_way(
     pool: RedisPool, block_timeout: float
