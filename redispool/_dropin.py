@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.client import Monitor
+from redis.client import Monitor, Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .redis_adapter import ConnectionPool
 
@@ -64,6 +65,28 @@ class _Monitor(Monitor):
             pass
 
 
+class _DropInPipeline(Pipeline):
+    """A pipeline of ``pool.redis``. redis-py's ``reset()`` gives the connection
+    back after its UNWATCH, and not at all if that fails other than with a
+    ``ConnectionError`` (a ``TimeoutError`` against a stalled server, a signal):
+    the slot was lost for good. Here it goes back whatever happens (discarded
+    unless clean)."""
+
+    def reset(self) -> None:  # type: ignore[override]
+        conn = self.connection
+        if not (self.watching and conn is not None):
+            super().reset()
+            return
+        self.watching = False  # (redis-py's reset below sends no second UNWATCH)
+        try:
+            conn.send_command("UNWATCH")
+            conn.read_response()
+        except RedisConnectionError:
+            conn.disconnect()  # (as redis-py: the WATCH goes with the session)
+        finally:
+            super().reset()
+
+
 class DropInRedis(redis.Redis):
     """The client ``RedisPool.redis`` returns (one per pool, shared by threads).
 
@@ -79,6 +102,13 @@ class DropInRedis(redis.Redis):
         adapter: Any = self.connection_pool
         if type(adapter) is ConnectionPool and self.connection is None:
             self._rp_pool = adapter.redis_pool
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        if self._rp_pool is None:  # (not on a RedisPool: see the class)
+            return super().pipeline(transaction, shard_hint)
+        return _DropInPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
 
     def client(self) -> redis.Redis:
         """As redis-py's: a client holding one connection until ``close()``."""

@@ -192,6 +192,41 @@ def test_watch_retry_loop(pool: RedisPool, client: redis.Redis) -> None:
     assert dirty(pool) == 0
 
 
+@pytest.mark.parametrize("stall", ["exec", "unwatch"])
+def test_a_watching_pipeline_cut_short_by_a_stall_gives_its_connection_back(
+    redis_url: str, stall: str
+) -> None:
+    """redis-py's ``Pipeline.reset()`` gives the connection back only after its
+    UNWATCH, and a ``TimeoutError`` there (the server stalled: EXEC timed out
+    and the reconnect's handshake did too, or the UNWATCH itself) skipped that:
+    on ``pool.redis`` the slot was lost for good (``__del__`` tries once more)."""
+    pool = _pool(redis_url, min_size=0, max_size=2, socket_timeout=0.1)
+    side = redis.Redis.from_url(redis_url)
+    try:
+        with pytest.raises(redis.RedisError):
+            with pool.redis.pipeline() as pipe:
+                pipe.watch("k")
+                side.execute_command("CLIENT", "PAUSE", 5000, "ALL")
+                if stall == "exec":
+                    pipe.multi()
+                    pipe.set("k", "1")
+                    pipe.execute()
+        del pipe  # (its __del__ resets again: still stalled)
+        side.execute_command("CLIENT", "UNPAUSE")
+        s = pool.stats()
+        assert s.in_use == 0 and s.size == s.idle, s
+        with pool.redis.pipeline() as pipe:
+            pipe.watch("k")
+            pipe.multi()
+            pipe.set("k", "2")
+            assert pipe.execute() == [True]
+        assert pool.stats().in_use == 0
+    finally:
+        side.execute_command("CLIENT", "UNPAUSE")
+        side.close()
+        pool.close()
+
+
 def test_pubsub_connection_is_not_reused(pool: RedisPool, client: redis.Redis) -> None:
     before = dirty(pool)
     with through(pool):
