@@ -206,13 +206,13 @@ def test_a_watching_pipeline_cut_short_by_a_stall_gives_its_connection_back(
         with pytest.raises(redis.RedisError):
             with pool.redis.pipeline() as pipe:
                 pipe.watch("k")
-                side.execute_command("CLIENT", "PAUSE", 5000, "ALL")
+                side.execute_command("CLIENT", "PAUSE", 1000, "ALL")
                 if stall == "exec":
                     pipe.multi()
                     pipe.set("k", "1")
                     pipe.execute()
         del pipe  # (its __del__ resets again: still stalled)
-        side.execute_command("CLIENT", "UNPAUSE")
+        side.execute_command("CLIENT", "UNPAUSE")  # (waits for the pause to end)
         s = pool.stats()
         assert s.in_use == 0 and s.size == s.idle, s
         with pool.redis.pipeline() as pipe:
