@@ -14,7 +14,7 @@ from itertools import starmap
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _poolparts
-from ._poolparts import _INF, _acquire_anyway, _Entry, _Ticket
+from ._poolparts import _INF, _a, _acquire_anyway, _Entry, _Ticket
 from .backoff import full_jitter
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def create_in_slot(
         made = box[0]
         if _poolparts._fork_gen != gen:
             forked_meanwhile(pool, ticket, box)
-            return RuntimeError(f"pool {pool.name!r}: forked while creating a {pool.noun}")
+            return RuntimeError(f"pool {pool.name!r}: forked while creating {_a(pool.noun)}")
         now = pool._clock()
         entry = _Entry(made, now, expiry(pool, now), epoch)
         took = time.monotonic() - t0

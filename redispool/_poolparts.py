@@ -149,6 +149,11 @@ class _Ticket:
         self.lock = new_signal()
 
 
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article ("an object", "a connection")."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def _number(
     name: str, value: Any, *, minimum: float, integer: bool = False, none_ok: bool = False
 ) -> Any:

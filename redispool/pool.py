@@ -44,6 +44,7 @@ from ._poolparts import (
     _INF,
     _SLOT,
     KeepOn,
+    _a,
     _Abandoned,
     _acquire_anyway,
     _check_keep_on,
@@ -198,7 +199,7 @@ class ObjectPool(Generic[T]):
         self._fail_streak = 0
         self._last_error: BaseException | None = None
         self._next_retry = 0.0
-        self._outage = OutageLog(log, f"pool {self.name!r}: creating a {self.noun}")
+        self._outage = OutageLog(log, f"pool {self.name!r}: creating {_a(self.noun)}")
         self._borrows = self._timeouts = self._created = self._create_errors = 0
         self._borrows_shown = 0  # the most stats() showed (see _lifecycle.pool_stats)
         self._destroyed: dict[str, int] = {}
@@ -348,7 +349,14 @@ class ObjectPool(Generic[T]):
         handed = False
         while True:
             if ticket.result is None:
-                handed = self._obtain(ticket, start, deadline)
+                try:
+                    handed = self._obtain(ticket, start, deadline)
+                except PoolTimeout:
+                    # Often at once (failing fast, too many waiters): yield first,
+                    # or under gevent a caller retrying straight away never lets
+                    # the upkeep's reconnect run, and spins for ever.
+                    time.sleep(0)
+                    raise
                 if self._forked(ticket):
                     continue
             held = ticket.result
@@ -548,7 +556,7 @@ class ObjectPool(Generic[T]):
         busy = len(self._in_use)
         if fail_fast:
             msg = (
-                f"pool {self.name!r}: creating a {self.noun} failed "
+                f"pool {self.name!r}: creating {_a(self.noun)} failed "
                 f"{self._fail_streak} times in a row, failing fast"
             )
         else:

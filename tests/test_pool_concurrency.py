@@ -458,3 +458,53 @@ def test_under_gevent_a_borrow_a_fork_cut_short_starts_afresh_in_the_child() -> 
     borrows afresh on the child's pool; the parent's borrows are unchanged."""
     pytest.importorskip("gevent")
     assert_child_ok(_GEVENT_FORK_MID_BORROW)
+
+
+_GEVENT_RETRY_WITHOUT_SLEEP = """
+from gevent import monkey; monkey.patch_all()
+import time
+import gevent
+from redispool import ObjectPool, PoolTimeout
+
+down_until = time.monotonic() + 0.3  # the server comes back after 0.3 s
+tries = []
+
+
+def factory():
+    tries.append(time.monotonic())
+    if time.monotonic() < down_until:
+        raise ConnectionError("down")
+    return object()
+
+
+pool = ObjectPool(factory, max_size=2, fail_fast_after=1, backoff_base=0.01, backoff_cap=0.05)
+for _ in range(2):
+    try:
+        pool.borrow(timeout=0.05)
+    except PoolTimeout:
+        pass
+assert pool.stats().consecutive_create_errors >= 1
+# A retry loop with no sleep of its own (as in many apps): under gevent the pool's
+# background reconnect must still get to run, or this spins for ever.
+start = time.monotonic()
+obj = None
+spins = 0
+while obj is None and time.monotonic() - start < 3:
+    spins += 1
+    try:
+        obj = pool.borrow(timeout=1)
+    except PoolTimeout:
+        pass
+assert obj is not None, (spins, len(tries), pool.stats())
+pool.release(obj)
+pool.close()
+print("ok")
+"""
+
+
+def test_under_gevent_a_retry_loop_without_a_sleep_lets_the_reconnect_run() -> None:
+    """A borrow failing fast (creates failing, nothing borrowed) raised without
+    ever yielding: under gevent an app that retries straight away never let the
+    pool's background reconnect run, and spun for ever once the server was back."""
+    pytest.importorskip("gevent")
+    assert_child_ok(_GEVENT_RETRY_WITHOUT_SLEEP)
