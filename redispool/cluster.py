@@ -30,7 +30,7 @@ import redis
 from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
 from redis.connection import Connection
 from redis.event import AfterSlotsCacheRefreshEvent, EventDispatcher, EventListenerInterface
-from redis.exceptions import ClusterDownError, MovedError
+from redis.exceptions import AskError, ClusterDownError, MovedError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from ._closehooks import CloseHooks
@@ -409,22 +409,27 @@ class RedisClusterPool:
         borrow, as ``RedisPool.client()``. Keys of other slots get MOVED or
         CROSSSLOT errors, as on a single node. A block that ends with MOVED (the
         slot's primary changed: a failover, a reshard) updates the slot table, so
-        the next block goes to the new primary."""
+        the next block goes to the new primary. Without ``key``, a command (or a
+        pipeline's command, outside MULTI) answered ASK (its slot is migrating) is
+        sent once more, after ASKING, on a connection of the importing node,
+        given back at once; the pinned connection stays pinned."""
         _check_lease(timeout, wait)
         lease: _ClientLease | SlotLease
         if key is None:
             lease = SlotLease(
                 lambda slot: self._node_for(slot).client(timeout, wait=wait),
                 functools.partial(slot_of, self.redis),
+                lambda asked: self._node_asked(asked).client(timeout, wait=wait),
             )
         else:
             lease = self._node_for(self.redis.keyslot(key)).client(timeout, wait=wait)
         return _FollowsMoves(self, lease)
 
     def _slot_moved(self, exc: BaseException) -> None:
-        """A pinned block got MOVED (or CLUSTERDOWN): patch that slot at once, and
-        refresh the whole table at most once a second (a failed-over primary
-        moved thousands of slots; redis-py's own commands do the same)."""
+        """A pinned block got MOVED (or CLUSTERDOWN, or an ASK to a node it does not
+        know): patch that slot at once (MOVED), and refresh the whole table at
+        most once a second (a failed-over primary moved thousands of slots;
+        redis-py's own commands do the same)."""
         cluster = self._redis
         if cluster is None:
             return
@@ -438,6 +443,19 @@ class RedisClusterPool:
                 manager.initialize()  # skipped if another thread is refreshing
         except Exception as err:  # the next command's own error will say more
             log.debug("%s: slot table update after %r failed: %r", self.name, exc, err)
+
+    def _node_asked(self, exc: AskError) -> RedisPool:
+        """The pool of the node an ASK redirection names (the slot table refreshed
+        once if it does not know that node; ``exc`` raised if still unknown)."""
+        cluster = self.redis
+        node = cluster.get_node(exc.host, exc.port)
+        if node is None:  # (a node just added: the table has not seen it yet)
+            self._slot_moved(exc)
+            node = cluster.get_node(exc.host, exc.port)
+            if node is None:
+                raise exc
+        pool: NodePool = cluster.get_redis_connection(node).connection_pool  # type: ignore[assignment]
+        return pool.redis_pool
 
     def _node_for(self, slot: int | None) -> RedisPool:
         """The pool of the primary serving ``slot`` (None: the default node)."""

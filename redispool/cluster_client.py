@@ -7,6 +7,12 @@ command's keys (any primary for a keyless command); every later command of the
 block goes to the same connection, so keys of another slot get MOVED or
 CROSSSLOT, as on any single node. Give the keys of one piece of work one
 ``{hash tag}``.
+
+A command answered ASK (its slot is migrating, and its keys are not, or no
+longer, on the pinned node) is sent once more, after ASKING, on a connection
+of the node named, borrowed for that command alone; so are a pipeline's
+commands answered ASK (not a transaction's: one queued command refused aborts
+it). As redis-py's ``RedisCluster`` does; the pinned connection stays pinned.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.client import Pipeline
 from redis.cluster import SLOT_ID, RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import AskError, MovedError, RedisClusterException
 
+from .connection import IN_MULTI, WATCHING
 from .errors import PoolError
 
 if TYPE_CHECKING:
@@ -28,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["SlotLease", "SlotPipeline", "SlotRedis"]
 
 _SCRIPTED = frozenset(["EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"])
+_SESSION = frozenset(["WATCH", "UNWATCH", "MULTI", "EXEC", "DISCARD"])
 
 
 def slot_of(cluster: RedisCluster, args: Sequence[Any]) -> int | None:
@@ -50,15 +58,17 @@ def slot_of(cluster: RedisCluster, args: Sequence[Any]) -> int | None:
 class SlotLease:
     """``with pool.client() as r:``; pins on the first command."""
 
-    __slots__ = ("_client", "_inner", "_lease_for", "_pinned", "_slot_of")
+    __slots__ = ("_ask_for", "_client", "_inner", "_lease_for", "_pinned", "_slot_of")
 
     def __init__(
         self,
         lease_for: Callable[[int | None], _ClientLease],
         slot_of: Callable[[Sequence[Any]], int | None],
+        ask_for: Callable[[AskError], _ClientLease],
     ) -> None:
         self._lease_for = lease_for  # slot (None: any primary) -> a node pool's lease
         self._slot_of = slot_of
+        self._ask_for = ask_for  # an ASK -> a lease of the node it names
         self._client: SlotRedis | None = None
         self._inner: _ClientLease | None = None
         self._pinned: redis.Redis | None = None
@@ -77,6 +87,45 @@ class SlotLease:
         pinned = inner.__enter__()
         self._inner, self._pinned = inner, pinned
         return pinned
+
+    def follows(self, exc: BaseException, name: Any = None) -> bool:
+        """Is ``exc`` an ASK to follow: not MOVED, not for WATCH, MULTI, EXEC, ...,
+        and the pinned connection neither in MULTI nor watching?"""
+        if not isinstance(exc, AskError) or isinstance(exc, MovedError):
+            return False
+        if isinstance(name, bytes):
+            name = name.decode(errors="replace")
+        if isinstance(name, str) and name.upper() in _SESSION:
+            return False
+        conn: Any = self._pinned.connection if self._pinned is not None else None
+        return conn is not None and not conn._rp_state & (IN_MULTI | WATCHING)
+
+    def asked(self, exc: AskError, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """ASKING, then the command, on a connection of the node ``exc`` names,
+        given back at once (ASKING allows the next command only: if that is
+        never sent, the connection goes back marked, and is not reused as is)."""
+        with self._ask_for(exc) as r:
+            r.execute_command("ASKING")
+            return r.execute_command(*args, **options)
+
+    def asked_in_pipeline(self, stack: list[Any], replies: list[Any]) -> None:
+        """Each command of a pipeline (no MULTI) answered ASK, once more after
+        ASKING on the node named (one pipeline per node); its reply replaces the
+        ASK in ``replies``. (Per key, the commands answered ASK are the last ones:
+        once a key is not on the migrating node, every command for it is.)"""
+        by_node: dict[tuple[str, int], list[int]] = {}
+        for i, reply in enumerate(replies):
+            if self.follows(reply, stack[i][0][0]):
+                by_node.setdefault((reply.host, reply.port), []).append(i)
+        for asked in by_node.values():
+            with self._ask_for(replies[asked[0]]) as r:
+                pipe = r.pipeline(transaction=False)
+                for i in asked:
+                    pipe.execute_command("ASKING")
+                    pipe.execute_command(*stack[i][0], **stack[i][1])
+                again = pipe.execute(raise_on_error=False)
+            for i, reply in zip(asked, again[1::2], strict=True):
+                replies[i] = reply
 
     def __enter__(self) -> SlotRedis:
         client = SlotRedis.__new__(SlotRedis)
@@ -106,7 +155,12 @@ class SlotRedis(redis.Redis):
     def execute_command(self, *args: Any, **options: Any) -> Any:
         lease = self._rp_lease
         pinned = lease._pinned or lease.pin(args, self._rp_slot(args))
-        return pinned.execute_command(*args, **options)
+        try:
+            return pinned.execute_command(*args, **options)
+        except AskError as exc:
+            if not lease.follows(exc, args[0]):
+                raise
+            return lease.asked(exc, args, options)
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> SlotPipeline:
         pipe = SlotPipeline.__new__(SlotPipeline)
@@ -147,7 +201,13 @@ class SlotPipeline(Pipeline):
         pinned = lease._pinned or lease.pin(first, client._rp_slot(first))
         pipe = pinned.pipeline(transaction=self.transaction)
         pipe.command_stack = stack
-        result: list[Any] = pipe.execute(raise_on_error)
+        if self.transaction or self.explicit_transaction:  # type: ignore[truthy-function]
+            result: list[Any] = pipe.execute(raise_on_error)
+            return result
+        result = pipe.execute(raise_on_error=False)
+        lease.asked_in_pipeline(stack, result)
+        if raise_on_error:
+            pipe.raise_first_error(stack, result)
         return result
 
     def reset(self) -> None:  # type: ignore[override]
