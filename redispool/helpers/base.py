@@ -295,6 +295,15 @@ def server_cannot_serve(exc: BaseException) -> bool:
     return text.split(" ", 1)[0] in _UNAVAILABLE_CODES
 
 
+def _migrating(exc: BaseException) -> bool:
+    """TRYAGAIN, or ASK (not MOVED): a cluster slot in migration, no outage."""
+    if isinstance(exc, redis.exceptions.TryAgainError):
+        return True
+    return isinstance(exc, redis.exceptions.AskError) and not isinstance(
+        exc, redis.exceptions.MovedError
+    )
+
+
 class HelperBase:
     """A pool, a namespace, a per-call deadline and a breaker."""
 
@@ -340,14 +349,7 @@ class HelperBase:
             self.rejected += 1
             raise HelperUnavailable(f"{type(self).__name__}: circuit breaker open")
         try:
-            try:
-                with self.pool.client(timeout=self.timeout, wait=self.timeout) as r:
-                    result = fn(r)
-            except redis.exceptions.MovedError:
-                # A cluster slot moved (a failover, a reshard): nothing ran, and the
-                # pool has updated its slot table as the block ended. Once more.
-                with self.pool.client(timeout=self.timeout, wait=self.timeout) as r:
-                    result = fn(r)
+            result = self._pinned_call(fn)
         except (RedisError, PoolError, OSError, RedisClusterException) as exc:
             # (RedisClusterException: a cluster that cannot be reached or has
             # no node for a slot; not a RedisError)
@@ -364,6 +366,10 @@ class HelperBase:
                 # down. Apply the policy to this call, but do not trip the breaker.
                 self.busy += 1
                 log.debug("%s: no connection in time: %s", type(self).__name__, exc)
+            elif _migrating(exc):
+                # A cluster slot is being migrated (TRYAGAIN until the call's time
+                # was up, an ASK not followed): the policy, but the nodes are up.
+                log.debug("%s: slot migrating: %s", type(self).__name__, exc)
             else:
                 self.breaker.failure(ticket)
                 log.warning("%s: redis call failed: %r", type(self).__name__, exc)
@@ -373,3 +379,26 @@ class HelperBase:
             return result
         finally:
             self.breaker.leave(ticket)  # no-op unless the trial ended without a verdict
+
+    def _pinned_call(self, fn: Callable[[redis.Redis], R]) -> R:
+        """``fn`` on a pinned client; once more after MOVED (a failover, a reshard:
+        nothing ran, and the pool updated its slot table as the block ended), and
+        again after TRYAGAIN (a multi-key call on a slot being migrated, its keys on
+        both nodes for now: nothing ran), with a short backoff, while ``timeout``
+        from the start of the call allows."""
+        deadline = time.monotonic() + self.timeout
+        pause = 0.005
+        moved = False
+        while True:
+            try:
+                with self.pool.client(timeout=self.timeout, wait=self.timeout) as r:
+                    return fn(r)
+            except redis.exceptions.MovedError:
+                if moved:
+                    raise
+                moved = True
+            except redis.exceptions.TryAgainError:
+                if time.monotonic() + pause >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)

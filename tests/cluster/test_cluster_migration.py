@@ -1,11 +1,13 @@
 """Helpers on a Redis Cluster while a slot migrates (``CLUSTER SETSLOT
 IMPORTING/MIGRATING``, keys moved with ``MIGRATE``): a key not on the migrating
-node (moved, or new) is answered ASK, which is no outage: calls keep their
-answers, and the breaker stays closed for every key."""
+node (moved, or new) is answered ASK, a multi-key call with its keys on both
+nodes TRYAGAIN. Neither is an outage: calls keep their answers, and the
+breaker stays closed for every key."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +18,9 @@ from redis.exceptions import MovedError
 
 from redispool import RedisClusterPool
 from redispool.helpers.analytics import Analytics
+from redispool.helpers.base import key_digest
+from redispool.helpers.cache import Cache
+from redispool.helpers.lockout import Lockout
 from redispool.helpers.ratelimit import RateLimiter
 from redispool.redis_adapter import PinnedRedis
 from redispool.testing import RedisClusterServer, RedisServer
@@ -220,4 +225,86 @@ def test_an_asking_cut_short_before_its_command_is_not_lent_again(
     assert dst.stats().destroyed_by_reason.get("dirty") == 1  # not put back as it was
     _asked_leaves_no_asking(pool, m, key)
     assert rl.peek("victim").remaining == 99  # the cut hit did not run
+    assert pool.stats().in_use == 0
+
+
+def test_multi_key_helpers_retry_tryagain_until_the_migration_ends(
+    cluster_pool: Make, migrating: Callable[[int], Migration]
+) -> None:
+    """Lockout (four keys per call) and the cache (the namespace's version key and
+    the value's) with their keys on both nodes get TRYAGAIN until the migration
+    ends: they retry within their timeout, then answer exactly (MOVED at the end
+    followed as before), breakers closed."""
+    pool = cluster_pool(max_size=4)
+    lo = Lockout(pool, max_attempts=5, timeout=3, on_error="raise")
+    ident, fresh = "lo-0", "lo-1"
+    slot = _slot(key_digest(lo.namespace, ident, None))
+    fresh = _in_slot(slot, lambda n: "{" + key_digest(lo.namespace, n, None) + "}", "lo-", 2)[1]
+    ns = _in_slot(slot, lambda n: "{" + n + "}", "mc", 1)[0]
+    cache = Cache(pool, ns, get_timeout=3, set_timeout=3)
+    for _ in range(2):
+        assert lo.record_failed_attempt(ident).attempts in (1, 2)
+    cache.invalidate_all()  # (the namespace's version key: on the migrating node)
+    assert cache.set("k", "v1")
+    m = migrating(slot)
+    lo_keys = sorted(k for k in m.keys_on(m.src) if "{" + ns + "}" not in k)
+    m.move(lo_keys[0])  # one of the identity's keys: TRYAGAIN until it is over
+    m.move(*(k for k in m.keys_on(m.src) if ":v:" in k))  # the value, not the version
+
+    calls: dict[str, Callable[[], Any]] = {
+        "record": lambda: lo.record_failed_attempt(ident),  # keys split
+        "fresh": lambda: lo.check_lockout(fresh),  # ASK, then TRYAGAIN there
+        "get": lambda: cache.get("k"),  # the value moved, the version not
+        "fallback": lambda: cache.get_with_fallback("k2", lambda: "v2"),  # a miss
+    }
+    got: dict[str, Any] = {}
+    took: dict[str, float] = {}
+
+    def call(name: str) -> None:
+        t0 = time.monotonic()
+        got[name] = calls[name]()
+        took[name] = time.monotonic() - t0
+
+    threads = [threading.Thread(target=call, args=(name,)) for name in calls]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)
+    m.finish()
+    for t in threads:
+        t.join(10)
+    assert not got["record"].degraded and got["record"].attempts == 3, got
+    assert not got["fresh"].degraded and got["fresh"].attempts == 0, got
+    assert got["get"] == "v1" and got["fallback"] == "v2", got
+    assert min(took.values()) >= 0.3, took  # each waited for the migration to end
+    assert cache.flush(timeout=3)
+    assert cache.get("k2") == "v2"
+    assert not lo.clear_lockout(ident).degraded
+    assert lo.check_lockout(ident).attempts == 0
+    assert lo.errors == 0 and lo.breaker.failures == 0
+    assert cache.stats()["errors"] == 0 and cache.breaker.failures == 0
+    cache.close()
+    assert pool.stats().in_use == 0
+
+
+def test_a_migration_that_does_not_end_opens_no_breaker(
+    cluster_pool: Make, migrating: Callable[[int], Migration]
+) -> None:
+    """Calls whose keys stay split (TRYAGAIN past their timeout) get the policy,
+    but the breaker stays closed: other keys are served as before."""
+    pool = cluster_pool(max_size=3)
+    lo = Lockout(pool, max_attempts=5, timeout=0.1, on_error="closed")
+    ident = "split"
+    slot = _slot(key_digest(lo.namespace, ident, None))
+    other = next(
+        n for n in (f"o{i}" for i in range(100)) if _slot(key_digest(lo.namespace, n, None)) != slot
+    )
+    lo.record_failed_attempt(ident)
+    m = migrating(slot)
+    m.move(sorted(m.keys_on(m.src))[0])
+    for _ in range(lo.breaker.threshold + 2):
+        result = lo.record_failed_attempt(ident)
+        assert result.degraded and result.locked  # fail-closed, by policy
+    assert lo.breaker.state == "closed" and lo.breaker.failures == 0
+    served = lo.record_failed_attempt(other)
+    assert not served.degraded and served.attempts == 1
     assert pool.stats().in_use == 0
