@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.client import Pipeline
 from redis.cluster import SLOT_ID, RedisCluster
-from redis.exceptions import AskError, MovedError, RedisClusterException
+from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError
 
 from .connection import IN_MULTI, WATCHING
 from .errors import PoolError
@@ -112,18 +112,27 @@ class SlotLease:
         """Each command of a pipeline (no MULTI) answered ASK, once more after
         ASKING on the node named (one pipeline per node); its reply replaces the
         ASK in ``replies``. (Per key, the commands answered ASK are the last ones:
-        once a key is not on the migrating node, every command for it is.)"""
+        once a key is not on the migrating node, every command for it is.) When
+        that fails (no connection free in time, the node unreachable), they keep
+        their ASK, with the failure as its ``__cause__``: the others were applied,
+        and the caller must know which."""
         by_node: dict[tuple[str, int], list[int]] = {}
         for i, reply in enumerate(replies):
             if self.follows(reply, stack[i][0][0]):
                 by_node.setdefault((reply.host, reply.port), []).append(i)
         for asked in by_node.values():
-            with self._ask_for(replies[asked[0]]) as r:
-                pipe = r.pipeline(transaction=False)
+            try:
+                with self._ask_for(replies[asked[0]]) as r:
+                    pipe = r.pipeline(transaction=False)
+                    for i in asked:
+                        pipe.execute_command("ASKING")
+                        pipe.execute_command(*stack[i][0], **stack[i][1])
+                    again = pipe.execute(raise_on_error=False)
+            except (RedisError, PoolError, OSError, RedisClusterException) as exc:
                 for i in asked:
-                    pipe.execute_command("ASKING")
-                    pipe.execute_command(*stack[i][0], **stack[i][1])
-                again = pipe.execute(raise_on_error=False)
+                    if replies[i] is not exc:  # (the ASK itself: a node still unknown)
+                        replies[i].__cause__ = exc
+                continue
             for i, reply in zip(asked, again[1::2], strict=True):
                 replies[i] = reply
 

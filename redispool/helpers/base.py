@@ -295,6 +295,14 @@ def server_cannot_serve(exc: BaseException) -> bool:
     return text.split(" ", 1)[0] in _UNAVAILABLE_CODES
 
 
+def _unfollowed(exc: BaseException) -> BaseException | None:
+    """Why an ASK in a pipeline's replies was not followed (see
+    ``cluster_client.SlotLease.asked_in_pipeline``), else None."""
+    if isinstance(exc, redis.exceptions.MovedError) or exc.__cause__ is None:
+        return None
+    return exc.__cause__ if isinstance(exc, redis.exceptions.AskError) else None
+
+
 def _migrating(exc: BaseException) -> bool:
     """TRYAGAIN, or ASK (not MOVED): a cluster slot in migration, no outage."""
     if isinstance(exc, redis.exceptions.TryAgainError):
@@ -361,12 +369,13 @@ class HelperBase:
                 self.breaker.success(ticket)  # the server answered: it is up
                 raise
             self.errors += 1
-            if isinstance(exc, PoolTimeout) and exc.__cause__ is None:
+            why = _unfollowed(exc) or exc
+            if isinstance(why, PoolTimeout) and why.__cause__ is None:
                 # Every connection was busy: the pool is saturated, Redis is not
                 # down. Apply the policy to this call, but do not trip the breaker.
                 self.busy += 1
-                log.debug("%s: no connection in time: %s", type(self).__name__, exc)
-            elif _migrating(exc):
+                log.debug("%s: no connection in time: %s", type(self).__name__, why)
+            elif _migrating(why):
                 # A cluster slot is being migrated (TRYAGAIN until the call's time
                 # was up, an ASK not followed): the policy, but the nodes are up.
                 log.debug("%s: slot migrating: %s", type(self).__name__, exc)

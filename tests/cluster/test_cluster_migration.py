@@ -192,6 +192,33 @@ def test_single_key_helpers_follow_ask_while_a_slot_migrates(
     _asked_leaves_no_asking(pool, m, rl.key_for(moved))
 
 
+def test_a_pipeline_whose_ask_cannot_be_followed_keeps_what_it_applied(
+    cluster_pool: Make, migrating: Callable[[int], Migration]
+) -> None:
+    """A buffered Analytics flush (one pipeline) whose commands answered ASK
+    cannot be sent to the importing node (no connection free in time): the
+    commands applied on the migrating node count as written, only those answered
+    ASK go back into the buffer, so nothing is counted twice."""
+    pool = cluster_pool(max_size=1)
+    an = Analytics(pool, namespace="mig-an", timeout=2, on_error="raise")
+    stays, moved = _in_slot(_slot("{an0}"), lambda n: an._key("c", n, 0), "an", 2)
+    an.incr(stays, 1)
+    an.incr(moved, 1)
+    m = migrating(_slot("{an0}"))
+    m.move(an._key("c", moved, an.bucket_start()))
+    buffered = Analytics(pool, namespace="mig-an", buffered=True, flush_interval=60, timeout=0.2)
+    buffered.incr(stays, 10)
+    buffered.incr(moved, 10)
+    with pool.node_pools()[f"{m.dst.host}:{m.dst.port}"].client():  # its one connection
+        assert buffered.flush() == 1
+    assert buffered.stats()["buffered"] == 1
+    assert buffered.breaker.failures == 0  # the node is up: its pool was busy
+    assert buffered.flush() == 1
+    assert [an.get(stays), an.get(moved)] == [11, 11]
+    buffered.close(timeout=2)
+    assert pool.stats().in_use == 0
+
+
 class Cut(BaseException):
     """An interruption (``gevent.Timeout``, Ctrl-C) between ASKING and the command."""
 
