@@ -448,10 +448,11 @@ class RedisClusterPool:
         """The pool of the node an ASK redirection names (the slot table refreshed
         once if it does not know that node; ``exc`` raised if still unknown)."""
         cluster = self.redis
-        node = cluster.get_node(exc.host, exc.port)
+        host, port = cluster.nodes_manager.remap_host_port(exc.host, exc.port)
+        node = cluster.get_node(host, port)
         if node is None:  # (a node just added: the table has not seen it yet)
             self._slot_moved(exc)
-            node = cluster.get_node(exc.host, exc.port)
+            node = cluster.get_node(host, port)
             if node is None:
                 raise exc
         pool: NodePool = cluster.get_redis_connection(node).connection_pool  # type: ignore[assignment]

@@ -219,6 +219,28 @@ def test_a_pipeline_whose_ask_cannot_be_followed_keeps_what_it_applied(
     assert pool.stats().in_use == 0
 
 
+def test_an_ask_goes_through_address_remap(
+    cluster_pool: Make, migrating: Callable[[int], Migration]
+) -> None:
+    """Behind NAT the ASK reply names the node's own address: ``address_remap``
+    maps it, as every address from the cluster (here, onto itself)."""
+    seen: list[tuple[str, int]] = []
+
+    def remap(address: tuple[str, int]) -> tuple[str, int]:
+        seen.append(address)
+        return address
+
+    pool = cluster_pool(address_remap=remap)
+    rl = RateLimiter(pool, "100/minute", timeout=2)
+    key = rl.key_for("nat")
+    rl.hit("nat")
+    m = migrating(_slot(key))
+    m.move(key)
+    seen.clear()
+    assert not rl.hit("nat").degraded and rl.peek("nat").remaining == 98
+    assert (m.dst.host, m.dst.port) in seen
+
+
 class Cut(BaseException):
     """An interruption (``gevent.Timeout``, Ctrl-C) between ASKING and the command."""
 
