@@ -208,9 +208,11 @@ class SlotPipeline(Pipeline):
         lease = client._rp_lease
         first = stack[0][0]
         pinned = lease._pinned or lease.pin(first, client._rp_slot(first))
-        pipe = pinned.pipeline(transaction=self.transaction)
+        transaction = bool(self.transaction or self.explicit_transaction)  # type: ignore[truthy-function]
+        self.explicit_transaction = False  # (as redis-py's execute: multi() once)
+        pipe = pinned.pipeline(transaction=transaction)
         pipe.command_stack = stack
-        if self.transaction or self.explicit_transaction:  # type: ignore[truthy-function]
+        if transaction:
             result: list[Any] = pipe.execute(raise_on_error)
             return result
         result = pipe.execute(raise_on_error=False)

@@ -113,6 +113,28 @@ def test_client_without_key_pins_at_its_first_command(cluster_pool: Make) -> Non
         assert r2.ping()  # a keyless command pins to some primary
 
 
+def test_multi_on_a_pipeline_of_a_client_without_key_is_a_transaction(
+    cluster_pool: Make, redis_cluster: RedisClusterServer
+) -> None:
+    """``pipeline(transaction=False)`` then ``multi()`` (redis-py's explicit
+    transaction) runs in MULTI/EXEC, as on any ``redis.Redis``."""
+    pool = cluster_pool()
+    node = redis_cluster.node_for_key("{tx}a")
+
+    def execs() -> int:
+        with node.client() as c:
+            return int(c.info("commandstats").get("cmdstat_exec", {}).get("calls", 0))
+
+    before = execs()
+    with pool.client() as r:
+        pipe = r.pipeline(transaction=False)
+        pipe.multi()
+        pipe.set("{tx}a", 1).incr("{tx}a")
+        assert pipe.execute() == [True, 2]
+        assert pipe.incr("{tx}a").execute() == [3]  # (multi() was for that execute only)
+    assert execs() == before + 1
+
+
 def test_replica_reads_keep_their_connections(cluster_pool: Make) -> None:
     """READONLY (sent by RedisCluster.on_connect to every connection of a
     replica-reading client) is handshake, not state: connections are reused."""
