@@ -136,3 +136,27 @@ def test_wrong_calls_still_raise(redis_url: str) -> None:
 )
 def test_server_cannot_serve(exc: BaseException, unavailable: bool) -> None:
     assert server_cannot_serve(exc) is unavailable
+
+
+def test_tryagain_is_retried_within_the_calls_timeout(redis_url: str) -> None:
+    """A retry after TRYAGAIN (a cluster slot migrating) gets what is left of the
+    call's timeout, not the whole of it again."""
+    from redispool.helpers.base import HelperBase
+
+    pool = RedisPool(redis_url, max_size=2)
+    helper = HelperBase(pool, namespace="t", timeout=0.3)
+    tries: list[float] = []
+
+    def fn(r: redis.Redis) -> object:
+        tries.append(time.monotonic())
+        if len(tries) == 1:
+            time.sleep(0.2)  # (a slow first try)
+            raise redis.exceptions.TryAgainError("Multiple keys request during rehashing")
+        return r.blpop(["{t}empty"], timeout=2)  # answers after the deadline
+
+    start = time.monotonic()
+    with pytest.raises(HelperUnavailable):
+        helper._call(fn)
+    assert len(tries) == 2 and time.monotonic() - start < 0.4
+    assert helper.breaker.failures == 1  # (the timeout: that one is an outage)
+    pool.close()

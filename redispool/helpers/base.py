@@ -396,11 +396,12 @@ class HelperBase:
         both nodes for now: nothing ran), with a short backoff, while ``timeout``
         from the start of the call allows."""
         deadline = time.monotonic() + self.timeout
+        left = self.timeout  # (after TRYAGAIN: what is left of it)
         pause = 0.005
         moved = False
         while True:
             try:
-                with self.pool.client(timeout=self.timeout, wait=self.timeout) as r:
+                with self.pool.client(timeout=left, wait=left) as r:
                     return fn(r)
             except redis.exceptions.MovedError:
                 if moved:
@@ -411,3 +412,4 @@ class HelperBase:
                     raise
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
+                left = max(deadline - time.monotonic(), 0.001)
