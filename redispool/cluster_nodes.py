@@ -310,6 +310,7 @@ class NodePool(ConnectionPool):
         except BaseException:
             returned = _RETURNED.get(threading.get_ident())
             if returned is None or id(connection) not in returned:  # (not one ignored)
+                objects = getattr(connection, "_rp_lender", self).redis_pool._pool  # (its lender's)
                 if objects._lent_still(connection, lent, uses):  # not back: still the caller's
                     _unhold(connection, self.node)
                     objects.release(connection, discard=True, reason="dirty")

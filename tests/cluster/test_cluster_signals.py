@@ -225,3 +225,32 @@ def test_an_interrupted_ignored_second_return_leaves_the_holder_its_connection(
     assert s.in_use == 1 and id(held[0]) in node_pool._pool._in_use, s  # still theirs
     waiter.finish()
     assert node_pool.stats().in_use == 0 and r.get("k") == b"v"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["objects = lender.redis_pool._pool", "lent = objects._in_use.get(id(connection))"],
+)
+def test_a_release_to_another_pool_of_the_node_cut_short_gives_back_to_the_lender(
+    cluster_pool: Make, text: str
+) -> None:
+    """A cluster transaction gives its connection back to the node's pool of the
+    moment (after a refresh replaced the lender), which passes it to the pool
+    that lent it: cut short before it read what the lender lent, the connection
+    still goes back to the lender (the other pool does not know it: nothing went
+    back, the lender kept it borrowed and the thread marked as holding it)."""
+    pool = cluster_pool(max_size=1)
+    assert pool.redis.set("k", "v")
+    node = pool.node_of("k")
+    lender = next(p for p in pool._pools.values() if p.node == node)
+    host, port = node.rsplit(":", 1)
+    other = pool._new_node_pool(host=host, port=int(port))  # (the node's pool now)
+    conn = lender.get_connection()
+    line = line_of(NodePool.release, text)
+    when = lambda frame, event: event == "line" and frame.f_lineno == line  # noqa: E731
+    with raise_in(NodePool.release.__code__, when) as fired:
+        with pytest.raises(Interrupt):
+            other.release(conn)
+    assert fired == [line]
+    assert lender.redis_pool.stats().in_use == 0 and other.redis_pool.stats().in_use == 0
+    assert threading.get_ident() not in _HELD
