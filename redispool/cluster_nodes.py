@@ -202,18 +202,25 @@ def gives_back_on_failure(strategy: Any) -> Callable[[], None]:
     reset = strategy.reset
 
     def guarded() -> None:
+        # Its borrow's mark: a give-back takes it off, a new borrow puts a new one.
+        mark = getattr(strategy._transaction_connection, "_rp_held", None)
         try:
             reset()
         except BaseException:
             conn = strategy._transaction_connection
             if conn is not None:
+                # redis-py gives it back, then forgets it: cut short in between
+                # (a signal handler raising), it is given back already, maybe lent
+                # again. Forgotten then too (a later reset would UNWATCH on it).
+                ours = mark is not None and conn._rp_held is mark
+                lender = getattr(conn, "_rp_lender", None)
                 strategy._transaction_connection = None
-                try:
-                    conn.disconnect()  # (a reply may still come: never reuse it)
-                finally:
-                    lender = getattr(conn, "_rp_lender", None)
-                    if lender is not None:
-                        lender.release(conn)
+                if ours:
+                    try:
+                        conn.disconnect()  # (a reply may still come: never reuse it)
+                    finally:
+                        if lender is not None:
+                            lender.release(conn)
                 reset()  # no connection now: only the transaction's state
             raise
 

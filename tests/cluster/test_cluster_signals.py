@@ -6,12 +6,14 @@ and each window it found, pinned by an exception put exactly there."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from types import CodeType, FrameType
 from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 from redis.exceptions import TryAgainError
 
 from redispool import PoolError, RedisClusterPool
@@ -254,3 +256,45 @@ def test_a_release_to_another_pool_of_the_node_cut_short_gives_back_to_the_lende
     assert fired == [line]
     assert lender.redis_pool.stats().in_use == 0 and other.redis_pool.stats().in_use == 0
     assert threading.get_ident() not in _HELD
+
+
+def test_a_transaction_reset_cut_short_after_giving_back_does_not_give_back_again(
+    cluster_pool: Make,
+) -> None:
+    """redis-py's transaction reset gives its connection back, then forgets it:
+    an exception in between (a signal handler raising) left it on the strategy,
+    and the reset's guard (``gives_back_on_failure``) disconnected it and gave it
+    back again, though it had gone to a waiting thread: that thread's socket
+    closed under it, and the connection idle in the pool while still lent."""
+    pool = cluster_pool(max_size=1, timeout=5.0)
+    r = pool.redis
+    key = "{txtwice}k"
+    assert r.set(key, "v")
+    lender = next(p for p in pool._pools.values() if p.node == pool.node_of(key))
+    pipe = r.pipeline(transaction=True)
+    pipe.watch(key)  # the node's one connection
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(lender.get_connection()))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while lender.redis_pool.stats().waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    strategy = redis.cluster.TransactionStrategy
+    line = line_of(strategy.reset, "self._transaction_connection = None")
+
+    def when(frame: FrameType, event: str) -> bool:
+        if event == "line" and frame.f_lineno == line:
+            waiter.join(5)  # (it has the connection, checked, in use)
+            return True
+        return False
+
+    with raise_in(strategy.reset.__code__, when) as fired:
+        with pytest.raises(Interrupt):
+            pipe.reset()
+    assert fired == [line] and got
+    conn = got[0]
+    s = lender.redis_pool.stats()
+    assert (s.in_use, s.idle) == (1, 0), s  # lent to the waiter only
+    assert conn.is_connected  # its socket left alone
+    lender.release(conn)
+    assert r.get(key) == b"v"
