@@ -529,9 +529,11 @@ class RedisClusterPool:
     def stats(self) -> RedisClusterPoolStats:
         """Totals over the nodes (sums; ``wait_time_max`` and
         ``consecutive_create_errors`` the worst node's), plus ``nodes``."""
-        nodes = {node: pool.stats() for node, pool in sorted(self.node_pools().items())}
+        with self._lock:  # (together: a pool retiring moves its numbers to _retired)
+            pools, retired = self.node_pools(), self._retired
+        nodes = {node: pool.stats() for node, pool in sorted(pools.items())}
         totals: dict[str, Any] = dict.fromkeys(_SUMMED, 0)
-        for key, value in self._retired.items():
+        for key, value in retired.items():
             totals[key] += value
         reasons: dict[str, int] = {}
         worst_wait, streak, last_error = 0.0, 0, None

@@ -4,6 +4,7 @@ error types, handshake and ASKING, configuration."""
 from __future__ import annotations
 
 import linecache
+import socket
 import subprocess
 import sys
 import threading
@@ -473,3 +474,35 @@ def test_the_double_return_guard_lets_a_command_close_an_idle_connection(
     finally:
         _RETURNED.pop(ident, None)
     assert conn._sock is None
+
+
+def test_stats_never_count_a_retiring_node_pool_twice(
+    cluster_pool: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A departed node pool's numbers move to the retired totals as it is taken
+    off the list: a ``stats()`` that listed it, then read the retired totals
+    after the move, counted it twice, and the next one went down (which
+    ``PoolMetrics`` reads as a new pool, adding the whole count again)."""
+    pool = cluster_pool(max_size=2)
+    assert pool.redis.set("k", "v")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    departed = pool._new_node_pool(host="127.0.0.1", port=port)  # (in no topology)
+    with pytest.raises(redis.ConnectionError):
+        departed.redis_pool._get(0.5)
+    assert departed.redis_pool.stats().create_errors >= 1
+    node_stats = departed.redis_pool.stats
+    retired: list[bool] = []
+
+    def stats_as_it_retires() -> Any:
+        if not retired:  # (another thread's refresh, just as this stats() reads the node's)
+            retired.append(True)
+            pool._close_departed()
+        return node_stats()
+
+    monkeypatch.setattr(departed.redis_pool, "stats", stats_as_it_retires)
+    first = pool.stats()
+    assert retired and departed not in pool._pools.values()
+    second = pool.stats()
+    assert second.create_errors >= first.create_errors, (first, second)
