@@ -22,6 +22,7 @@ from __future__ import annotations
 import select
 import ssl
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -129,6 +130,8 @@ class _PooledMixin:
     _sock: Any
     _connect_callbacks: list[Any]
     socket_timeout: float | None
+    health_check_interval: Any
+    next_health_check: Any
     host: Any
     port: Any
     _rp_sent = 0  # commands packed, ever: the sequence number of the last one
@@ -238,6 +241,8 @@ class _PooledMixin:
         """redis-py's PING after ``health_check_interval`` without a reply goes out
         ahead of the commands packed (and counted) but not yet sent: not counted, as
         the handshake. If it reconnects, those commands are owed by the new session."""
+        if not self.health_check_interval or time.monotonic() <= self.next_health_check:
+            return  # (redis-py's own test: no PING due, as before nearly every command)
         sock, sent, flushed, marks = self._sock, self._rp_sent, self._rp_flushed, self._rp_marks
         self._rp_marks = None  # (its reply settles none of theirs)
         done = False
