@@ -5,14 +5,15 @@ client and connection): run in a subprocess by tests/cluster/test_cluster_signal
 ``python -m tests._signal_storm_cluster URL SEED``: the main thread runs random
 operations (``pool.redis`` commands routed by redis-py through the node pools,
 ``pool.client(key)`` and ``pool.client()`` blocks with commands and pipelines,
-cluster pipelines and multi-key commands spread over the nodes, a pinned block
-that gets MOVED), each writing values of its own and reading them back, while a
-second thread does the same. Then, for every node pool: nothing borrowed,
-creating, closing or waiting; every idle connection alive, on db 0, with no
-flags (no MULTI, no READONLY); no reply ever read by the wrong operation; once
-the garbage collector has run, no connection of the pool's on any node beyond
-those the pools hold; each still lends all it may; no lock left held, no
-connection left marked as held by a thread. One JSON line.
+cluster pipelines and multi-key commands spread over the nodes, cluster
+transactions (WATCH, MULTI/EXEC), a pinned block that gets MOVED), each writing
+values of its own and reading them back, while a second thread does the same.
+Then, for every node pool: nothing borrowed, creating, closing or waiting;
+every idle connection alive, on db 0, with no flags (no MULTI, no READONLY); no
+reply ever read by the wrong operation; once the garbage collector has run, no
+connection of the pool's on any node beyond those the pools hold; each still
+lends all it may; no lock left held, no connection left marked as held by a
+thread. One JSON line.
 
 redis-py's own windows are left out (``_redis_py_windows``): where redis-py
 holds a connection it has not yet put under the ``try`` that gives it back, or
@@ -103,7 +104,41 @@ def _redis_py_windows() -> Windows:
     assert len(lines) >= 10, f"redis-py's pipeline changed: {sorted(lines)}"
     windows[send.__code__] = (lines, lambda frame: True)
 
+    windows.update(_transaction_windows())
     windows.update(execute_command_window())
+    return windows
+
+
+def _transaction_windows() -> Windows:
+    """redis-py's ``TransactionStrategy`` (a cluster transaction): from
+    ``get_connection()``'s return until the connection is the strategy's; and in
+    ``_reinitialize_on_error``, from giving it back until it is forgotten (an
+    exception there leaves it on the strategy, whose reset sends UNWATCH on it
+    and gives it back again, though it may be lent to another thread by then)."""
+    windows: Windows = {}
+    strategy = redis.cluster.TransactionStrategy
+    got = strategy._get_client_and_connection_for_transaction
+    source, first = inspect.getsourcelines(got)
+    lines = {
+        line
+        for node in ast.walk(ast.parse(textwrap.dedent("".join(source))))
+        if isinstance(node, ast.Assign) and "get_connection(" in ast.unparse(node)
+        for line in lines_of(node, first)
+    }
+    assert lines, "redis-py's transaction changed"
+    windows[got.__code__] = (lines, lambda frame: True)
+    on_error = strategy._reinitialize_on_error
+    source, first = inspect.getsourcelines(on_error)
+    lines = set()
+    for node in ast.walk(ast.parse(textwrap.dedent("".join(source)))):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        for i, stmt in enumerate(body[:-1]):  # `if node and ...: release(...)`, `... = None`
+            if isinstance(stmt, ast.If) and "redis_connection" in ast.unparse(stmt.test):
+                lines |= set(range(first + stmt.lineno - 1, first + (body[i + 1].end_lineno or 0)))
+    assert lines, "redis-py's transaction changed"
+    windows[on_error.__code__] = (lines, lambda frame: True)
     return windows
 
 
@@ -202,6 +237,14 @@ def _op(
         except redis.exceptions.MovedError:
             pass
         return
+    elif kind == 8 and rnd.random() < 0.5:  # a cluster transaction (WATCH, MULTI/EXEC)
+        tkey = f"{{{key}}}:t"
+        with pool.redis.pipeline(transaction=True) as pipe:
+            pipe.watch(tkey)
+            pipe.multi()
+            pipe.set(tkey, value)
+            pipe.get(tkey)
+            got = pipe.execute()[1]
     else:
         r = pool.redis
         r.set(f"{key}:i", n)
