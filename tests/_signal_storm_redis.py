@@ -4,7 +4,8 @@ subprocess by test_signals.py.
 
 ``python -m tests._signal_storm_redis URL SEED``: the main thread runs random
 blocks (``client()`` with and without a timeout, pipelines, ``connection()``,
-the drop-in ``pool.redis``, whose borrow redis-py's window no longer holds),
+the drop-in ``pool.redis``, whose borrow redis-py's window no longer holds; a
+pipeline behind a health-check PING that may fail and reconnect),
 each writing a value of its own and reading it back, while a second thread does
 the same with no timeout. Then: nothing borrowed, creating or closing; every
 idle connection alive, on db 0 with no transaction; no reply ever read by the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import gc
 import json
 import random
+import socket
 import sys
 import time
 from typing import Any
@@ -41,7 +43,7 @@ _FILES = (
 
 def _block(pool: RedisPool, rnd: random.Random, tag: str, n: int, wrong: list[str]) -> None:
     key, value = f"{tag}:{n % 50}", f"{tag}-{n}"
-    kind = rnd.randrange(5)
+    kind = rnd.randrange(6)
     if kind == 0:
         with pool.client(timeout=rnd.choice((None, 1.0))) as r:
             r.set(key, value)
@@ -62,6 +64,15 @@ def _block(pool: RedisPool, rnd: random.Random, tag: str, n: int, wrong: list[st
         with pool.client() as r:
             r.set(key, value)
             got = r.get(key)
+    elif kind == 5:  # redis-py's health-check PING first, ahead of what is packed
+        with pool.client() as r:
+            r.connection.next_health_check = 0  # (due)
+            if rnd.random() < 0.3:  # the PING fails: redis-py reconnects, then sends
+                r.connection._sock.shutdown(socket.SHUT_RDWR)
+            pipe = r.pipeline(transaction=rnd.random() < 0.5)
+            pipe.set(key, value)
+            pipe.get(key)
+            got = pipe.execute()[1]
     else:  # the drop-in: redis-py borrows and gives back through the adapter
         pool.redis.set(key, value)
         got = pool.redis.get(key)
@@ -72,7 +83,7 @@ def _block(pool: RedisPool, rnd: random.Random, tag: str, n: int, wrong: list[st
 def main(url: str, seed: int, seconds: float = 0.8) -> None:
     rnd = random.Random(seed)
     pool = RedisPool(
-        url, min_size=0, max_size=3, timeout=2.0, health_check_interval=0, client_name="storm"
+        url, min_size=0, max_size=3, timeout=2.0, health_check_interval=30, client_name="storm"
     )
     # redis-py's client calls the adapter's release() in a finally (a pinned
     # pipeline's): as for any caller, an exception at its first instruction is
