@@ -357,7 +357,7 @@ class ObjectPool(Generic[T]):
                     # the upkeep's reconnect run, and spins for ever.
                     time.sleep(0)
                     raise
-                if self._forked(ticket):
+                if ticket.gen != _fork_gen and self._forked(ticket):
                     continue
             held = ticket.result
             if held is _SLOT:
@@ -579,7 +579,7 @@ class ObjectPool(Generic[T]):
             return False
         ticket.checking = True  # interrupted from here on: discarded
         reason = self._failed_check(entry.obj, now - entry.last_used)
-        if self._forked(ticket):  # (the check may yield: a PING under gevent)
+        if ticket.gen != _fork_gen and self._forked(ticket):  # (a check may yield)
             return False
         if reason is not None:
             self._discard(ticket, entry, reason, keep_slot)
