@@ -92,11 +92,14 @@ def create_in_slot(
         return exc
     obj = made
     closed = committed = False
+    why = "closed"
     streak = 0
     try:
         # Every call before the first change (see release()); interrupted
         # before it, the new object is destroyed and the slot is the ticket's.
-        closed = pool._closed
+        # Made for nobody after a disconnect (see _lifecycle.disconnect_pool): closed.
+        closed = pool._closed or (pool._dormant and not lend)
+        why = "closed" if pool._closed else "drain"
         key = id(obj)
         waiters = pool._waiters
         waiter = waiters[0] if waiters and not (closed or lend) else None
@@ -167,7 +170,7 @@ def create_in_slot(
                 job = [entry] if closed else []
                 while job:  # counted in closing: destroyed whatever happens
                     try:
-                        pool._destroy_entries(job, "closed")
+                        pool._destroy_entries(job, why)
                     except BaseException as exc:
                         pending = pending or exc
     pool._outage.succeeded()

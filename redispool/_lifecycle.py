@@ -33,6 +33,9 @@ def open_pool(pool: ObjectPool[T], wait: bool = False, timeout: float | None = N
     pool._check_fork()
     if pool._closed:
         raise pool.closed_error(f"pool {pool.name!r} is closed")
+    if pool._dormant:  # (see disconnect_pool)
+        pool._dormant = False
+        pool._wake_upkeep()
     pool._ensure_upkeep()
     if not wait:
         return
@@ -174,6 +177,49 @@ def drain_pool(pool: ObjectPool[T]) -> None:
         if pending is not None:
             raise pending
     pool._wake_upkeep()
+
+
+def disconnect_pool(pool: ObjectPool[T], borrowed: bool = True) -> None:
+    """Destroy the idle objects now (``borrowed``: the borrowed ones too, when
+    returned) and make none until the next borrow or ``open()`` (a create under
+    way then is destroyed unless a borrower takes it); with ``borrowed`` the
+    upkeep thread ends meanwhile (the next borrow starts one)."""
+    pool._check_fork()
+    pool._not_in_a_handler()
+    victims: list[_Entry] = []
+    wake: threading.Event | None = None
+    try:
+        with pool._lock:
+            taken, rest = list(pool._idle), deque[_Entry]()
+            n = len(taken)
+            epoch = pool._epoch + 1 if borrowed else pool._epoch
+            drain_epoch = epoch if borrowed else pool._drain_epoch
+            old_wake = pool._wake if borrowed else None
+            upkeep = None if borrowed else pool._upkeep
+            claimed = False if borrowed else pool._upkeep_claimed
+            new_wake = None if borrowed else pool._wake
+            # -- no call from here to the end of the group (see release()) --
+            pool._epoch = epoch
+            pool._drain_epoch = drain_epoch
+            pool._dormant = True
+            pool._idle = rest
+            pool._closing += n
+            victims = taken
+            pool._upkeep = upkeep  # superseded: it ends (see _upkeep_loop)
+            pool._wake = new_wake
+            pool._upkeep_claimed = claimed
+            wake = old_wake
+    finally:
+        pending: BaseException | None = None
+        while victims:  # counted in closing: destroyed whatever happens
+            try:
+                pool._destroy_entries(victims, "drain")
+            except BaseException as exc:
+                pending = pending or exc
+        if wake is not None:
+            wake.set()
+        if pending is not None:
+            raise pending
 
 
 def live_objects(pool: ObjectPool[T]) -> list[T]:

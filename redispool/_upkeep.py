@@ -107,7 +107,7 @@ def refill_one(pool: ObjectPool[Any]) -> bool:
     ticket = _Ticket()
     try:
         with pool._lock:
-            if pool._closed or pool._size >= pool._max_size:
+            if pool._closed or pool._dormant or pool._size >= pool._max_size:
                 return False
             if pool._fail_streak:
                 if pool._clock() < pool._next_retry:
@@ -128,7 +128,9 @@ def next_upkeep_delay(pool: ObjectPool[Any]) -> float:
     now = pool._clock()
     due = now + 60.0
     with pool._lock:
-        if pool._fail_streak:
+        if pool._dormant:  # nothing to make (see _lifecycle.disconnect_pool)
+            pass
+        elif pool._fail_streak:
             due = min(due, pool._next_retry)
         elif pool._size < pool._min_size:
             return 0.0

@@ -196,6 +196,7 @@ class ObjectPool(Generic[T]):
         self._upkeep: threading.Thread | None = None
         self._upkeep_claimed = False
         self._wake: threading.Event | None = None
+        self._dormant = False  # see _disconnect: make nothing until borrowed from
         self._fail_streak = 0
         self._last_error: BaseException | None = None
         self._next_retry = 0.0
@@ -344,6 +345,9 @@ class ObjectPool(Generic[T]):
             if timeout > 0:
                 make_by = start + timeout
         deadline = _INF if timeout is None else start + timeout
+        if self._dormant:  # used again after _disconnect(): fill as usual
+            self._dormant = False
+            self._wake_upkeep()
         if not self._upkeep_claimed and self._background:
             self._ensure_upkeep()
         handed = False
@@ -912,6 +916,12 @@ class ObjectPool(Generic[T]):
         """Replace every object: idle ones are destroyed now, borrowed ones when
         returned; new ones are made on demand (e.g. after a password rotation)."""
         _lifecycle.drain_pool(self)
+
+    def _disconnect(self, borrowed: bool = True) -> None:
+        """Destroy the idle objects now (``borrowed``: the borrowed ones too, when
+        returned) and make none until the next borrow or ``open()``; with
+        ``borrowed`` the upkeep thread ends meanwhile (the drop-in's ``disconnect()``)."""
+        _lifecycle.disconnect_pool(self, borrowed)
 
     def objects(self) -> list[T]:
         """A snapshot of the live objects, idle and borrowed (for inspection)."""

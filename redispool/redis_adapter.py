@@ -70,9 +70,9 @@ class ConnectionPool:
     and any ``RedisPool`` option (``min_size``, ``max_idle_time``, ``name``, ...)
     to the pool. ``from_url(url, **options)`` as in redis-py (the URL's values win).
 
-    ``disconnect()``, ``reset()`` and ``close()`` replace the connections (idle
-    ones now, borrowed ones when returned) and leave the pool usable, as redis-py
-    does; ``redis_pool.close()`` ends it. Client options such as
+    ``disconnect()``, ``reset()`` and ``close()`` close the connections (idle ones
+    now, borrowed ones when returned) and open none until the pool is used again,
+    which it can be, as redis-py's; ``redis_pool.close()`` ends it. Client options such as
     ``decode_responses`` belong here: ``redis.Redis(connection_pool=...)``
     ignores its own.
     """
@@ -229,12 +229,18 @@ class ConnectionPool:
     def himport_registry(self, registry: Any) -> None:
         self.connection_kwargs["himport_registry"] = registry  # for new connections
 
-    # Lifecycle calls libraries make: replace connections, keep the pool usable.
+    # Lifecycle calls libraries make: close the connections, keep the pool usable.
     def reset(self) -> None:
-        self.redis_pool.drain()
+        """As ``disconnect()``."""
+        self.disconnect()
 
     def disconnect(self, inuse_connections: bool = True) -> None:
-        self.redis_pool.drain()
+        """Close the idle connections now and the borrowed ones when returned
+        (never under their borrower); open none, and run no upkeep thread, until
+        the pool is used again (then it fills as usual). ``inuse_connections=False``:
+        borrowed connections are left alone and kept when returned clean, as
+        redis-py leaves them connected (upkeep goes on for them)."""
+        self.redis_pool._pool._disconnect(bool(inuse_connections))
 
     def close(self) -> None:
         self.disconnect()

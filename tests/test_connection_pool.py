@@ -149,6 +149,82 @@ def test_lifecycle_calls_keep_the_pool_usable(redis_url: str, pools: list[Connec
     assert destroyed.get("drain", 0) >= 3, destroyed
 
 
+def _named(redis_url: str, name: str) -> int:
+    """How many connections the server has with ``client_name`` ``name``."""
+    r = redis.Redis.from_url(redis_url)
+    try:
+        return sum(1 for c in r.client_list() if c["name"] == name)
+    finally:
+        r.close()
+
+
+def _settle(count: Any, expected: int) -> int:
+    deadline = time.monotonic() + 3
+    while (n := count()) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return int(n)
+
+
+def _upkeep_threads(pool: ConnectionPool) -> list[threading.Thread]:
+    name = f"redispool-upkeep-{pool.redis_pool.name}"
+    return [t for t in threading.enumerate() if t.name == name]
+
+
+@pytest.mark.parametrize("call", ["disconnect", "reset", "close", "with", "from_pool"])
+def test_lifecycle_calls_leave_no_connection_until_used_again(
+    redis_url: str, pools: list[ConnectionPool], call: str
+) -> None:
+    """As redis-py's: after disconnect(), reset() or close() (a ``with`` block, a
+    client that owns its pool closed) no connection stays open, none is made and
+    no upkeep thread runs until the pool is used again; then it fills as usual.
+    Was: the pool was drained and refilled to min_size at once."""
+    name = f"cp-life-{call}"
+    pool = ConnectionPool.from_url(redis_url, client_name=name, min_size=3)
+    pools.append(pool)
+    count = lambda: _named(redis_url, name)  # noqa: E731
+    for _ in range(2):  # and again once used again
+        r = redis.Redis(connection_pool=pool)  # type: ignore[arg-type]
+        assert r.ping()
+        assert _settle(count, 3) == 3  # filled to min_size
+        held = pool.get_connection()
+        if call == "with":
+            with pool:
+                pass
+        elif call == "from_pool":
+            redis.Redis.from_pool(pool).close()  # type: ignore[arg-type]
+        else:
+            getattr(pool, call)()
+        assert _settle(lambda: pool.redis_pool.stats().idle, 0) == 0
+        pool.release(held)  # closed when it comes back
+        assert held._sock is None  # type: ignore[attr-defined]
+        time.sleep(0.3)
+        assert count() == 0
+        stats = pool.redis_pool.stats()
+        assert (stats.size, stats.in_use, stats.idle) == (0, 0, 0), stats
+        deadline = time.monotonic() + 3
+        while _upkeep_threads(pool) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _upkeep_threads(pool)
+        assert not pool.redis_pool.closed
+    assert r.ping()  # usable: fills as usual
+    assert _settle(count, 3) == 3
+
+
+def test_disconnect_without_inuse_connections_keeps_the_borrowed_ones(
+    redis_url: str, pools: list[ConnectionPool]
+) -> None:
+    pool = ConnectionPool.from_url(redis_url, client_name="cp-inuse", min_size=2)
+    pools.append(pool)
+    held = pool.get_connection()
+    assert _settle(lambda: _named(redis_url, "cp-inuse"), 2) == 2
+    pool.disconnect(inuse_connections=False)
+    pool.release(held)  # kept: idle, still connected
+    assert held._sock is not None  # type: ignore[attr-defined]
+    time.sleep(0.3)
+    assert _named(redis_url, "cp-inuse") == 1  # nothing made meanwhile
+    assert pool.get_connection() is held
+
+
 # -- what redis-py's cluster client needs of a node pool ---------------------
 
 

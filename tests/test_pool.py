@@ -694,6 +694,38 @@ def test_drain_while_creating_retires_the_object_made_with_old_settings() -> Non
     assert pool.stats().destroyed_by_reason == {"drain": 1}
 
 
+def test_disconnect_makes_nothing_until_borrowed_again() -> None:
+    """``_disconnect()`` (the drop-in's ``disconnect()``): a refill under way is
+    destroyed when made, upkeep makes nothing (and is not due at once, failing
+    or not) until the next borrow, which fills as usual."""
+    started, release_factory = threading.Event(), threading.Event()
+    factory = Factory()
+
+    def slow() -> Resource:
+        started.set()
+        release_factory.wait(5)
+        return factory()
+
+    clock = FakeClock()
+    pool: ObjectPool[Resource] = ObjectPool(
+        slow, destroy=Factory.destroy, min_size=2, max_size=3, background=False, clock=clock
+    )
+    t = threading.Thread(target=pool.run_upkeep)
+    t.start()
+    assert started.wait(5)
+    pool._disconnect()  # while the upkeep makes the first one
+    release_factory.set()
+    t.join()
+    assert pool.stats().size == 0 and factory.made[0].destroyed
+    assert pool.run_upkeep() > 0 and factory.calls == 1  # nothing made, nothing due
+    pool._fail_streak = 1  # (failing: no probe either)
+    assert pool.run_upkeep() > 0 and factory.calls == 1
+    pool._fail_streak = 0
+    pool.release(pool.borrow())
+    pool.run_upkeep()
+    assert pool.stats().size == 2
+
+
 def test_shrink_keeps_max_size_objects_while_others_are_being_destroyed() -> None:
     slow = threading.Event()
 
