@@ -30,12 +30,14 @@ log = logging.getLogger("redispool.pool")
 
 def start_upkeep(pool: ObjectPool[Any]) -> None:
     wake = threading.Event()
+    box: list[threading.Thread] = []
     thread = threading.Thread(
         target=_upkeep_loop,
-        args=(weakref.ref(pool), wake, pool._gen),
+        args=(weakref.ref(pool, _waker(wake, box)), wake, pool._gen),
         name=f"redispool-upkeep-{pool.name}",
         daemon=True,
     )
+    box.append(thread)
     with pool._lock:
         pool._wake = wake
         pool._upkeep = thread
@@ -178,6 +180,22 @@ def _mark_leaked(pool: ObjectPool[Any], now: float) -> list[tuple[Any, float, li
     return [(e.obj, e.borrowed_at, e.stack) for e in leaked]
 
 
+def _waker(wake: threading.Event, box: list[threading.Thread]) -> Any:
+    """The callback of the thread's weak reference: a pool collected (dropped
+    without close()) wakes its thread, which ends. Not from the thread itself
+    (it may be inside the event's wait, holding its lock: it checks the pool
+    right after dropping it)."""
+
+    def collected(_: object) -> None:
+        try:
+            if box and threading.current_thread() is not box[0]:
+                wake.set()
+        except Exception:  # pragma: no cover - at interpreter shutdown
+            pass
+
+    return collected
+
+
 def _upkeep_loop(ref: weakref.ref[ObjectPool[Any]], wake: threading.Event, gen: int) -> None:
     """The body of a pool's upkeep thread; holds the pool only weakly."""
     from . import pool as pool_module
@@ -201,6 +219,8 @@ def _upkeep_loop(ref: weakref.ref[ObjectPool[Any]], wake: threading.Event, gen: 
             _let_go(pool)
             raise
         del pool
+        if ref() is None:  # that was the last reference: the pool is gone
+            return
         try:
             wake.wait(min(delay, 60.0))
         except BaseException:  # (where a kill finds it: it waits most of the time)

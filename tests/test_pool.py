@@ -789,3 +789,25 @@ def test_a_borrow_goes_on_when_the_upkeep_thread_cannot_start(
         assert pool._upkeep is not None and pool._upkeep.is_alive()  # started this time
     finally:
         pool.close()
+
+
+def test_the_upkeep_thread_of_a_pool_dropped_without_close_ends_at_once() -> None:
+    """A pool collected without ``close()`` wakes its upkeep thread, which ends
+    (it slept up to a minute first, holding nothing but a weak reference)."""
+    import gc
+
+    gc.disable()  # (reference counting alone: no reference cycle is involved)
+    try:
+        pool = ObjectPool(object, min_size=1, max_size=2, name="dropped")
+        pool.release(pool.borrow())
+        deadline = time.monotonic() + 5
+        while pool.stats().idle < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        thread = pool._upkeep
+        assert thread is not None and thread.is_alive()
+        time.sleep(0.05)  # (asleep in its wait by now: nothing to do for a minute)
+        del pool
+        thread.join(2)
+        assert not thread.is_alive()
+    finally:
+        gc.enable()
