@@ -129,7 +129,9 @@ def test_health_degraded_when_callers_wait(redis_url: str) -> None:
     pool = RedisPool(redis_url, min_size=0, max_size=1)
     with pool.client() as r:
         r.ping()
+        commands = pool.stats().commands
         status, body = pool_health(pool, ping_timeout=0.2)
+        assert pool.stats().commands == commands  # the probe's own PING is not the pool's
     assert status == 200 and body["status"] == "degraded"  # could not borrow to PING
     assert body["ping_ms"] is None and body["error"] == "RedisPoolTimeout"
     status, body = pool_health(pool)

@@ -106,12 +106,14 @@ def _answers(pool: RedisPool | RedisClusterPool, timeout: float) -> bool:
     except Exception as exc:  # (at maxclients Redis answers, refusing one more)
         return "max number of clients reached" in str(exc)
     try:
+        with target._stats_lock:  # its PING is not one of the pool's commands
+            target._counted.discard(conn)
         conn.send_command("PING", check_health=False)
         return conn.read_response(timeout=timeout) in (b"PONG", "PONG")
     except Exception:
         return False
     finally:
-        target._destroy_connection(conn)
+        conn.disconnect()
 
 
 def pool_health(
