@@ -184,10 +184,10 @@ def forked_meanwhile(pool: ObjectPool[T], ticket: _Ticket, made: list[T]) -> Non
     child (gevent copies every greenlet into it): its slot is the parent's and
     its object, made on the parent's behalf, may share a socket with the
     parent's. Neither goes on the child's books; the object joins the orphans
-    (never closed, as the rest the parent had) and the caller starts afresh."""
+    (never closed, as the rest the parent had) and the caller starts afresh
+    (``ObjectPool._forked``)."""
     pool._orphans.extend(made)
-    ticket.result = None
-    pool._check_fork()
+    pool._forked(ticket)
 
 
 def make_one(pool: ObjectPool[T], deadline: float | None) -> T:

@@ -361,7 +361,8 @@ class ObjectPool(Generic[T]):
                     # the upkeep's reconnect run, and spins for ever.
                     time.sleep(0)
                     raise
-                if ticket.gen != _fork_gen and self._forked(ticket):
+                if ticket.gen != _fork_gen:
+                    self._forked(ticket)
                     continue
             held = ticket.result
             if held is _SLOT:
@@ -375,18 +376,15 @@ class ObjectPool(Generic[T]):
             elif self._vet(ticket, cast(_Entry, held), keep_slot=handed):
                 return cast(_Entry, held)
 
-    def _forked(self, ticket: _Ticket) -> bool:
-        """Did the process fork since ``ticket`` was made, this borrow going on in
-        the child? (gevent copies every greenlet into it, one that yielded in a
-        wait, a check or a create included.) What it holds is the parent's: it is
-        forgotten, and the borrow starts afresh on the child's pool."""
-        if ticket.gen == _fork_gen:
-            return False
+    def _forked(self, ticket: _Ticket) -> None:
+        """The process forked since ``ticket`` was made (``ticket.gen`` differs), and
+        this borrow goes on in the child (gevent copies every greenlet into it, one
+        that yielded in a wait, a check or a create included). What it holds is the
+        parent's: it is forgotten, and the borrow starts afresh on the child's pool."""
         ticket.result = ticket.lock = ticket.doomed = None
         ticket.checking = False
         ticket.gen = _fork_gen
         self._check_fork()
-        return True
 
     def _reclaim(self) -> None:
         """Destroy the objects of leases dropped without their ``__exit__`` (see
@@ -583,7 +581,8 @@ class ObjectPool(Generic[T]):
             return False
         ticket.checking = True  # interrupted from here on: discarded
         reason = self._failed_check(entry.obj, now - entry.last_used)
-        if ticket.gen != _fork_gen and self._forked(ticket):  # (a check may yield)
+        if ticket.gen != _fork_gen:  # (a check may yield: a PING under gevent)
+            self._forked(ticket)
             return False
         if reason is not None:
             self._discard(ticket, entry, reason, keep_slot)
